@@ -1,0 +1,306 @@
+"""One agent's iteration loop on the host: LLM turn → code blocks → sandbox → output → next turn."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from .control import BudgetExceeded, Cancelled, Scope
+from .events import EventType
+from .llm import LLMCancelled, LLMError, Usage
+from .prompts import (
+    AgentPromptInfo,
+    extract_code_blocks,
+    format_cell_outputs,
+    no_code_prompt,
+    system_prompt,
+    task_prompt,
+    truncate_middle,
+)
+from .sandbox.base import NO_CONTEXT, CellResult, Sandbox, SandboxError, SandboxSpec
+from .sandbox.bridge import BridgeRefused
+
+if TYPE_CHECKING:
+    from .runner import Run
+
+__all__ = ["Agent", "AgentOutcome"]
+
+
+class AgentOutcome:
+    """How an agent ended: its answer (always set), status, patch and error."""
+
+    def __init__(self, agent_id: str, text: str, status: str, patch: str = "", error: str | None = None,
+                 value: Any = None) -> None:
+        self.agent_id = agent_id
+        self.text = text
+        self.status = status
+        self.patch = patch
+        self.error = error
+        self.value = value if value is not None else text
+
+    def to_reply(self, limit: int) -> dict[str, Any]:
+        """What `rlm_query` returns to the parent's REPL."""
+        return {
+            "text": truncate_middle(self.text, limit),
+            "agent_id": self.agent_id,
+            "patch": self.patch,
+            "status": self.status,
+        }
+
+
+class Agent:
+    """An agent: a task, a sandbox, and the loop that drives the model."""
+
+    def __init__(self, run: Run, agent_id: str, parent: Agent | None, task: str, context: Any = NO_CONTEXT) -> None:
+        self.run = run
+        self.agent_id = agent_id
+        self.parent = parent
+        self.depth = 0 if parent is None else parent.depth + 1
+        self.task = task
+        self.context = context
+        self.scope = Scope(parent.cell_scope if parent else run.scope)
+        self.cell_scope = Scope(self.scope)
+        self.usage = Usage()
+        self.final: Any = None
+        self.has_final = False
+        self.iteration = 0
+        self.sandbox: Sandbox | None = None
+        self._child_count = 0
+        self._lock = threading.Lock()
+        self._spawned: list[str] = []
+
+    # -- ids and events ---------------------------------------------------------------------------
+    def next_child_id(self) -> str:
+        """`<my id>.<n>`, n counting from 0 in spawn order."""
+        with self._lock:
+            n = self._child_count
+            self._child_count += 1
+        return f"{self.agent_id}.{n}"
+
+    def emit(self, etype: EventType, **data: Any) -> None:
+        """Emit an event about this agent."""
+        self.run.emit(etype, self.agent_id, **data)
+
+    def llm_info(self, kind: str) -> dict[str, Any]:
+        """The `info` a scripted model receives."""
+        return {
+            "run_id": self.run.run_id,
+            "agent_id": self.agent_id,
+            "parent_id": self.parent.agent_id if self.parent else None,
+            "depth": self.depth,
+            "task": self.task,
+            "iteration": self.iteration,
+            "kind": kind,
+        }
+
+    # -- bridge requests from this agent's sandbox ---------------------------------------------------
+    def handle(self, op: str, args: dict[str, Any]) -> Any:
+        """Answer one bridge request of this agent's REPL."""
+        if op == "final":
+            self.final, self.has_final = args.get("value", ""), True
+            return True
+        if op == "submit":
+            fields = args.get("fields") or {}
+            sig = self.run.signature if self.depth == 0 else None
+            if sig is not None:
+                problems = sig.validate(fields)
+                if problems:
+                    raise BridgeRefused("SUBMIT: " + "; ".join(problems))
+            self.final, self.has_final = fields, True
+            return True
+        if op == "llm_query":
+            return self.run.llm_queries(self, [str(p) for p in args.get("prompts", [])], args.get("model"))
+        if op == "rlm_query":
+            tasks = [str(t) for t in args.get("tasks", [])]
+            contexts = args.get("contexts") or [None] * len(tasks)
+            replies = self.run.spawn_children(self, tasks, contexts)
+            self._spawned.extend(r["agent_id"] for r in replies if r.get("agent_id"))
+            return replies
+        if op == "tool":
+            return self.run.call_tool(str(args.get("name")), list(args.get("args") or []), dict(args.get("kwargs") or {}))
+        raise BridgeRefused(f"unknown request {op!r}")
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run_loop(self) -> AgentOutcome:
+        """Run until FINAL, a limit, an error or cancellation; always returns an answer."""
+        run = self.run
+        cfg = run.config.rlm
+        self.emit(EventType.AGENT_STARTED, parent_id=self.parent.agent_id if self.parent else None,
+                  depth=self.depth, task=self.task, started_at=time.time())
+        sandbox_future: Future[Sandbox] = run.start_sandbox(self)
+        info = AgentPromptInfo(
+            depth=self.depth,
+            max_depth=cfg.max_depth,
+            max_iterations=cfg.max_iterations,
+            has_repo=run.target.is_repo,
+            has_context=self.context is not NO_CONTEXT and self.context is not None,
+            context_desc=_describe(self.context),
+            signature=run.signature if self.depth == 0 else None,
+            tools=run.tool_specs,
+            budget_note=run.budget.note(),
+        )
+        messages: list[dict[str, str]] = [
+            {"role": "system", "content": system_prompt(info)},
+            {"role": "user", "content": task_prompt(self.task, info)},
+        ]
+        status, error, last_text = "running", None, ""
+        try:
+            for index in range(cfg.max_iterations):
+                self.iteration = index
+                why = self._stop_reason()
+                if why:
+                    status, error = why
+                    break
+                self.emit(EventType.ITERATION_STARTED, index=index)
+                completion = run.complete(self, messages, kind="agent")
+                text = completion.text
+                last_text = text
+                self.emit(EventType.LLM_RESPONSE, index=index, text=text, usage=completion.usage.to_dict())
+                blocks = extract_code_blocks(text)
+                if not blocks:
+                    messages += [{"role": "assistant", "content": text}, {"role": "user", "content": no_code_prompt()}]
+                    self.emit(EventType.ITERATION_FINISHED, index=index, namespace=None, no_code=True)
+                    continue
+                replacement = run.gate.wait(self.agent_id, index, "\n\n".join(blocks), self.scope) \
+                    if run.gate.stepping else None
+                if replacement is not None:
+                    blocks = [replacement]
+                    self.emit(EventType.STEP_RESUMED, index=index, replaced=True)
+                sandbox = self._sandbox(sandbox_future)
+                results: list[tuple[str, str]] = []
+                notes: list[str] = []
+                died = False
+                for bi, code in enumerate(blocks):
+                    cell = self._execute(sandbox, code)
+                    self.emit(EventType.CODE_EXECUTED, index=index, block=bi, code=code, output=cell.output,
+                              error=cell.error, elapsed_s=round(cell.elapsed_s, 4), status=cell.status,
+                              spawned=list(self._spawned))
+                    results.append((code, cell.output))
+                    if cell.status == "timeout":
+                        notes.append(f"[code block {bi + 1} was interrupted after exec_timeout="
+                                     f"{cfg.exec_timeout:g} s; variables it set before that are kept]")
+                    if cell.status == "restarted":
+                        notes.append("[the REPL did not stop when interrupted and was restarted: "
+                                     "ALL variables and imports are lost; files on disk are kept]")
+                    if cell.status == "died":
+                        died, error = True, cell.error or "the sandbox process died"
+                        break
+                    if self.has_final or cell.status in ("cancelled", "restarted"):
+                        break
+                if died:
+                    status = "error"
+                    break
+                if self.scope.is_set() and not self.has_final:
+                    status, error = self._cancel_status()
+                    break
+                namespace = sandbox.snapshot()
+                self.emit(EventType.ITERATION_FINISHED, index=index, namespace=namespace)
+                if self.has_final:
+                    status = "done"
+                    break
+                messages += [
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": format_cell_outputs(results, cfg.output_truncation_limit, notes)},
+                ]
+            else:
+                status, error = "budget", f"max_iterations ({cfg.max_iterations}) reached"
+                self.emit(EventType.BUDGET_HIT, limit="max_iterations", message=error)
+        except (Cancelled, LLMCancelled):
+            status, error = self._cancel_status()
+        except BudgetExceeded as stop:
+            status, error = "budget", str(stop)
+            self.emit(EventType.BUDGET_HIT, limit=stop.limit, message=str(stop))
+        except (LLMError, SandboxError) as exc:
+            status, error = "error", str(exc)
+        except Exception as exc:  # a bug in the engine must still give the agent an ending
+            status, error = "error", f"internal error: {exc!r}"
+            run.log_exception(self.agent_id)
+        return self._finish(status, error, last_text, sandbox_future)
+
+    def _stop_reason(self) -> tuple[str, str] | None:
+        if self.scope.is_set():
+            return self._cancel_status()
+        refusal = self.run.budget.llm_refusal()
+        if refusal:
+            raise BudgetExceeded(refusal)
+        return None
+
+    def _cancel_status(self) -> tuple[str, str]:
+        why = self.scope.why() or "cancelled"
+        return ("timeout" if "timeout" in why else "cancelled"), why
+
+    def _sandbox(self, future: Future[Sandbox]) -> Sandbox:
+        while True:
+            if self.scope.is_set():
+                raise Cancelled()
+            try:
+                sb = future.result(timeout=0.05)
+            except TimeoutError:
+                continue
+            self.sandbox = sb
+            return sb
+
+    def _execute(self, sandbox: Sandbox, code: str) -> CellResult:
+        run = self.run
+        self.cell_scope = Scope(self.scope)
+        self._spawned = []
+        timeout = min(run.config.rlm.exec_timeout, max(0.1, run.budget.remaining_s()))
+        with run.slot():
+            cell = sandbox.execute(code, timeout=timeout, cancel=self.scope)
+        if cell.status != "ok":
+            self.cell_scope.cancel("the calling cell ended")  # stop children it left running
+        return cell
+
+    def _finish(self, status: str, error: str | None, last_text: str, future: Future[Sandbox]) -> AgentOutcome:
+        run = self.run
+        sandbox = self.sandbox
+        if sandbox is None and future.done() and future.exception() is None:
+            sandbox = future.result()
+        elif sandbox is None:
+            future.cancel()
+        self.cell_scope.cancel("the agent ended")
+        patch = ""
+        if sandbox is not None:
+            try:
+                patch = sandbox.diff()
+            except Exception as exc:
+                run.emit(EventType.NOTICE, self.agent_id, level="warning", message=f"could not compute the patch: {exc}")
+        if status == "done":
+            value = self.final
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        else:
+            draft = (sandbox.answer_draft if sandbox else "") or _prose(last_text)
+            reason = error or status
+            text = f"[partial answer: {status}: {reason}]" + (f"\n{draft}" if draft else "")
+            value = text
+        run.release_sandbox(self, sandbox, future)
+        outcome = AgentOutcome(self.agent_id, text, status, patch, error, value)
+        self.emit(EventType.AGENT_FINISHED, status=status, result=value, error=error, usage=self.usage.to_dict(),
+                  finished_at=time.time(), patch=patch)
+        return outcome
+
+
+def _prose(text: str) -> str:
+    """A reply without its code blocks, for partial answers."""
+    out, inside = [], False
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            inside = not inside
+            continue
+        if not inside:
+            out.append(line)
+    return "\n".join(out).strip()[:2000]
+
+
+def _describe(value: Any) -> str:
+    if value is NO_CONTEXT or value is None:
+        return ""
+    try:
+        size = len(value)
+    except TypeError:
+        return type(value).__name__
+    unit = "characters" if isinstance(value, str) else "items"
+    return f"a {type(value).__name__} of {size:,} {unit}"

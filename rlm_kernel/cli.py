@@ -1,0 +1,190 @@
+"""The `rlm` command: `rlm run`, `rlm demo`, `rlm cleanup`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`rlm run: error: …`) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="rlm", description="Recursive Language Models in sandboxed REPLs.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    r = sub.add_parser(
+        "run",
+        help="run an RLM on a repository (or none) and print the patch",
+        description="Run a Recursive Language Model on a task. The root agent and every sub-agent get "
+        "their own sandbox (a git worktree of REPO at its base commit, with its own IPython kernel). "
+        "The root's changes come out as a git patch on stdout (or in -o FILE); with no REPO, the "
+        "answer is printed instead. Progress goes to stderr.",
+    )
+    r.add_argument("repo", nargs="?", metavar="REPO_OR_PATH",
+                   help="a local git repository or a git URL (cloned once into the cache); omit for a task "
+                   "without a repository")
+    r.add_argument("-p", "--prompt", required=True, help="the task for the root agent (required)")
+    r.add_argument("-b", "--branch", help="branch to check out (default: the repository's HEAD)")
+    r.add_argument("--commit", help="commit SHA to check out (overrides --branch)")
+    r.add_argument("-c", "--config", metavar="FILE",
+                   help="YAML configuration file (default: ./config.yaml if present, else built-in defaults)")
+    r.add_argument("-o", "--output", metavar="PATCH_FILE", help="write the patch to this file instead of stdout")
+    r.add_argument("--model", help="LLM for agents, in litellm form, e.g. openrouter/google/gemini-3-flash-preview "
+                   "or scripted/path/to/model.py")
+    r.add_argument("--sub-model", help="LLM for llm_query/llm_query_batched (default: --model)")
+    r.add_argument("--sandbox", choices=["local", "daytona"], help="sandbox backend (default: local)")
+    r.add_argument("--results-dir", metavar="DIR", help="where run records are written (default: results)")
+    r.add_argument("--max-depth", type=int, metavar="N", help="deepest agent depth (root = 0)")
+    r.add_argument("--max-sandboxes", type=int, metavar="N", help="sandboxes the whole run may create")
+    r.add_argument("--max-iterations", type=int, metavar="N", help="iterations per agent")
+    r.add_argument("--timeout", type=float, metavar="SECONDS", help="global timeout of the run")
+    r.add_argument("--keep", action="store_true", help="keep every agent's worktree and say where")
+    r.add_argument("--answer", metavar="FILE", help="also write the final answer to this file")
+    v = r.add_mutually_exclusive_group()
+    v.add_argument("--verbose", action="store_true", help="progress plus debug logging on stderr")
+    v.add_argument("--quiet", action="store_true", help="no progress output, only the result")
+
+    d = sub.add_parser("demo", help="run the offline demo (bundled repository, scripted model, no keys)",
+                       description="Run a scripted RLM on a small bundled repository: no API key, no network.")
+    d.add_argument("--results-dir", metavar="DIR", help="where the run record is written (default: results)")
+    d.add_argument("--quiet", action="store_true", help="no progress output")
+
+    c = sub.add_parser("cleanup", help="remove sandboxes left behind by crashed runs",
+                       description="Remove leftover local sandboxes (worktrees, temporary files) of runs "
+                       "that are no longer running.")
+    c.add_argument("--sandbox", choices=["local"], default="local", help="backend to clean (default: local)")
+    c.add_argument("--run", metavar="ID", help="only this run")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {
+        "model.name": args.model,
+        "model.sub_model": args.sub_model,
+        "sandbox.backend": args.sandbox,
+        "results_dir": args.results_dir,
+        "rlm.max_depth": args.max_depth,
+        "rlm.max_sandboxes": args.max_sandboxes,
+        "rlm.max_iterations": args.max_iterations,
+        "rlm.global_timeout": args.timeout,
+        "sandbox.keep": True if args.keep else None,
+    }
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"rlm: error: {message}\n")
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`rlm run`: validate everything, run, print the patch (or answer)."""
+    import logging
+
+    from .config import ConfigError, load_config
+    from .console import ConsoleProgress
+    from .llm import LLMError
+    from .runner import Run
+    from .sandbox.base import SandboxError
+    from .sandbox.workspace import TargetError
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, _overrides(args))
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    sinks = [] if args.quiet else [ConsoleProgress()]
+    run = Run(args.prompt, args.repo, branch=args.branch, commit=args.commit, config=config, on_event=sinks)
+    try:
+        run.prepare()
+    except (TargetError, LLMError, SandboxError, ConfigError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    # SIGTERM cancels like Ctrl-C, so `timeout`/CI kills still clean up.
+    signal.signal(signal.SIGTERM, lambda *_: run.cancel(reason="terminated (SIGTERM)"))
+    try:
+        run.start()
+        result = run.wait()
+    except KeyboardInterrupt:
+        run.release_kept()
+        return _fail(f"interrupted; run {run.run_id} cancelled and its sandboxes removed", EXIT_INTERRUPTED)
+    finally:
+        run.release_kept()
+    if result.kept:
+        for info in result.kept:
+            sys.stderr.write(f"kept sandbox: {info['path']}\n")
+    answer = str(result)
+    if args.answer:
+        Path(args.answer).write_text(answer + "\n", encoding="utf-8")
+    if args.output:
+        Path(args.output).write_text(result.patch, encoding="utf-8")
+    if run.target.is_repo:
+        if not args.output:
+            sys.stdout.write(result.patch)
+        if not args.quiet:
+            sys.stderr.write(f"\nAnswer:\n{answer}\n")
+    else:
+        sys.stdout.write(answer + "\n")
+    if not args.quiet and result.record_path:
+        sys.stderr.write(f"record: {result.record_path}\n")
+    if result.status != "done":
+        return _fail(f"run {result.status}: {result.error or 'no final answer'} (partial answer above; "
+                     f"record: {result.record_path})", EXIT_FAILED)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`rlm demo`: the offline showcase on the bundled repository."""
+    from .demo import prepare_demo
+
+    work = Path(tempfile.mkdtemp(prefix="rlm-demo-"))
+    try:
+        repo, model, prompt = prepare_demo(work)
+        sys.stderr.write(f"Demo: a scripted model investigates the TODOs of a small repository ({repo}).\n")
+        ns = argparse.Namespace(
+            repo=str(repo), prompt=prompt, branch=None, commit=None, config=None, output=None, model=model,
+            sub_model=None, sandbox="local", results_dir=args.results_dir, max_depth=None, max_sandboxes=None,
+            max_iterations=None, timeout=None, keep=False, answer=None, verbose=False, quiet=args.quiet,
+        )
+        return cmd_run(ns)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """`rlm cleanup`: remove leftover local sandboxes of runs that are not running."""
+    from .sandbox.cleanup import cleanup_local
+
+    removed = cleanup_local(run_id=args.run)
+    for line in removed:
+        sys.stderr.write(f"removed {line}\n")
+    sys.stderr.write(f"{len(removed)} leftover sandbox(es) removed\n")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rlm` command."""
+    args = _build_parser().parse_args(argv)
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    handlers = {"run": cmd_run, "demo": cmd_demo, "cleanup": cmd_cleanup}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

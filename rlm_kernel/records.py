@@ -1,0 +1,202 @@
+"""Run records: `results/{run_id}.detail.json` and `results/index.json`, built from events as the run goes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .events import Event, EventType
+
+__all__ = ["Recorder", "TreeState", "load_index", "load_record", "write_json_atomic"]
+
+_INDEX_KEEP = 1000
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary name and rename it over `path` (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=False, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def _child_key(node: dict[str, Any]) -> list[int | str]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"[.]", str(node["agent_id"]))]
+
+
+class TreeState:
+    """Folds events into the record's tree (the contract of DESIGN.md "Run record")."""
+
+    def __init__(self) -> None:
+        self.run: dict[str, Any] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.root_id: str | None = None
+
+    def apply(self, ev: Event) -> None:
+        """Update the tree with one event."""
+        d = ev.data
+        t = ev.type
+        if t is EventType.RUN_STARTED:
+            self.run.update(run_id=ev.run_id, status="running", answer=None, patch="", finished_at=None,
+                            elapsed_s=None, usage={"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                                   "cost_usd": 0.0}, **d)
+            return
+        if t is EventType.RUN_FINISHED:
+            self.run.update(d)
+            return
+        if ev.agent_id is None:
+            return
+        if t is EventType.AGENT_STARTED:
+            node = {
+                "agent_id": ev.agent_id, "parent_id": d.get("parent_id"), "depth": d.get("depth", 0),
+                "task": d.get("task", ""), "status": "running", "result": None, "error": None,
+                "started_at": d.get("started_at"), "finished_at": None,
+                "usage": {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
+                "sandbox": None, "iterations": [], "children": [], "llm_queries": [], "patch": "",
+            }
+            self.nodes[ev.agent_id] = node
+            parent = self.nodes.get(str(d.get("parent_id")))
+            if parent is not None:
+                parent["children"].append(node)
+                parent["children"].sort(key=_child_key)
+            elif self.root_id is None:
+                self.root_id = ev.agent_id
+            return
+        node = self.nodes.get(ev.agent_id)
+        if node is None:
+            return
+        if t is EventType.SANDBOX_READY:
+            node["sandbox"] = d.get("sandbox")
+        elif t is EventType.LLM_RESPONSE:
+            it = self._iteration(node, d["index"])
+            it["llm_response"] = d.get("text", "")
+            self._add_usage(node, d.get("usage"))
+        elif t is EventType.STEP_WAITING:
+            self._iteration(node, d["index"])["pending_code"] = d.get("code", "")
+        elif t is EventType.CODE_EXECUTED:
+            it = self._iteration(node, d["index"])
+            it.pop("pending_code", None)
+            it["code_blocks"].append({k: d.get(k) for k in ("code", "output", "error", "elapsed_s", "spawned",
+                                                             "status")})
+        elif t is EventType.ITERATION_FINISHED:
+            it = self._iteration(node, d["index"])
+            if d.get("namespace") is not None:
+                it["namespace"] = d["namespace"]
+            it["finished"] = True
+        elif t is EventType.LLM_QUERY:
+            node["llm_queries"].append({k: d.get(k) for k in ("prompt", "response", "model", "error")})
+            self._add_usage(node, d.get("usage"))
+        elif t is EventType.AGENT_FINISHED:
+            for k in ("status", "result", "error", "finished_at", "patch"):
+                node[k] = d.get(k)
+
+    @staticmethod
+    def _iteration(node: dict[str, Any], index: int) -> dict[str, Any]:
+        its = node["iterations"]
+        while len(its) <= index:
+            its.append({"index": len(its), "llm_response": "", "code_blocks": [], "namespace": []})
+        return its[index]  # type: ignore[no-any-return]
+
+    def _add_usage(self, node: dict[str, Any], usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        for target in (node["usage"], self.run.setdefault("usage", {})):
+            for k in ("llm_calls", "prompt_tokens", "completion_tokens", "cost_usd"):
+                target[k] = target.get(k, 0) + usage.get(k, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole record: run fields plus `root`."""
+        out = dict(self.run)
+        out["root"] = self.nodes.get(self.root_id) if self.root_id else None
+        return out
+
+
+class Recorder:
+    """An event consumer that keeps `{run_id}.detail.json` current (throttled) and updates index.json."""
+
+    def __init__(self, results_dir: str | os.PathLike[str], min_interval_s: float = 0.5) -> None:
+        self.dir = Path(results_dir)
+        self.state = TreeState()
+        self.min_interval_s = min_interval_s
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self.path: Path | None = None
+
+    def __call__(self, ev: Event) -> None:
+        """Apply an event; write now for milestones, otherwise at most every `min_interval_s`."""
+        with self._lock:
+            self.state.apply(ev)
+            if self.path is None:
+                self.path = self.dir / f"{ev.run_id}.detail.json"
+            now = time.monotonic()
+            milestone = ev.type in (EventType.RUN_STARTED, EventType.AGENT_FINISHED, EventType.RUN_FINISHED)
+            if milestone or now - self._last >= self.min_interval_s:
+                self._last = now
+                write_json_atomic(self.path, self.state.to_dict())
+            if ev.type in (EventType.RUN_STARTED, EventType.RUN_FINISHED):
+                self._update_index()
+
+    def _update_index(self) -> None:
+        rec = self.state.to_dict()
+        root = rec.get("root") or {}
+        entry = {
+            "run_id": rec.get("run_id"),
+            "task": str(rec.get("task", ""))[:300],
+            "repo": rec.get("repo"),
+            "model": rec.get("model"),
+            "status": rec.get("status"),
+            "started_at": rec.get("started_at"),
+            "finished_at": rec.get("finished_at"),
+            "elapsed_s": rec.get("elapsed_s"),
+            "agents": len(self.state.nodes),
+            "usage": rec.get("usage"),
+            "answer": str(rec.get("answer") or "")[:300],
+            "file": f"{rec.get('run_id')}.detail.json",
+            "root_status": root.get("status"),
+        }
+        index_path = self.dir / "index.json"
+        with _file_lock(self.dir / ".index.lock"):
+            runs = [r for r in load_index(self.dir) if r.get("run_id") != entry["run_id"]]
+            runs.insert(0, entry)
+            runs.sort(key=lambda r: r.get("started_at") or "", reverse=True)
+            write_json_atomic(index_path, {"runs": runs[:_INDEX_KEEP]})
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - Windows
+            pass
+        yield
+
+
+def load_index(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The runs listed in `index.json`, newest first ([] when there is none)."""
+    try:
+        with open(Path(results_dir) / "index.json", encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return []
+    runs = data.get("runs", []) if isinstance(data, dict) else data
+    return [r for r in runs if isinstance(r, dict)]
+
+
+def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a `detail.json` record."""
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a run record")
+    return data

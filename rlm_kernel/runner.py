@@ -1,0 +1,482 @@
+"""A run: the agent tree, budgets, concurrency, cancellation, the step gate, and the result."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import inspect
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import llm as llm_mod
+from .agent import Agent, AgentOutcome
+from .config import RLMConfig, is_secret_env, load_config, load_dotenv_file
+from .control import Budget, BudgetExceeded, Scope, StepGate
+from .events import Event, EventSink, EventType
+from .llm import LLMClient, LLMError, Usage
+from .records import Recorder
+from .sandbox import backend_class
+from .sandbox.base import NO_CONTEXT, Sandbox, SandboxError, SandboxSpec
+from .sandbox.bridge import BridgeRefused
+from .sandbox.workspace import Target, resolve_target
+from .signature import Signature
+
+__all__ = ["Run", "RunResult", "run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the answer, the patch, and where the record is."""
+
+    run_id: str
+    status: str
+    answer: Any
+    patch: str
+    usage: Usage
+    elapsed_s: float
+    record_path: str | None
+    tree: dict[str, Any] | None
+    patch_path: str | None = None
+    error: str | None = None
+    kept: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.answer if isinstance(self.answer, str) else json.dumps(self.answer, default=str)
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id."""
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def _tool_specs(tools: Mapping[str, Callable[..., Any]]) -> list[dict[str, Any]]:
+    specs = []
+    for name, fn in tools.items():
+        try:
+            sig = str(inspect.signature(fn))
+        except (TypeError, ValueError):
+            sig = "(*args, **kwargs)"
+        specs.append({"name": name, "signature": sig, "doc": inspect.getdoc(fn) or ""})
+    return specs
+
+
+class Run:
+    """One RLM run. Use `execute()` (blocking) or `start()` then `wait()`; control it with
+    `pause()`, `step()`, `resume()` and `cancel()` from any thread."""
+
+    def __init__(
+        self,
+        task: str,
+        repo: str | os.PathLike[str] | None = None,
+        *,
+        branch: str | None = None,
+        commit: str | None = None,
+        config: RLMConfig | None = None,
+        context: Any = NO_CONTEXT,
+        signature: str | Signature | None = None,
+        tools: Mapping[str, Callable[..., Any]] | Sequence[Callable[..., Any]] | None = None,
+        on_event: EventSink | Sequence[EventSink] | None = None,
+        step: bool = False,
+        llm: LLMClient | None = None,
+    ) -> None:
+        load_dotenv_file()
+        self.config = config if config is not None else load_config()
+        self.run_id = new_run_id()
+        self.task = task
+        self.repo = None if repo is None else str(repo)
+        self.branch = branch
+        self.commit = commit
+        self.context = context
+        self.signature = Signature.parse(signature) if isinstance(signature, str) else signature
+        if tools is None:
+            self.tools: dict[str, Callable[..., Any]] = {}
+        elif isinstance(tools, Mapping):
+            self.tools = dict(tools)
+        else:
+            self.tools = {fn.__name__: fn for fn in tools}
+        self.tool_specs = _tool_specs(self.tools)
+        m = self.config.model
+        self.llm = llm or LLMClient(
+            timeout=m.timeout, retries=m.retries, temperature=m.temperature, max_tokens=m.max_tokens,
+            api_key=os.environ.get("LLM_API_KEY") or None,
+        )
+        self.scope = Scope()
+        self.gate = StepGate(step)
+        self.recorder = Recorder(self.config.results_dir)
+        sinks: list[EventSink] = [self.recorder]
+        if on_event is not None:
+            sinks += list(on_event) if isinstance(on_event, Sequence) else [on_event]
+        self.sinks = sinks
+        self.target = Target(None, None, None)
+        self.budget = Budget(self.config.rlm, time.monotonic())
+        self.status = "created"
+        self.root: Agent | None = None
+        self.kept: list[Sandbox] = []
+        self._agents: dict[str, Agent] = {}
+        self._emit_lock = threading.RLock()
+        self._slots = threading.Semaphore(self.config.rlm.max_concurrency)
+        self._parked: dict[str, int] = {}
+        self._parked_lock = threading.Lock()
+        self._sandboxes: set[Sandbox] = set()
+        self._sandbox_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(4, self.config.rlm.max_concurrency),
+                                        thread_name_prefix=f"rlm-sandbox-{self.run_id}")
+        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
+        self._result: RunResult | None = None
+        self._done = threading.Event()
+        self._started_wall = time.time()
+
+    # -- events -----------------------------------------------------------------------------------
+    def emit(self, etype: EventType, agent_id: str | None = None, **data: Any) -> None:
+        """Send an event to every consumer (recorder, progress, widget…); consumer errors are logged."""
+        ev = Event(etype, self.run_id, agent_id, data)
+        with self._emit_lock:
+            for sink in self.sinks:
+                try:
+                    sink(ev)
+                except Exception:
+                    log.exception("event consumer %r failed on %s", sink, etype.value)
+
+    def log_exception(self, agent_id: str) -> None:
+        """Log an engine bug with its traceback."""
+        log.exception("agent %s failed", agent_id)
+
+    # -- controls ---------------------------------------------------------------------------------
+    def pause(self) -> None:
+        """Hold every agent before its next code runs."""
+        self.gate.pause()
+
+    def step(self, code: str | None = None) -> None:
+        """Let one iteration run (with `code` instead of the model's, if given)."""
+        self.gate.step(code)
+
+    def resume(self) -> None:
+        """Run freely (leave step mode)."""
+        self.gate.resume()
+
+    def cancel(self, agent_id: str | None = None, reason: str = "cancelled by the user") -> None:
+        """Cancel the whole run, or one agent and its sub-tree."""
+        if agent_id is None or (self.root is not None and agent_id == self.root.agent_id):
+            self.scope.cancel(reason)
+            return
+        agent = self._agents.get(agent_id)
+        if agent is not None:
+            agent.scope.cancel(reason)
+
+    # -- work slots -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of `max_concurrency` work slots."""
+        self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    @contextlib.contextmanager
+    def parked(self, agent: Agent) -> Iterator[None]:
+        """Give the agent's slot back while it waits for its children (so deep trees cannot deadlock)."""
+        with self._parked_lock:
+            n = self._parked.get(agent.agent_id, 0)
+            self._parked[agent.agent_id] = n + 1
+            if n == 0:
+                self._slots.release()
+        try:
+            yield
+        finally:
+            with self._parked_lock:
+                n = self._parked[agent.agent_id] - 1
+                self._parked[agent.agent_id] = n
+                last = n == 0
+            if last:
+                self._slots.acquire()
+
+    # -- LLM calls --------------------------------------------------------------------------------
+    def complete(self, agent: Agent, messages: list[dict[str, str]], *, kind: str,
+                 model: str | None = None) -> llm_mod.Completion:
+        """One LLM call on behalf of `agent`, charged to the run's budget."""
+        refusal = self.budget.reserve_llm_call()
+        if refusal:
+            raise BudgetExceeded(refusal)
+        name = model or (self.config.model.name if kind == "agent" else self.config.sub_model_name)
+        timeout = max(0.1, min(self.config.model.timeout, self.budget.remaining_s()))
+        cm = self.slot() if kind == "agent" else contextlib.nullcontext()
+        with cm:
+            try:
+                completion = self.llm.complete(messages, model=name, info=agent.llm_info(kind),
+                                               cancel=agent.scope, timeout=timeout)
+            except BaseException:
+                self.budget.charge(Usage())
+                raise
+        self.budget.charge(completion.usage)
+        agent.usage.add(completion.usage)
+        return completion
+
+    def llm_queries(self, agent: Agent, prompts: list[str], model: str | None) -> list[str]:
+        """Answer `llm_query(_batched)`: every prompt concurrently; failures become error strings."""
+
+        def one(prompt: str) -> str:
+            try:
+                c = self.complete(agent, [{"role": "user", "content": prompt}], kind="llm_query", model=model)
+            except (LLMError, BudgetExceeded) as exc:
+                self.emit(EventType.LLM_QUERY, agent.agent_id, prompt=prompt, response=None,
+                          model=model or self.config.sub_model_name, error=str(exc), usage=None)
+                return f"Error: {exc}"
+            self.emit(EventType.LLM_QUERY, agent.agent_id, prompt=prompt, response=c.text, model=c.model,
+                      error=None, usage=c.usage.to_dict())
+            return c.text
+
+        if len(prompts) == 1:
+            return [one(prompts[0])]
+        width = min(len(prompts), 4 * self.config.rlm.max_concurrency)
+        with ThreadPoolExecutor(max_workers=max(1, width), thread_name_prefix="rlm-llm") as ex:
+            return list(ex.map(one, prompts))
+
+    # -- children ---------------------------------------------------------------------------------
+    def spawn_children(self, parent: Agent, tasks: list[str], contexts: list[Any]) -> list[dict[str, Any]]:
+        """Answer `rlm_query(_batched)`: run one child per task concurrently, order kept."""
+        limits = self.config.rlm
+        if parent.depth >= limits.max_depth:
+            msg = (f"Error: rlm_query is not available at depth {parent.depth} (max_depth={limits.max_depth}); "
+                   "do this sub-task yourself or use llm_query.")
+            return [{"text": msg, "agent_id": "", "patch": "", "status": "error"} for _ in tasks]
+        replies: list[dict[str, Any] | None] = [None] * len(tasks)
+        children: list[tuple[int, Agent]] = []
+        for i, task in enumerate(tasks):
+            refusal = self.budget.take_sandbox()
+            if refusal:
+                self.emit(EventType.BUDGET_HIT, parent.agent_id, limit="max_sandboxes", message=refusal)
+                replies[i] = {"text": f"Error: {refusal}; no sub-agent was started for this task.",
+                              "agent_id": "", "patch": "", "status": "budget"}
+                continue
+            ctx = contexts[i] if i < len(contexts) and contexts[i] is not None else NO_CONTEXT
+            child = Agent(self, parent.next_child_id(), parent, task, ctx)
+            self._agents[child.agent_id] = child
+            children.append((i, child))
+        outcomes: dict[int, AgentOutcome] = {}
+
+        def work(i: int, child: Agent) -> None:
+            outcomes[i] = child.run_loop()
+
+        threads = [threading.Thread(target=work, args=(i, c), name=f"rlm-agent-{c.agent_id}", daemon=True)
+                   for i, c in children]
+        with self.parked(parent):
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        for i, child in children:
+            out = outcomes.get(i) or AgentOutcome(child.agent_id, "Error: the sub-agent did not finish", "error")
+            replies[i] = out.to_reply(limits.result_truncation_limit)
+        return [r for r in replies if r is not None]
+
+    def call_tool(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Run a host-side custom tool for the REPL; exceptions become the REPL's error."""
+        fn = self.tools.get(name)
+        if fn is None:
+            raise BridgeRefused(f"no tool named {name!r}")
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as exc:
+            raise BridgeRefused(f"tool {name} raised {type(exc).__name__}: {exc}") from exc
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            return str(value)
+        return value
+
+    # -- sandboxes --------------------------------------------------------------------------------
+    def start_sandbox(self, agent: Agent) -> Future[Sandbox]:
+        """Create the agent's sandbox in the background (it overlaps the first LLM call)."""
+        spec = SandboxSpec(
+            run_id=self.run_id,
+            agent_id=agent.agent_id,
+            target=self.target,
+            handler=agent.handle,
+            runtime_cfg={"agent_id": agent.agent_id, "depth": agent.depth, "tools": self.tool_specs},
+            context=agent.context,
+            keep=self.config.sandbox.keep,
+        )
+        cls = backend_class(self.config.sandbox.backend)
+
+        def create() -> Sandbox:
+            sb = cls(spec)
+            with self._sandbox_lock:
+                self._sandboxes.add(sb)
+            try:
+                if agent.scope.is_set():
+                    raise SandboxError("cancelled before the sandbox started")
+                sb.start()
+            except BaseException as exc:
+                sb.close()
+                if isinstance(exc, SandboxError):
+                    raise
+                raise SandboxError(f"could not create the sandbox for {agent.agent_id}: {exc}") from exc
+            self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=sb.info())
+            return sb
+
+        return self._pool.submit(create)
+
+    def release_sandbox(self, agent: Agent, sandbox: Sandbox | None, future: Future[Sandbox]) -> None:
+        """Remove (or keep, with sandbox.keep) an ended agent's sandbox."""
+        if sandbox is None:
+            future.add_done_callback(_close_when_ready)
+            return
+        if self.config.sandbox.keep:
+            self.kept.append(sandbox)
+            self.emit(EventType.NOTICE, agent.agent_id, level="info", message=f"sandbox kept at {sandbox.path}")
+            return
+        sandbox.close()
+
+    def release_kept(self) -> None:
+        """Stop the kernels of kept sandboxes (their files stay)."""
+        for sb in self.kept:
+            sb.close()
+
+    # -- the run ----------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Check everything a run needs before anything is created (raises with a clear message)."""
+        self.target = resolve_target(self.repo, self.branch, self.commit)
+        self.llm.check_ready(self.config.model.name)
+        if self.config.model.sub_model:
+            self.llm.check_ready(self.config.model.sub_model)
+        backend_class(self.config.sandbox.backend)
+
+    def start(self) -> None:
+        """Validate, then run in a background thread."""
+        self.prepare()
+        self._thread = threading.Thread(target=self._main, name=f"rlm-run-{self.run_id}", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        """Block until the run has finished and cleaned up; Ctrl-C cancels it (and still cleans up)."""
+        try:
+            if not self._done.wait(timeout):
+                raise TimeoutError(f"run {self.run_id} still running")
+        except KeyboardInterrupt:
+            self.cancel(reason="interrupted (Ctrl-C)")
+            self._done.wait(30)
+            raise
+        assert self._result is not None
+        return self._result
+
+    def execute(self) -> RunResult:
+        """Run to the end in this thread's control (validate, start, wait)."""
+        self.start()
+        return self.wait()
+
+    @property
+    def done(self) -> bool:
+        """True once the run has finished."""
+        return self._done.is_set()
+
+    @property
+    def result(self) -> RunResult | None:
+        """The result, once done."""
+        return self._result
+
+    def _main(self) -> None:
+        t0 = time.monotonic()
+        self.budget = Budget(self.config.rlm, t0)
+        llm_mod.prewarm()
+        self.status = "running"
+        cfg = self.config.to_dict()
+        self.emit(EventType.RUN_STARTED, task=self.task, repo=self.repo, branch=self.branch,
+                  commit=self.target.commit, model=self.config.model.name, config=_redact(cfg),
+                  started_at=dt.datetime.now().isoformat(timespec="seconds"), step=self.gate.stepping)
+        timer = threading.Timer(self.config.rlm.global_timeout,
+                                lambda: self.scope.cancel(f"global_timeout ({self.config.rlm.global_timeout:g} s) reached"))
+        timer.daemon = True
+        timer.start()
+        outcome: AgentOutcome | None = None
+        error: str | None = None
+        try:
+            self.budget.take_sandbox()
+            self.root = Agent(self, "root", None, self.task, self.context)
+            self._agents["root"] = self.root
+            outcome = self.root.run_loop()
+        except Exception as exc:
+            error = f"internal error: {exc!r}"
+            log.exception("run %s failed", self.run_id)
+        finally:
+            timer.cancel()
+            self._cleanup()
+        status = outcome.status if outcome else "error"
+        if status == "cancelled" and "timeout" in self.scope.why():
+            status = "timeout"
+        elapsed = time.monotonic() - t0
+        patch = outcome.patch if outcome else ""
+        patch_path = None
+        if patch:
+            p = Path(self.config.results_dir) / f"{self.run_id}.patch"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(patch, encoding="utf-8")
+            patch_path = str(p)
+        answer = outcome.value if outcome else None
+        assert self.budget.usage is not None
+        self.status = status
+        self.emit(EventType.RUN_FINISHED, status=status, answer=answer, patch=patch,
+                  usage=self.budget.usage.to_dict(), elapsed_s=round(elapsed, 3),
+                  finished_at=dt.datetime.now().isoformat(timespec="seconds"), patch_path=patch_path)
+        self._result = RunResult(
+            run_id=self.run_id, status=status, answer=answer, patch=patch, usage=self.budget.usage,
+            elapsed_s=elapsed, record_path=str(self.recorder.path) if self.recorder.path else None,
+            tree=self.recorder.state.to_dict().get("root"), patch_path=patch_path,
+            error=error or (outcome.error if outcome and status != "done" else None),
+            kept=[sb.info() for sb in self.kept],
+        )
+        self._done.set()
+
+    def _cleanup(self) -> None:
+        """Make sure no sandbox outlives the run (unless kept)."""
+        self.scope.cancel("the run ended") if not self.scope.is_set() else None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._sandbox_lock:
+            leftovers = [sb for sb in self._sandboxes if not sb.closed and sb not in self.kept]
+        for sb in leftovers:
+            sb.close()
+
+
+def _close_when_ready(future: Future[Sandbox]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
+
+
+def _redact(cfg: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out[k] = _redact(v)
+        else:
+            out[k] = "***" if is_secret_env(k) and v else v
+    return out
+
+
+def run(
+    task: str,
+    repo: str | os.PathLike[str] | None = None,
+    *,
+    branch: str | None = None,
+    commit: str | None = None,
+    config: RLMConfig | None = None,
+    context: Any = NO_CONTEXT,
+    signature: str | Signature | None = None,
+    tools: Mapping[str, Callable[..., Any]] | Sequence[Callable[..., Any]] | None = None,
+    on_event: EventSink | Sequence[EventSink] | None = None,
+) -> RunResult:
+    """Run an RLM on `task` (optionally over a repository) and return its result."""
+    r = Run(task, repo, branch=branch, commit=commit, config=config, context=context, signature=signature,
+            tools=tools, on_event=on_event)
+    return r.execute()

@@ -1,0 +1,107 @@
+"""The sandbox interface every backend implements: a workspace plus a persistent REPL."""
+
+from __future__ import annotations
+
+import abc
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .workspace import Target
+
+__all__ = ["NO_CONTEXT", "CellResult", "Sandbox", "SandboxError", "SandboxSpec", "strip_ansi"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+NO_CONTEXT: Any = object()
+
+Handler = Callable[[str, dict[str, Any]], Any]
+OutputHook = Callable[[dict[str, Any]], None]
+
+
+def strip_ansi(text: str) -> str:
+    """Text without terminal colour codes."""
+    return _ANSI.sub("", text)
+
+
+class SandboxError(RuntimeError):
+    """A sandbox could not be created or has died; the message says what happened."""
+
+
+@dataclass
+class SandboxSpec:
+    """Everything a backend needs to make one agent's sandbox."""
+
+    run_id: str
+    agent_id: str
+    target: Target
+    handler: Handler  # answers bridge requests (rlm_query, llm_query, tools, final, submit)
+    runtime_cfg: dict[str, Any] = field(default_factory=dict)  # tools, signature, depth info
+    context: Any = NO_CONTEXT
+    keep: bool = False
+
+
+@dataclass
+class CellResult:
+    """What one cell did: its output as the model sees it, and how it ended."""
+
+    output: str = ""
+    error: str | None = None  # "ename: evalue" plus the traceback, colour codes removed
+    elapsed_s: float = 0.0
+    status: str = "ok"  # ok | error | timeout | cancelled | died | restarted
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # raw output messages (kernel use)
+
+    @property
+    def namespace_lost(self) -> bool:
+        """The REPL was restarted or died: variables are gone."""
+        return self.status in ("died", "restarted")
+
+
+class Sandbox(abc.ABC):
+    """One agent's sandbox: its files (`path`) and its REPL."""
+
+    backend: str = "?"
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self.id = ""
+        self.path = ""
+        self.base_commit = ""
+        self.namespace: list[dict[str, Any]] = []
+        self.answer_draft = ""
+        self.closed = False
+        self._close_lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        """`{backend, id, path}` for records."""
+        return {"backend": self.backend, "id": self.id, "path": self.path}
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Create the workspace and the REPL, and install the runtime."""
+
+    @abc.abstractmethod
+    def execute(
+        self,
+        code: str,
+        *,
+        timeout: float,
+        cancel: threading.Event | None = None,
+        on_output: OutputHook | None = None,
+        store_history: bool = True,
+    ) -> CellResult:
+        """Run one cell; interrupt it after `timeout` s or when `cancel` is set."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Summarise the namespace (name, type, repr, size) and remember it in `namespace`."""
+
+    @abc.abstractmethod
+    def diff(self) -> str:
+        """The workspace's changes since the base commit, as a git patch."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Remove everything this sandbox made; idempotent, never raises."""

@@ -1,0 +1,331 @@
+"""Kernel fork server (zygote): pre-imports ipykernel once, then forks one kernel per request.
+
+Run as ``python -m rlm_kernel.sandbox.forkserver --fd N`` by :mod:`rlm_kernel.sandbox.kernels`,
+with a minimal environment (no API keys: a sandbox can read ``/proc/<zygote>/environ``).
+
+Protocol: JSON lines over the Unix stream socket inherited as fd ``N``.
+
+- zygote → host, once imports are done: ``{"event": "ready", "pid": P, "threads": T}``.
+- host → zygote: ``{"id": I, "op": "spawn", "cwd": ..., "env": {...}, "connection_file": ...,
+  "log_path": ...}``; reply ``{"id": I, "pid": P}`` or ``{"id": I, "error": "..."}``.
+- zygote → host, whenever a kernel exits (the zygote reaps it): ``{"event": "exit", "pid": P,
+  "status": S}`` (``S`` as ``os.waitstatus_to_exitcode``: negative for a signal).
+
+The zygote creates no threads and no zmq context, so ``os.fork()`` is safe. Each child becomes a
+session leader (``setsid``: its subprocesses share its process group), changes directory, replaces
+``os.environ`` with the requested environment, sends stdout and stderr to its log file and runs
+``IPKernelApp``. On EOF (the host died or is done) or SIGTERM the zygote SIGTERMs the process
+groups of its live kernels, SIGKILLs what is left after a grace period, and exits. Kernels whose
+zygote is SIGKILLed exit on their own within about a second (ipykernel's parent poller, armed
+with ``parent_handle`` = the zygote's pid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import errno
+import importlib
+import json
+import os
+import random
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+__all__ = ["PRELOAD_MODULES", "main"]
+
+PRELOAD_MODULES: tuple[str, ...] = (
+    "ipykernel.kernelapp",
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    "ipykernel.debugger",
+    "ipykernel.comm",
+    "ipykernel.iostream",
+    "ipykernel.heartbeat",
+    "ipykernel.eventloops",
+    "IPython.core.completer",
+)
+OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime",)
+SHUTDOWN_GRACE_S = 1.0  # SIGTERM → SIGKILL for kernels left when the zygote exits
+_MAX_LINE = 16 * 1024 * 1024
+
+
+def _log(msg: str) -> None:
+    """Write one diagnostic line to stderr (the host forwards it to `logging`)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"forkserver[{os.getpid()}]: {msg}\n")
+        sys.stderr.flush()
+
+
+def _preload() -> None:
+    """Import what every kernel needs, so that a forked kernel only initialises."""
+    for name in PRELOAD_MODULES:
+        importlib.import_module(name)
+    for name in OPTIONAL_PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+        except Exception as exc:  # another module's bug must not take every kernel down
+            _log(f"could not pre-import {name}: {exc!r}")
+
+
+def _launcher_path() -> str:
+    """Return the path of ``ipykernel_launcher.py``, for the kernel's ``sys.argv[0]``."""
+    import ipykernel
+
+    return os.path.join(os.path.dirname(os.path.dirname(ipykernel.__file__)), "ipykernel_launcher.py")
+
+
+class _Zygote:
+    """The fork server's state and its single-threaded event loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pid = os.getpid()
+        self.children: set[int] = set()
+        self.stopping = False
+        self.inbuf = b""
+        self.argv0 = _launcher_path()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.sock, selectors.EVENT_READ)
+        self.sel.register(self.wake_r, selectors.EVENT_READ)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Note the signal; the work happens in the loop (woken up through the wakeup fd)."""
+        if signum in (signal.SIGTERM, signal.SIGHUP):
+            self.stopping = True
+
+    def send(self, msg: Mapping[str, Any]) -> None:
+        """Send one JSON line to the host; a vanished host means we stop."""
+        try:
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError:
+            self.stopping = True
+
+    # -- main loop ------------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Serve spawn requests until EOF or SIGTERM, then stop the kernels; return the exit code."""
+        self.send({"event": "ready", "pid": self.pid, "threads": threading.active_count()})
+        while not self.stopping:
+            for key, _ in self.sel.select():
+                if key.fileobj is self.sock:
+                    self._read_requests()
+                else:
+                    with contextlib.suppress(OSError):
+                        while os.read(self.wake_r, 512):
+                            pass
+            self._reap()
+        self._stop_children()
+        return 0
+
+    def _read_requests(self) -> None:
+        try:
+            data = self.sock.recv(1 << 16)
+        except InterruptedError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.stopping = True
+            return
+        self.inbuf += data
+        if len(self.inbuf) > _MAX_LINE:
+            _log("request too long; closing")
+            self.stopping = True
+            return
+        while b"\n" in self.inbuf:
+            line, self.inbuf = self.inbuf.split(b"\n", 1)
+            if line.strip():
+                self._handle(line)
+
+    def _handle(self, line: bytes) -> None:
+        rid: Any = None
+        try:
+            req = json.loads(line)
+            rid = req.get("id")
+            if req.get("op") != "spawn":
+                raise ValueError(f"unknown op {req.get('op')!r}")
+            pid = self._spawn(
+                str(req["cwd"]),
+                {str(k): str(v) for k, v in dict(req["env"]).items()},
+                str(req["connection_file"]),
+                str(req["log_path"]),
+            )
+        except Exception as exc:
+            self.send({"id": rid, "error": f"{type(exc).__name__}: {exc}"})
+        else:
+            self.send({"id": rid, "pid": pid})
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            self.send({"event": "exit", "pid": pid, "status": os.waitstatus_to_exitcode(status)})
+
+    def _stop_children(self) -> None:
+        """SIGTERM every live kernel's process group, then SIGKILL what is left."""
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self._signal_children(signal.SIGTERM)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.01)
+        if self.children:
+            self._signal_children(signal.SIGKILL)
+            deadline = time.monotonic() + SHUTDOWN_GRACE_S
+            while self.children and time.monotonic() < deadline:
+                self._reap()
+                time.sleep(0.01)
+
+    def _signal_children(self, sig: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            except OSError as exc:
+                _log(f"cannot signal kernel {pid}: {exc}")
+
+    # -- spawning -------------------------------------------------------------------------------
+    def _spawn(self, cwd: str, env: dict[str, str], connection_file: str, log_path: str) -> int:
+        if not os.path.isdir(cwd):
+            raise FileNotFoundError(errno.ENOENT, "kernel cwd is not a directory", cwd)
+        if not os.path.isfile(connection_file):
+            raise FileNotFoundError(errno.ENOENT, "connection file not found", connection_file)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                self._child(cwd, env, connection_file, log_fd)
+        finally:
+            os.close(log_fd)
+        self.children.add(pid)
+        return pid
+
+    def _child(self, cwd: str, env: dict[str, str], connection_file: str, log_fd: int) -> NoReturn:
+        """Become the kernel: never returns."""
+        code = 1
+        try:
+            os.setsid()
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.sel.close()
+            self.sock.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            os.chdir(cwd)
+            null_fd = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null_fd, 0)
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            os.closerange(3, _max_fd())
+            _fresh_stdio()
+            os.environ.clear()
+            os.environ.update(env)
+            _apply_pythonpath(env.get("PYTHONPATH", ""))
+            random.seed()  # also done by `random`'s at-fork hook; cheap insurance
+            sys.argv = [self.argv0, "-f", connection_file]
+            del self.inbuf, env
+            from ipykernel.kernelapp import IPKernelApp
+
+            IPKernelApp.launch_instance(
+                argv=["-f", connection_file, f"--IPKernelApp.parent_handle={self.pid}"]
+            )
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                traceback.print_exc()
+        finally:
+            # A normal interpreter exit runs the atexit handlers (ipykernel's and IPython's
+            # clean-ups); os._exit keeps the zygote's stack frames from unwinding in the child.
+            with contextlib.suppress(BaseException):
+                atexit._run_exitfuncs()
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+
+def _max_fd() -> int:
+    """Return the upper bound of file descriptors to close in a child."""
+    try:
+        n = os.sysconf("SC_OPEN_MAX")
+    except (ValueError, OSError):
+        n = 4096
+    return n if n > 0 else 4096
+
+
+def _fresh_stdio() -> None:
+    """Give the child new stdio objects on fds 0/1/2 (nothing buffered from the zygote)."""
+    stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+    stdout = open(  # noqa: SIM115
+        1, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False
+    )
+    stderr = open(  # noqa: SIM115
+        2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False
+    )
+    sys.stdin, sys.stdout, sys.stderr = stdin, stdout, stderr
+    setattr(sys, "__stdin__", stdin)  # noqa: B010 - Final in typeshed, writable at run time
+    setattr(sys, "__stdout__", stdout)  # noqa: B010
+    setattr(sys, "__stderr__", stderr)  # noqa: B010
+
+
+def _apply_pythonpath(pythonpath: str) -> None:
+    """Put the kernel environment's PYTHONPATH entries first, as a fresh interpreter would."""
+    entries = [os.path.abspath(p) for p in pythonpath.split(os.pathsep) if p]
+    for entry in reversed(entries):
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fork server on the socket given by ``--fd``."""
+    parser = argparse.ArgumentParser(prog="python -m rlm_kernel.sandbox.forkserver")
+    parser.add_argument("--fd", type=int, required=True, help="inherited Unix stream socket")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    sock.set_inheritable(False)
+    # `-m` put the zygote's cwd first on sys.path; a kernel adds its own cwd ('') instead.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    _preload()
+    if threading.active_count() != 1:
+        _log(f"{threading.active_count()} threads after pre-imports; forking is unsafe")
+    return _Zygote(sock).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The local backend: a git worktree plus an IPython kernel (jupyter_client, ipc transport) per agent.
+
+What it does not isolate (see the README): the kernel runs as the same user on the same machine,
+so agent code can read and write anything that user can, and use the network. What it does keep
+apart: each agent's files (its own worktree), its namespace (its own process), and the host's
+secrets (the kernel's environment is an allowlist without API keys; keys never cross the bridge).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import queue
+import shutil
+import threading
+import time
+from typing import Any
+
+from ..config import sandbox_env
+from ..paths import tmp_root
+from . import workspace
+from .base import NO_CONTEXT, CellResult, OutputHook, Sandbox, SandboxError, SandboxSpec, strip_ansi
+from .bridge import Bridge, FrameParser, new_secret
+from .kernels import KernelHandle, start_kernel
+
+__all__ = ["LocalSandbox"]
+
+INTERRUPT_GRACE_S = 3.0  # how long an interrupted cell may take to stop before the kernel restarts
+
+
+class LocalSandbox(Sandbox):
+    """A worktree and an IPython kernel on this machine."""
+
+    backend = "local"
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        super().__init__(spec)
+        safe = spec.agent_id.replace("/", "_")
+        self.root = str(tmp_root() / spec.run_id / safe)
+        self.path = os.path.join(self.root, "work")
+        self.bridge_dir = os.path.join(self.root, "bridge")
+        self.id = f"{spec.run_id}/{safe}"
+        self.kernel: KernelHandle | None = None
+        self.secret = new_secret()
+        self.bridge = Bridge(self.secret, self._handle, self._deliver)
+        self._exec_lock = threading.Lock()
+        self._workspace_made = False
+
+    # -- bridge plumbing ------------------------------------------------------------------------
+    def _handle(self, op: str, args: dict[str, Any]) -> Any:
+        if op == "snapshot":
+            self.namespace = list(args.get("namespace") or [])
+            self.answer_draft = str(args.get("answer") or "")
+            return None
+        return self.spec.handler(op, args)
+
+    def _deliver(self, rid: str, data: bytes) -> None:
+        tmp = os.path.join(self.bridge_dir, f".{rid}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, os.path.join(self.bridge_dir, f"{rid}.json"))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the worktree, start the kernel and install the runtime."""
+        os.makedirs(self.bridge_dir, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.base_commit = workspace.create_workspace(self.spec.target, self.path)
+        self._workspace_made = True
+        env = sandbox_env()
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ in patches
+        env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        self.kernel = start_kernel(self.path, env, runtime_dir=os.path.join(self.root, "kernel"))
+        self._install_runtime()
+
+    def _install_runtime(self) -> None:
+        cfg = dict(self.spec.runtime_cfg)
+        cfg["secret"] = self.secret
+        cfg["bridge_dir"] = self.bridge_dir
+        if self.spec.context is not NO_CONTEXT:
+            path = os.path.join(self.bridge_dir, "context.pickle")
+            try:
+                with open(path, "wb") as fh:
+                    pickle.dump(self.spec.context, fh, protocol=4)
+            except Exception as exc:
+                raise SandboxError(f"the context cannot be sent to the sandbox (not picklable: {exc})") from exc
+            cfg["context_path"] = path
+        code = (
+            "import rlm_kernel.sandbox.runtime as _rlm_runtime\n"
+            f"_rlm_runtime.install(get_ipython(), __import__('json').loads({json.dumps(cfg)!r}))\n"
+            "del _rlm_runtime\n"
+        )
+        res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
+        if res.error:
+            raise SandboxError(f"could not install the REPL runtime in the sandbox: {res.error}")
+
+    def close(self) -> None:
+        """Stop the kernel and remove the worktree (unless kept) and every temporary file."""
+        with self._close_lock:
+            if self.closed:
+                return
+            self.closed = True
+        if self.kernel is not None:
+            self.kernel.shutdown()
+        if self.spec.keep:
+            shutil.rmtree(self.bridge_dir, ignore_errors=True)
+            return
+        if self._workspace_made:
+            workspace.remove_workspace(self.spec.target, self.path)
+        shutil.rmtree(self.root, ignore_errors=True)
+        run_dir = os.path.dirname(self.root)
+        try:
+            os.rmdir(run_dir)  # the last sandbox of a run removes the run's directory
+        except OSError:
+            pass
+
+    # -- execution ------------------------------------------------------------------------------
+    def execute(
+        self,
+        code: str,
+        *,
+        timeout: float,
+        cancel: threading.Event | None = None,
+        on_output: OutputHook | None = None,
+        store_history: bool = True,
+    ) -> CellResult:
+        """Run one cell with the bridge open for it."""
+        return self._run(code, timeout=timeout, cancel=cancel, on_output=on_output, silent=False, wrap=True,
+                         store_history=store_history)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Ask the runtime for its namespace summary (arrives as a bridge notice)."""
+        res = self._run("__rlm__.snapshot()", timeout=30, cancel=None, on_output=None, silent=True, wrap=True)
+        if res.error:
+            return self.namespace
+        return self.namespace
+
+    def diff(self) -> str:
+        """`git add -A` and the diff against the base commit, new files included."""
+        if not self._workspace_made or not os.path.isdir(self.path):
+            return ""
+        return workspace.diff(self.path, self.base_commit)
+
+    def _run(
+        self,
+        code: str,
+        *,
+        timeout: float,
+        cancel: threading.Event | None,
+        on_output: OutputHook | None,
+        silent: bool,
+        wrap: bool,
+        store_history: bool = False,
+    ) -> CellResult:
+        kernel = self.kernel
+        if kernel is None or self.closed:
+            raise SandboxError(f"sandbox {self.id} is not running")
+        with self._exec_lock:
+            kc = kernel.client
+            exec_id = os.urandom(8).hex()
+            ids: list[str] = []
+            if wrap:
+                self.bridge.begin(exec_id)
+                ids.append(kc.execute(f"__rlm__.begin({exec_id!r})", silent=True, store_history=False))
+            main = kc.execute(code, silent=silent, store_history=store_history and not silent,
+                              allow_stdin=False, stop_on_error=False)
+            ids.append(main)
+            if wrap:
+                ids.append(kc.execute("__rlm__.end()", silent=True, store_history=False))
+            try:
+                return self._collect(kernel, main, ids, timeout, cancel, on_output)
+            finally:
+                self.bridge.end()
+                _drain(kc)
+
+    def _collect(
+        self,
+        kernel: KernelHandle,
+        main: str,
+        ids: list[str],
+        timeout: float,
+        cancel: threading.Event | None,
+        on_output: OutputHook | None,
+    ) -> CellResult:
+        kc = kernel.client
+        parser = FrameParser()
+        parts: list[str] = []
+        res = CellResult()
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        interrupted_at: float | None = None
+        waiting = set(ids)
+        last_alive_check = t0
+        while waiting:
+            now = time.monotonic()
+            if interrupted_at is None:
+                if cancel is not None and cancel.is_set():
+                    res.status = "cancelled"
+                    kernel.interrupt()
+                    interrupted_at = now
+                elif now > deadline:
+                    res.status = "timeout"
+                    kernel.interrupt()
+                    interrupted_at = now
+            elif now - interrupted_at > INTERRUPT_GRACE_S:
+                # The cell ignores interrupts: restart, the namespace is lost.
+                self.bridge.end()
+                kernel.restart()
+                self._install_runtime()
+                res.status = "restarted"
+                break
+            if now - last_alive_check > 0.2:
+                last_alive_check = now
+                if not kernel.is_alive():
+                    res.status = "died"
+                    break
+            try:
+                msg = kc.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                continue
+            parent = msg.get("parent_header", {}).get("msg_id")
+            if parent not in ids:
+                continue
+            mtype = msg["msg_type"]
+            content = msg["content"]
+            if mtype == "status":
+                if content.get("execution_state") == "idle":
+                    waiting.discard(parent)
+                continue
+            if mtype == "stream":
+                text, frames = parser.feed(content.get("text", ""))
+                for raw in frames:
+                    self.bridge.dispatch(raw)
+                if parent != main:
+                    continue
+                if text:
+                    parts.append(text)
+                    if on_output is not None:
+                        on_output({"msg_type": "stream", "content": {**content, "text": text}})
+                continue
+            if parent != main:
+                continue
+            if on_output is not None:
+                on_output(msg)
+            res.outputs.append({"msg_type": mtype, "content": content})
+            if mtype in ("execute_result", "display_data"):
+                data = content.get("data", {})
+                if "text/plain" in data:
+                    parts.append(str(data["text/plain"]) + "\n")
+                else:
+                    kinds = ", ".join(sorted(data)) or "empty"
+                    parts.append(f"<display: {kinds}>\n")
+            elif mtype == "error":
+                tb = strip_ansi("\n".join(content.get("traceback", [])))
+                head = f"{content.get('ename', 'Error')}: {content.get('evalue', '')}"
+                res.error = tb if head.split(":")[0] in tb else f"{head}\n{tb}"
+                parts.append(res.error.rstrip() + "\n")
+                if res.status == "ok":
+                    res.status = "error"
+        rest = parser.flush()
+        if rest:
+            parts.append(rest)
+        res.output = "".join(parts)
+        res.elapsed_s = time.monotonic() - t0
+        if res.status == "died":
+            res.error = (res.error or "") + "The sandbox's Python process died (its namespace is lost)."
+        return res
+
+
+def _drain(kc: Any) -> None:
+    """Discard shell replies; nobody reads them and they would pile up."""
+    while True:
+        try:
+            kc.get_shell_msg(timeout=0)
+        except queue.Empty:
+            return
+        except Exception:
+            return

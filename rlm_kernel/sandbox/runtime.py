@@ -1,0 +1,342 @@
+"""The in-sandbox runtime: the REPL functions of every agent namespace, and the sandbox end of the bridge.
+
+This module runs inside sandboxes (a local IPython kernel, or a Daytona code-interpreter context),
+so it uses the standard library only and is uploaded as a single file where the package is not
+installed. It never sees an API key: everything that needs the host (sub-agents, sub-LLM calls,
+custom tools, final answers) is a bridge request.
+
+Bridge protocol (version 1), shared by every backend:
+- request: one frame written to the process's real stdout,
+  ``\\x02RLM1:<base64 JSON body>:<hex HMAC-SHA256(secret, base64 body)>\\x03``;
+  the body is ``{"id", "exec", "op", "args"}``. The host strips frames from the output it shows,
+  drops frames whose HMAC does not verify (text a program prints cannot forge one) and frames whose
+  ``exec`` is not the cell it is running (late requests of an interrupted cell).
+- reply: the host writes ``<bridge_dir>/<id>.json`` = ``{"ok": true, "value": ...}`` or
+  ``{"ok": false, "error": "..."}`` (atomically: written under another name, then renamed);
+  the runtime polls for it.
+- notices (no reply): op ``snapshot`` carries the namespace summary after an iteration.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import inspect
+import json
+import os
+import reprlib
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+__all__ = ["FRAME_END", "FRAME_START", "RLMResult", "Runtime", "install"]
+
+FRAME_START = "\x02RLM1:"
+FRAME_END = "\x03"
+
+RESERVED = (
+    "rlm_query",
+    "rlm_query_batched",
+    "llm_query",
+    "llm_query_batched",
+    "FINAL",
+    "FINAL_VAR",
+    "SUBMIT",
+    "answer",
+    "edit_file",
+    "apply_patch",
+    "SHOW_VARS",
+    "context",
+    "__rlm__",
+)
+_HIDDEN = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+
+
+class RLMResult(str):
+    """What `rlm_query` returns: the child's answer, with `.agent_id` and `.patch` (its diff)."""
+
+    agent_id: str
+    patch: str
+    status: str
+
+    def __new__(cls, text: str, agent_id: str = "", patch: str = "", status: str = "done") -> RLMResult:
+        obj = super().__new__(cls, text)
+        obj.agent_id = agent_id
+        obj.patch = patch
+        obj.status = status
+        return obj
+
+
+class FinalAnswer(BaseException):  # noqa: N818 - a signal, not an error
+    """Raised by FINAL/FINAL_VAR/SUBMIT to stop the cell: code after FINAL does not run."""
+
+
+class BridgeError(RuntimeError):
+    """The host refused or failed a request; the message says why."""
+
+
+class Runtime:
+    """The sandbox side of one agent: injected functions, bridge client, snapshots."""
+
+    def __init__(self, ns: dict[str, Any], cfg: dict[str, Any]) -> None:
+        self.ns = ns
+        self.cfg = cfg
+        self.secret = cfg["secret"].encode()
+        self.bridge_dir = cfg["bridge_dir"]
+        self.exec_id = ""
+        self.finalized = False
+        # Frames go to the stream that exists now, so a later redirect_stdout cannot swallow them.
+        self._out = sys.stdout
+        self.reserved: dict[str, Any] = {}
+        self._baseline = set(ns)
+
+    # -- bridge -------------------------------------------------------------------------------
+    def _frame(self, body: dict[str, Any]) -> None:
+        raw = base64.b64encode(json.dumps(body).encode()).decode()
+        sig = hmac.new(self.secret, raw.encode(), hashlib.sha256).hexdigest()
+        self._out.write(f"{FRAME_START}{raw}:{sig}{FRAME_END}")
+        self._out.flush()
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Send a request to the host and block until its reply arrives."""
+        rid = uuid.uuid4().hex
+        try:
+            self._frame({"id": rid, "exec": self.exec_id, "op": op, "args": args})
+        except TypeError as exc:
+            raise TypeError(f"{op}: arguments must be JSON-serializable ({exc})") from None
+        path = os.path.join(self.bridge_dir, rid + ".json")
+        delay = 0.0005
+        while not os.path.exists(path):
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.01)
+        with open(path, encoding="utf-8") as fh:
+            reply = json.load(fh)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        if not reply.get("ok"):
+            raise BridgeError(reply.get("error", "the host refused the request"))
+        return reply.get("value")
+
+    def notify(self, op: str, **args: Any) -> None:
+        """Send a notice that needs no reply."""
+        self._frame({"id": uuid.uuid4().hex, "exec": self.exec_id, "op": op, "args": args})
+
+    # -- cell lifecycle (called by the host around every cell) ----------------------------------
+    def begin(self, exec_id: str) -> None:
+        """Mark the start of a cell; requests carry this id."""
+        self.exec_id = exec_id
+
+    def end(self) -> None:
+        """After a cell: honour a ready `answer` dict, then restore rebound reserved names."""
+        ans = self.ns.get("answer")
+        if not self.finalized and isinstance(ans, dict) and ans.get("ready"):
+            self.finalized = True
+            self.call("final", value=str(ans.get("content", "")), via="answer")
+        for name, value in self.reserved.items():
+            if name == "answer":
+                if not isinstance(self.ns.get("answer"), dict):
+                    self.ns["answer"] = {"content": "", "ready": False}
+                continue
+            if self.ns.get(name) is not value:
+                self.ns[name] = value
+        self.exec_id = ""
+
+    def variables(self) -> list[dict[str, Any]]:
+        """Name, type, short repr and size of each user variable."""
+        short = reprlib.Repr()
+        short.maxstring = 120
+        short.maxother = 120
+        out = []
+        for name, value in list(self.ns.items()):
+            if name.startswith("_") or name in RESERVED or name in _HIDDEN:
+                continue
+            if name in self._baseline or inspect.ismodule(value):
+                continue
+            try:
+                text = short.repr(value)
+            except Exception as exc:  # a broken __repr__ must not break the snapshot
+                text = f"<repr failed: {exc!r}>"
+            try:
+                size: int | None = len(value)
+            except Exception:
+                size = None
+            out.append({"name": name, "type": type(value).__name__, "repr": text, "size": size})
+            if len(out) >= 500:
+                break
+        return out
+
+    def snapshot(self) -> None:
+        """Send the namespace summary to the host (after each iteration)."""
+        ans = self.ns.get("answer")
+        content = ans.get("content") if isinstance(ans, dict) else None
+        self.notify("snapshot", namespace=self.variables(), answer=str(content or ""))
+
+
+def _make_functions(rt: Runtime) -> dict[str, Any]:
+    cfg = rt.cfg
+
+    def rlm_query(task: str, context: Any = None) -> RLMResult:
+        """Run a sub-agent on `task` in its own sandbox; returns its final answer (str with .patch)."""
+        r = rt.call("rlm_query", tasks=[str(task)], contexts=[context])[0]
+        return RLMResult(r["text"], r.get("agent_id", ""), r.get("patch", ""), r.get("status", ""))
+
+    def rlm_query_batched(tasks: list[str], contexts: list[Any] | None = None) -> list[RLMResult]:
+        """Run one sub-agent per task, all in parallel; answers in the same order."""
+        tasks = [str(t) for t in tasks]
+        ctx = list(contexts) if contexts is not None else [None] * len(tasks)
+        if len(ctx) != len(tasks):
+            raise ValueError("rlm_query_batched: contexts must have one entry per task")
+        rs = rt.call("rlm_query", tasks=tasks, contexts=ctx)
+        return [RLMResult(r["text"], r.get("agent_id", ""), r.get("patch", ""), r.get("status", "")) for r in rs]
+
+    def llm_query(prompt: str, model: str | None = None) -> str:
+        """One plain LLM call (no REPL, no tools); returns the reply text."""
+        return str(rt.call("llm_query", prompts=[str(prompt)], model=model)[0])
+
+    def llm_query_batched(prompts: list[str], model: str | None = None) -> list[str]:
+        """Plain LLM calls for every prompt, concurrently; replies in the same order."""
+        return [str(x) for x in rt.call("llm_query", prompts=[str(p) for p in prompts], model=model)]
+
+    def FINAL(answer: Any) -> None:  # noqa: N802 - contract name
+        """Submit the final answer and stop; code after FINAL does not run."""
+        rt.finalized = True
+        rt.call("final", value=answer if isinstance(answer, str) else str(answer), via="FINAL")
+        raise FinalAnswer()
+
+    def FINAL_VAR(name: str) -> None:  # noqa: N802 - contract name
+        """Submit the value of the variable `name` as the final answer."""
+        name = str(name).strip().strip("'\"")
+        if name not in rt.ns:
+            avail = ", ".join(v["name"] for v in rt.variables()) or "(none)"
+            raise NameError(f"FINAL_VAR: no variable named {name!r}; variables: {avail}")
+        value = rt.ns[name]
+        rt.finalized = True
+        rt.call("final", value=value if isinstance(value, str) else str(value), via="FINAL_VAR")
+        raise FinalAnswer()
+
+    def SUBMIT(**fields: Any) -> None:  # noqa: N802 - contract name
+        """Submit typed output fields (see the task's signature); wrong names or types are reported."""
+        try:
+            json.dumps(fields)
+        except TypeError as exc:
+            raise TypeError(
+                f"SUBMIT: values must be JSON-serializable ({exc}); convert them, e.g. with "
+                ".tolist() or .to_dict()"
+            ) from None
+        rt.call("submit", fields=fields)  # raises BridgeError listing the problems
+        rt.finalized = True
+        raise FinalAnswer()
+
+    def edit_file(path: str, old: str, new: str) -> str:
+        """Replace the one exact occurrence of `old` with `new` in `path`; .py files must still compile."""
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        count = text.count(old)
+        if count == 0:
+            raise ValueError(f"edit_file: the old text was not found in {path}")
+        if count > 1:
+            raise ValueError(
+                f"edit_file: the old text occurs {count} times in {path}; include more context so it is unique"
+            )
+        updated = text.replace(old, new, 1)
+        if str(path).endswith(".py"):
+            try:
+                compile(updated, str(path), "exec")
+            except SyntaxError as exc:
+                raise SyntaxError(f"edit_file: the edit would break {path}: {exc}") from None
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(updated)
+        return f"edited {path}"
+
+    def apply_patch(patch: str) -> str:
+        """Apply a unified diff (e.g. a child's `.patch`) to this workspace with `git apply`."""
+        patch = str(patch)
+        if not patch.strip():
+            return "apply_patch: empty patch, nothing to do"
+        proc = subprocess.run(
+            ["git", "apply", "--whitespace=nowarn", "-"],
+            input=patch if patch.endswith("\n") else patch + "\n",
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"apply_patch: git apply failed: {proc.stderr.strip()}")
+        return "patch applied"
+
+    def SHOW_VARS() -> None:  # noqa: N802 - contract name
+        """Print the variables of this namespace (name, type, size, short repr)."""
+        rows = rt.variables()
+        if not rows:
+            print("(no variables)")
+        for v in rows:
+            size = "" if v["size"] is None else f" len={v['size']}"
+            print(f"{v['name']}: {v['type']}{size} = {v['repr']}")
+
+    fns: dict[str, Any] = {
+        "llm_query": llm_query,
+        "llm_query_batched": llm_query_batched,
+        "FINAL": FINAL,
+        "FINAL_VAR": FINAL_VAR,
+        "SUBMIT": SUBMIT,
+        "edit_file": edit_file,
+        "apply_patch": apply_patch,
+        "SHOW_VARS": SHOW_VARS,
+        "rlm_query": rlm_query,
+        "rlm_query_batched": rlm_query_batched,
+    }
+    for spec in cfg.get("tools", []):
+        fns[spec["name"]] = _make_tool(rt, spec)
+    return fns
+
+
+def _make_tool(rt: Runtime, spec: dict[str, Any]) -> Any:
+    name = spec["name"]
+
+    def tool(*args: Any, **kwargs: Any) -> Any:
+        return rt.call("tool", name=name, args=list(args), kwargs=kwargs)
+
+    tool.__name__ = tool.__qualname__ = name
+    tool.__doc__ = spec.get("doc") or None
+    try:  # give the proxy the host function's signature, for help() and the model's eyes
+        src = f"from __future__ import annotations\ndef _f{spec.get('signature') or '(*args, **kwargs)'}: pass"
+        scope: dict[str, Any] = {}
+        exec(src, scope)
+        tool.__signature__ = inspect.signature(scope["_f"])  # type: ignore[attr-defined]
+    except Exception:
+        pass
+    return tool
+
+
+def install(target: Any, cfg: dict[str, Any]) -> Runtime:
+    """Inject the REPL functions into a namespace (an IPython shell or a globals dict)."""
+    shell = None
+    if isinstance(target, dict):
+        ns = target
+    else:
+        shell = target
+        ns = shell.user_ns
+    rt = Runtime(ns, cfg)
+    fns = _make_functions(rt)
+    ns.update(fns)
+    ns["answer"] = {"content": "", "ready": False}
+    ctx_path = cfg.get("context_path")
+    if ctx_path:
+        import pickle
+
+        with open(ctx_path, "rb") as fh:
+            ns["context"] = pickle.load(fh)
+    ns["__rlm__"] = rt
+    rt.reserved = {k: ns[k] for k in RESERVED if k in ns}
+    rt._baseline = set(ns) - set(RESERVED)
+    if shell is not None:
+
+        def _quiet(shell: Any, etype: Any, value: Any, tb: Any, tb_offset: Any = None) -> None:
+            return None  # FINAL ends the cell silently; the host knows why
+
+        shell.set_custom_exc((FinalAnswer,), _quiet)
+    return rt

@@ -1,0 +1,1 @@
+"""rlm_widget: the live agent-tree widget (anywidget) and run viewer."""

@@ -1,0 +1,1 @@
+"""Tests for rlm_kernel.sandbox."""
