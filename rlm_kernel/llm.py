@@ -383,7 +383,7 @@ class _Script:
 
 _REGISTERED: dict[str, _Script] = {}
 _SCRIPTS: dict[str, tuple[int, _Script]] = {}
-_SCRIPTS_LOCK = threading.Lock()
+_SCRIPTS_LOCK = threading.RLock()  # re-entrant: a script may call register_scripted
 
 
 def register_scripted(
@@ -430,6 +430,8 @@ def _resolve_script(name: str) -> _Script:
         if cached is not None and cached[0] == mtime:
             return cached[1]
         script = _load_script(path)
+        if cached is not None and cached[1].module is not None:  # the file changed: drop old
+            sys.modules.pop(cached[1].module.__name__, None)
         _SCRIPTS[key] = (mtime, script)
         return script
 
@@ -476,15 +478,17 @@ class _Replay:
 
     path: str
     responses: dict[tuple[str, int], str]
-    queries: dict[str, list[tuple[str | None, str]]]
-    used: dict[str, set[int]] = field(default_factory=dict)
+    # per agent, in order: (prompt, response, error) - a failed recorded call has no response
+    queries: dict[str, list[tuple[str | None, str | None, str | None]]]
+    # indices of the llm_queries already replayed, per (run_id, agent_id)
+    used: dict[tuple[str, str], set[int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def agent(self, agent_id: str, iteration: int) -> str:
+    def agent(self, run_id: str, agent_id: str, iteration: int) -> str:
         """The recorded response of an agent's turn."""
-        with self.lock:
-            if iteration == 0:  # a replayed agent starts over: its llm_queries are fresh again
-                self.used.pop(agent_id, None)
+        if iteration == 0:  # a replayed agent starts over: its llm_queries are fresh again
+            with self.lock:
+                self.used.pop((run_id, agent_id), None)
         try:
             return self.responses[(agent_id, iteration)]
         except KeyError:
@@ -493,11 +497,11 @@ class _Replay:
                 f"iteration {iteration}"
             ) from None
 
-    def query(self, agent_id: str, prompt: str | None) -> str:
+    def query(self, run_id: str, agent_id: str, prompt: str | None) -> str:
         """The next unused recorded llm_query response of an agent, preferring the same prompt."""
         recorded = self.queries.get(agent_id, [])
         with self.lock:
-            used = self.used.setdefault(agent_id, set())
+            used = self.used.setdefault((run_id, agent_id), set())
             free = [i for i in range(len(recorded)) if i not in used]
             same = [i for i in free if recorded[i][0] == prompt]
             chosen = same[0] if same else (free[0] if free else None)
@@ -507,7 +511,10 @@ class _Replay:
                     f"(prompt {_short(prompt)}; {len(recorded)} recorded, all used)"
                 )
             used.add(chosen)
-            return recorded[chosen][1]
+        _, response, error = recorded[chosen]
+        if response is None:  # the recorded call failed: fail the same way
+            raise LLMError(f"replay {self.path}: recorded llm_query failed: {error}")
+        return response
 
 
 _REPLAYS: dict[str, tuple[int, _Replay]] = {}
@@ -523,6 +530,7 @@ def _short(text: str | None, limit: int = 60) -> str:
 def _replay_respond(name: str, messages: list[Any], info: Mapping[str, Any]) -> str:
     """Answer a call from the recorded run at ``name``."""
     replay = _load_replay(name)
+    run_id = str(info.get("run_id"))
     agent_id = str(info.get("agent_id"))
     if info.get("kind") == "llm_query":
         prompt: str | None = None
@@ -531,12 +539,12 @@ def _replay_respond(name: str, messages: list[Any], info: Mapping[str, Any]) -> 
                 content = message.get("content")
                 prompt = content if isinstance(content, str) else None
                 break
-        return replay.query(agent_id, prompt)
+        return replay.query(run_id, agent_id, prompt)
     try:
         iteration = int(info.get("iteration") or 0)
     except (TypeError, ValueError):
         iteration = -1
-    return replay.agent(agent_id, iteration)
+    return replay.agent(run_id, agent_id, iteration)
 
 
 def _load_replay(name: str) -> _Replay:
@@ -592,9 +600,18 @@ def _index_node(replay: _Replay, node: Mapping[str, Any]) -> None:
             for q in it["llm_queries"]
         ]
     for query in node_queries:
-        if isinstance(query, Mapping) and isinstance(query.get("response"), str):
-            prompt = query.get("prompt")
-            queries.append((prompt if isinstance(prompt, str) else None, query["response"]))
+        if not isinstance(query, Mapping):
+            continue
+        prompt, response, error = query.get("prompt"), query.get("response"), query.get("error")
+        if not isinstance(response, str) and not error:
+            continue
+        queries.append(
+            (
+                prompt if isinstance(prompt, str) else None,
+                response if isinstance(response, str) else None,
+                None if error is None else str(error),
+            )
+        )
     for child in node.get("children") or []:
         if isinstance(child, Mapping):
             _index_node(replay, child)
@@ -820,14 +837,20 @@ class LLMClient:
         delay = min(self.backoff_cap_s, self.backoff_base_s * self.backoff_factor ** (attempt - 1))
         return delay / 2 + random.uniform(0.0, delay / 2)
 
-    @staticmethod
-    def _sleep(seconds: float, cancel: threading.Event | None, model: str) -> None:
-        if seconds <= 0:
-            return
+    def _sleep(self, seconds: float, cancel: threading.Event | None, model: str) -> None:
+        """Sleep, polling ``cancel.is_set()`` (subclasses may override it, so no bare wait)."""
         if cancel is None:
-            time.sleep(seconds)
-        elif cancel.wait(seconds):
-            raise LLMCancelled(f"LLM call to model '{model}' was cancelled")
+            if seconds > 0:
+                time.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while True:
+            if cancel.is_set():
+                raise LLMCancelled(f"LLM call to model '{model}' was cancelled")
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            cancel.wait(min(self.poll_s, left))
 
     @staticmethod
     def _timed_out(

@@ -64,9 +64,12 @@ def _tool_specs(tools: Mapping[str, Callable[..., Any]]) -> list[dict[str, Any]]
     specs = []
     for name, fn in tools.items():
         try:
-            sig = str(inspect.signature(fn))
-        except (TypeError, ValueError):
-            sig = "(*args, **kwargs)"
+            sig = str(inspect.signature(fn, eval_str=True))
+        except (TypeError, ValueError, NameError):
+            try:
+                sig = str(inspect.signature(fn))
+            except (TypeError, ValueError):
+                sig = "(*args, **kwargs)"
         specs.append({"name": name, "signature": sig, "doc": inspect.getdoc(fn) or ""})
     return specs
 

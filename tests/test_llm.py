@@ -359,11 +359,9 @@ def test_non_transient_error_is_not_retried(tmp_path: Path) -> None:
     assert module is not None and module.CALLS == 1
 
 
-def test_auth_error_says_which_key(tmp_path: Path) -> None:
+def test_auth_error_says_which_key() -> None:
     def respond(messages: list[dict[str, Any]], info: dict[str, Any]) -> str:
-        import litellm
-
-        raise litellm.AuthenticationError("bad key", llm_provider="scripted", model="m")
+        raise llm._litellm().AuthenticationError("bad key", llm_provider="scripted", model="m")
 
     name = register_scripted(_unique("auth"), respond)
     with pytest.raises(LLMError, match="LLM_API_KEY or SCRIPTED_API_KEY") as err:
@@ -454,7 +452,9 @@ def test_register_scripted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert calls == ["hi"]
     priced = register_scripted(_unique("priced"), respond, cost_per_token=(0.5, 1.0))
     usage = client.complete(_user("abcd"), model=priced).usage
-    assert usage.cost_usd == pytest.approx(0.5 * usage.prompt_tokens + 1.0 * usage.completion_tokens)
+    assert usage.cost_usd == pytest.approx(
+        0.5 * usage.prompt_tokens + 1.0 * usage.completion_tokens
+    )
 
 
 def test_concurrent_calls_run_in_parallel() -> None:
@@ -498,6 +498,7 @@ def _record(tmp_path: Path) -> Path:
                 {"prompt": "p2", "response": "a2"},
                 {"prompt": "p1", "response": "a1 again"},
                 {"prompt": "p3", "response": "a3"},
+                {"prompt": "p4", "response": None, "error": "budget exhausted"},
             ],
             "children": [
                 {
@@ -536,17 +537,27 @@ def test_replay_llm_queries_by_prompt(tmp_path: Path) -> None:
     model = f"replay/{_record(tmp_path)}"
     client = _client()
 
-    def query(prompt: str) -> str:
+    def query(prompt: str, run_id: str | None = "run-a") -> str:
         messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": prompt}]
         info = {"agent_id": "root", "iteration": 1, "kind": "llm_query"}
+        if run_id is not None:
+            info["run_id"] = run_id
         return client.complete(messages, model=model, info=info).text
 
     assert query("p2") == "a2"
     assert query("p1") == "a1"
     assert query("p1") == "a1 again"
+    with pytest.raises(LLMError, match="recorded llm_query failed: budget exhausted"):
+        query("p4")  # a failed recorded call fails again
     assert query("never asked") == "a3"  # falls back to the next unused query of the agent
     with pytest.raises(LLMError, match="no recorded llm_query response for agent root"):
         query("p1")
+    assert query("p1", run_id="run-b") == "a1"  # another run replays from the start
+    # an agent's first turn starts its queries over (for callers that pass no run_id)
+    assert query("p1", run_id=None) == "a1"
+    assert query("p1", run_id=None) == "a1 again"
+    client.complete(_user("go"), model=model, info={"agent_id": "root", "iteration": 0})
+    assert query("p1", run_id=None) == "a1"
 
 
 def test_replay_missing_record(tmp_path: Path) -> None:
@@ -654,17 +665,28 @@ def test_real_provider_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (out.text, out.attempts, len(fake.calls)) == ("hello", 3, 3)
 
 
-def test_cancel_during_backoff(tmp_path: Path) -> None:
-    def respond(messages: list[dict[str, Any]], info: dict[str, Any]) -> str:
-        import litellm
+class _ChildEvent(threading.Event):
+    """An event that also counts as set when its parent is (like the engine's scopes)."""
 
-        raise litellm.RateLimitError("slow down", llm_provider="scripted", model="m")
+    def __init__(self, parent: threading.Event) -> None:
+        super().__init__()
+        self.parent = parent
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.parent.is_set()
+
+
+def test_cancel_during_backoff() -> None:
+    def respond(messages: list[dict[str, Any]], info: dict[str, Any]) -> str:
+        raise llm._litellm().RateLimitError("slow down", llm_provider="scripted", model="m")
 
     name = register_scripted(_unique("backoff"), respond)
     client = LLMClient()  # the default 1 s base backoff
-    cancel = threading.Event()
-    threading.Timer(0.2, cancel.set).start()
-    start = time.monotonic()
-    with pytest.raises(LLMCancelled):
-        client.complete(_user("x"), model=name, cancel=cancel)
-    assert time.monotonic() - start < 0.5
+    for parent_cancels in (False, True):
+        parent = threading.Event()
+        cancel = _ChildEvent(parent)
+        threading.Timer(0.2, (parent if parent_cancels else cancel).set).start()
+        start = time.monotonic()
+        with pytest.raises(LLMCancelled):
+            client.complete(_user("x"), model=name, cancel=cancel)
+        assert time.monotonic() - start < 0.5

@@ -58,11 +58,14 @@ class FrameParser:
                 out.append(tail[: len(tail) - keep])
                 self._pending = tail[len(tail) - keep :]
                 break
-            out.append(data[pos:start])
             end = data.find(FRAME_END, start)
             if end < 0:
+                out.append(data[pos:start])
                 self._pending = data[start:]
                 break
+            # A start marker the program printed itself must not swallow the next real frame.
+            start = data.rfind(FRAME_START, start, end)
+            out.append(data[pos:start])
             frames.append(data[start + len(FRAME_START) : end])
             pos = end + len(FRAME_END)
         return "".join(out), frames

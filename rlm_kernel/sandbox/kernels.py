@@ -30,7 +30,6 @@ import secrets
 import selectors
 import shutil
 import signal
-import site
 import socket
 import subprocess
 import sys
@@ -39,14 +38,15 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import zmq
 import zmq.asyncio
-from jupyter_client import AsyncKernelManager
-from jupyter_client.blocking import BlockingKernelClient
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.client import KernelClient
 from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
 
 __all__ = [
     "LAUNCHERS",
@@ -69,6 +69,7 @@ _SPAWN_TIMEOUT = 15.0
 _POLL_S = 0.05  # shell poll while waiting for kernel_info_reply
 _IOPUB_RESEND_S = 0.2  # resend kernel_info when iopub has not shown our request by then
 _LOG_TAIL_LINES = 25
+_FORKSERVER_MODULE = "rlm_kernel.sandbox.forkserver"
 
 T = TypeVar("T")
 
@@ -125,10 +126,8 @@ def _pid_alive(pid: int, starttime: int | None) -> bool:
 
 
 def _killpg(pgid: int, sig: int) -> None:
-    """Signal a kernel's process group (the kernel leads it); ignore an empty group.
-
-    No fallback to os.kill(pid): once the group is empty the pid may belong to someone else.
-    """
+    """Signal a kernel's process group (the kernel leads it); ignore an empty group."""
+    # No fallback to os.kill(pid): once the group is empty, the pid may belong to someone else.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -170,12 +169,19 @@ def _run_async(factory: Callable[[], Awaitable[T]]) -> T:
 
 
 _zmq_lock = threading.Lock()
+_zmq_ctx: zmq.Context[zmq.Socket[bytes]] | None = None
 
 
-def _zmq_context() -> zmq.Context:
-    """Return the process-wide zmq context shared by all kernel clients (one IO thread)."""
+def _zmq_context() -> zmq.Context[zmq.Socket[bytes]]:
+    """Return this module's zmq context, shared by all kernel clients (one IO thread)."""
+    global _zmq_ctx
     with _zmq_lock:
-        return zmq.Context.instance()
+        if _zmq_ctx is None or _zmq_ctx.closed:
+            ctx = zmq.Context()
+            # Reconnect quickly to a kernel that binds late (default 100 ms).
+            ctx.setsockopt(zmq.RECONNECT_IVL, 20)
+            _zmq_ctx = ctx
+        return _zmq_ctx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,8 +257,49 @@ class _ManagedProc:
         _run_async(lambda: km.cleanup_resources())
 
 
-class _SpecManager(KernelSpecManager):  # type: ignore[misc]
-    """Kernel specs for the subprocess launcher: this interpreter's ipykernel, whatever is installed."""
+class _Client(BlockingKernelClient):
+    """A BlockingKernelClient whose blocking calls leave no asyncio loop behind."""
+
+    # jupyter_client's blocking wrappers (`run_sync`) create an event loop per calling thread and
+    # never close it: a ResourceWarning ("unclosed event loop") once a worker thread ends. Here
+    # `get_*_msg` read the channels directly and the coroutine-based calls run on a private loop
+    # that is closed afterwards.
+
+    def get_shell_msg(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Get a message from the shell channel (queue.Empty on timeout)."""
+        return cast("dict[str, Any]", self.shell_channel.get_msg(*args, **kwargs))
+
+    def get_iopub_msg(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Get a message from the iopub channel (queue.Empty on timeout)."""
+        return cast("dict[str, Any]", self.iopub_channel.get_msg(*args, **kwargs))
+
+    def get_stdin_msg(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Get a message from the stdin channel (queue.Empty on timeout)."""
+        return cast("dict[str, Any]", self.stdin_channel.get_msg(*args, **kwargs))
+
+    def get_control_msg(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Get a message from the control channel (queue.Empty on timeout)."""
+        return cast("dict[str, Any]", self.control_channel.get_msg(*args, **kwargs))
+
+    def execute_interactive(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Execute code and relay its output (see KernelClient.execute_interactive)."""
+        return _run_async(lambda: KernelClient._async_execute_interactive(self, *args, **kwargs))
+
+    def _recv_reply(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Wait for the reply to a request (used by ``execute(..., reply=True)``)."""
+        return _run_async(lambda: KernelClient._async_recv_reply(self, *args, **kwargs))
+
+    def wait_for_ready(self, timeout: float | None = None) -> None:
+        """Wait for the kernel to answer kernel_info (slow; start_kernel already did this)."""
+        _run_async(lambda: KernelClient._async_wait_for_ready(self, timeout=timeout))
+
+    def is_alive(self) -> bool:
+        """Whether the kernel looks alive to this client (prefer KernelHandle.is_alive)."""
+        return bool(_run_async(lambda: KernelClient._async_is_alive(self)))
+
+
+class _SpecManager(KernelSpecManager):
+    """Kernel specs for the subprocess launcher: always this interpreter's ipykernel."""
 
     def get_kernel_spec(self, kernel_name: str, **kwargs: Any) -> Any:
         """Return the python3 spec for sys.executable."""
@@ -281,17 +328,8 @@ def _zygote_env() -> dict[str, str]:
     """Return the fork server's minimal environment (never the host's secrets)."""
     env = {k: os.environ[k] for k in _ZYGOTE_ENV_KEYS if os.environ.get(k)}
     env.setdefault("PATH", os.defpath)
-    paths: list[str] = []
-    root = _package_root()
-    try:
-        default = set(site.getsitepackages()) | {site.getusersitepackages()}
-    except Exception:
-        default = set()
-    if root not in default:
-        paths.append(root)  # `python -m rlm_kernel.sandbox.forkserver` must find the package
-    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if paths:
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # debugpy's frozen-modules notice, once per zygote
     return env
 
@@ -320,10 +358,18 @@ class _ForkServer:
         self._sock = host_sock
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "rlm_kernel.sandbox.forkserver", "--fd", str(child_sock.fileno())],
+                [
+                    sys.executable,
+                    "-m",
+                    _FORKSERVER_MODULE,
+                    "--fd",
+                    str(child_sock.fileno()),
+                ],
                 pass_fds=(child_sock.fileno(),),
                 env=_zygote_env(),
-                cwd="/",
+                # `-m` finds the package through sys.path[0] = cwd even when it is not installed;
+                # the zygote removes that entry (no PYTHONPATH entry shadows the stdlib).
+                cwd=_package_root(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -338,9 +384,14 @@ class _ForkServer:
         self._stderr = self._proc.stderr
         self._reader = threading.Thread(target=self._read_loop, name="rlm-forkserver", daemon=True)
         self._reader.start()
-        if not self._ready.wait(ready_timeout) or self._down:
-            self.stop()
-            raise _ForkServerDown(f"the fork server did not become ready within {ready_timeout:.0f} s")
+        answered = self._ready.wait(ready_timeout)
+        if not answered or self._down:
+            self.stop(timeout=1.0)
+            if answered:
+                reason = f"exited during start-up with code {self._proc.returncode}"
+            else:
+                reason = f"did not become ready within {ready_timeout:.0f} s"
+            raise _ForkServerDown(f"the fork server (pid {self._proc.pid}) {reason}")
 
     def alive(self) -> bool:
         """Whether the zygote is running and talking."""
@@ -348,6 +399,7 @@ class _ForkServer:
 
     # -- reader thread --------------------------------------------------------------------------
     def _read_loop(self) -> None:
+        """Reader thread: dispatch the zygote's messages and log its stderr, until EOF."""
         sel = selectors.DefaultSelector()
         sel.register(self._sock, selectors.EVENT_READ, "sock")
         sel.register(self._stderr, selectors.EVENT_READ, "stderr")
@@ -386,11 +438,13 @@ class _ForkServer:
             self._mark_down()
 
     def _on_stderr(self, line: bytes) -> None:
+        """Forward one line of the zygote's stderr to logging."""
         text = line.decode("utf-8", "replace").rstrip()
         if text:
             log.warning("kernel fork server: %s", text)
 
     def _on_message(self, line: bytes) -> None:
+        """Handle one message from the zygote: ready, exit event, or a reply."""
         try:
             msg = json.loads(line)
         except ValueError:
@@ -418,6 +472,7 @@ class _ForkServer:
                 pending.done.set()
 
     def _mark_down(self) -> None:
+        """Note that the zygote is gone and fail the requests waiting for it."""
         with self._lock:
             self._down = True
             pending = list(self._pending.values())
@@ -428,8 +483,10 @@ class _ForkServer:
         self._ready.set()
 
     # -- requests -------------------------------------------------------------------------------
-    def spawn(self, cwd: str, env: Mapping[str, str], connection_file: str, log_path: str) -> _ForkedProc:
-        """Fork a kernel; raise _ForkServerDown if the zygote is gone, KernelStartError on refusal."""
+    def spawn(
+        self, cwd: str, env: Mapping[str, str], connection_file: str, log_path: str
+    ) -> _ForkedProc:
+        """Fork a kernel; _ForkServerDown if the zygote is gone, KernelStartError if refused."""
         pending = _Pending()
         with self._lock:
             if self._down:
@@ -534,11 +591,34 @@ class _NotReady(Exception):
     """The kernel died or timed out before answering."""
 
 
+def _wait_bound(connection_file: str, proc: _Proc, deadline: float) -> None:
+    """Wait until the kernel has bound its ipc sockets, so that the client connects at once."""
+    # A zmq client that connects before the socket file exists retries later (100 ms by
+    # default), and an iopub subscription that comes late loses messages (slow joiner).
+    with open(connection_file) as fh:
+        info = json.load(fh)
+    if info.get("transport") != "ipc":
+        return
+    paths = [
+        f"{info['ip']}-{info[k]}"
+        for k in ("shell_port", "iopub_port", "stdin_port", "control_port")
+    ]
+    while not all(os.path.exists(p) for p in paths):
+        if time.monotonic() > deadline:
+            raise _NotReady("it did not bind its sockets in time")
+        if not proc.alive():
+            raise _NotReady("the kernel process exited during start-up")
+        time.sleep(0.005)
+
+
 def _wait_ready(client: Any, proc: _Proc, deadline: float) -> None:
-    """Wait for a kernel_info_reply on shell and our request's idle status on iopub."""
+    """Wait for a kernel_info_reply on shell and for proof that iopub is subscribed."""
+    # The proof is ipykernel's `iopub_welcome` or a status message for one of our requests;
+    # without it kernel_info is sent again (after _IOPUB_RESEND_S), so no output of the first
+    # cell is lost to the zmq slow-joiner problem.
     sent: list[str] = []
     pending: set[str] = set()
-    idle: set[str] = set()
+    iopub_ok = False
 
     def send() -> float:
         msg_id = str(client.kernel_info())
@@ -548,33 +628,34 @@ def _wait_ready(client: Any, proc: _Proc, deadline: float) -> None:
 
     last = send()
     while True:
-        now = time.monotonic()
-        if now > deadline:
+        if time.monotonic() > deadline:
             raise _NotReady("it did not answer kernel_info in time")
         if not proc.alive():
             raise _NotReady("the kernel process exited during start-up")
         if pending:
             try:
-                msg = client.get_shell_msg(timeout=_POLL_S)
+                msg = client.shell_channel.get_msg(timeout=_POLL_S)
             except queue.Empty:
                 msg = None
-            if msg is not None and msg.get("msg_type") == "kernel_info_reply":
-                if msg["parent_header"].get("msg_id") in pending:
-                    pending.discard(msg["parent_header"]["msg_id"])
-                    last = time.monotonic()
-        timeout = 0.0 if pending else 0.02
+            parent = msg["parent_header"].get("msg_id") if msg is not None else None
+            if parent in pending and msg is not None and msg["msg_type"] == "kernel_info_reply":
+                pending.discard(parent)
+                last = time.monotonic()
+        timeout = 0.0 if pending else 0.01
         while True:
             try:
-                m = client.get_iopub_msg(timeout=timeout)
+                m = client.iopub_channel.get_msg(timeout=timeout)
             except queue.Empty:
                 break
             timeout = 0.0
-            if m.get("msg_type") == "status" and m["content"].get("execution_state") == "idle":
-                idle.add(str(m["parent_header"].get("msg_id")))
-        if not pending and sent[-1] in idle:
+            if m["msg_type"] == "iopub_welcome" or (
+                m["msg_type"] == "status" and m["parent_header"].get("msg_id") in sent
+            ):
+                iopub_ok = True
+        if not pending and iopub_ok:
             return
         if not pending and time.monotonic() - last > _IOPUB_RESEND_S:
-            last = send()  # the iopub subscription was not up yet (zmq slow joiner)
+            last = send()  # iopub was not subscribed yet
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,7 +732,7 @@ class KernelHandle:
             _handles.discard(self)
 
     def restart(self) -> None:
-        """Replace the kernel with a fresh one (same cwd, env and launcher; the namespace is lost)."""
+        """Replace the kernel with a fresh one (same cwd, env, launcher); the namespace is lost."""
         with self._lock:
             try:
                 self._teardown(2.0)
@@ -693,11 +774,12 @@ class KernelHandle:
                     self._describe(f"could not launch a kernel process: {exc}", launcher)
                 ) from exc
             self._proc, self.pid, self.launcher = proc, proc.pid, launcher
-            client = BlockingKernelClient(context=_zmq_context())
+            client = _Client(context=_zmq_context())
             client.load_connection_file(cf)
-            client.start_channels(shell=True, iopub=True, stdin=True, hb=False, control=True)
             self.client = client
             try:
+                _wait_bound(cf, proc, deadline)
+                client.start_channels(shell=True, iopub=True, stdin=True, hb=False, control=True)
                 _wait_ready(client, proc, deadline)
             except _NotReady as exc:
                 if not proc.alive():
@@ -722,9 +804,12 @@ class KernelHandle:
             _handles.add(self)
 
     def _describe(self, what: str, launcher: str) -> str:
+        """Return an error message with the kernel log's tail."""
         tail = _log_tail(self.log_path)
         msg = f"{what} [launcher={launcher}, cwd={self.cwd}, log={self.log_path}]"
-        return msg + ("\n--- kernel log (tail) ---\n" + tail if tail else "\n(the kernel log is empty)")
+        return msg + (
+            "\n--- kernel log (tail) ---\n" + tail if tail else "\n(the kernel log is empty)"
+        )
 
     def _spawn_forked(self, cf: str, ipc_prefix: str) -> _Proc | None:
         """Fork a kernel from the fork server; None when only the subprocess launcher works."""
@@ -742,9 +827,9 @@ class KernelHandle:
                 )
             try:
                 return server.spawn(self.cwd, self._env, cf, self.log_path)
-            except _ForkServerDown:
+            except _ForkServerDown as exc:
                 if attempt:
-                    raise
+                    log.warning("kernel fork server failed twice (%s); using subprocess", exc)
         return None
 
     def _spawn_subprocess(self, cf: str, ipc_prefix: str) -> _Proc:
@@ -800,7 +885,7 @@ class KernelHandle:
 # ---------------------------------------------------------------------------------------------
 def _resolve_launcher(launcher: str | None) -> str:
     """Pick the launcher: the argument, else $RLM_KERNEL_LAUNCHER, else fork where possible."""
-    chosen = launcher or os.environ.get(LAUNCHER_ENV, "").strip().lower()
+    chosen = (launcher or os.environ.get(LAUNCHER_ENV, "")).strip().lower()
     if not chosen:
         chosen = "fork" if hasattr(os, "fork") and sys.platform != "win32" else "subprocess"
     if chosen not in LAUNCHERS:

@@ -44,7 +44,7 @@ class LocalSandbox(Sandbox):
         self.kernel: KernelHandle | None = None
         self.secret = new_secret()
         self.bridge = Bridge(self.secret, self._handle, self._deliver)
-        self._exec_lock = threading.Lock()
+        self._exec_lock = threading.RLock()  # a restart reinstalls the runtime from inside a cell
         self._workspace_made = False
 
     # -- bridge plumbing ------------------------------------------------------------------------

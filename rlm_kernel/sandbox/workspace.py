@@ -93,6 +93,12 @@ def resolve_target(repo: str | os.PathLike[str] | None, branch: str | None = Non
         if not git("rev-parse", "--verify", "-q", "HEAD", cwd=top, check=False).strip():
             raise TargetError(f"{text} has no commits yet: commit something first")
     rev = commit or (f"origin/{branch}" if branch and _is_url(text) else branch) or "HEAD"
+    if rev == "HEAD" and _is_url(text):
+        # A cached clone's own HEAD stays where the first clone put it; fetch updates origin/*.
+        head = git("symbolic-ref", "-q", "--short", "HEAD", cwd=git_dir, check=False).strip()
+        tracked = git("rev-parse", "--verify", "-q", f"origin/{head}", cwd=git_dir, check=False)
+        if head and tracked.strip():
+            rev = f"origin/{head}"
     sha = git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", cwd=git_dir, check=False).strip()
     if not sha and branch and _is_url(text):
         sha = git("rev-parse", "--verify", "-q", f"{branch}^{{commit}}", cwd=git_dir, check=False).strip()

@@ -1,0 +1,398 @@
+"""Tests for rlm_kernel.sandbox.kernels: both launchers, lifecycle, clean-up, parallel start."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlm_kernel.sandbox import kernels
+from rlm_kernel.sandbox.kernels import KernelHandle, live_kernel_pids, shutdown_all, start_kernel
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX kernels only")
+
+LAUNCHERS = ["fork", "subprocess"]
+SECRET = "sk-host-secret-do-not-leak"
+
+Starter = Callable[..., KernelHandle]
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def kernel_env(**extra: str) -> dict[str, str]:
+    """A scrubbed kernel environment, as the engine would build it."""
+    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/tmp")}
+    env.update(extra)
+    return env
+
+
+def run(handle: KernelHandle, code: str, timeout: float = 20.0) -> tuple[dict[str, Any], str]:
+    """Execute code; return the execute_reply content and the cell's stdout."""
+    out: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
+            out.append(msg["content"]["text"])
+
+    reply = handle.client.execute_interactive(
+        code, timeout=timeout, output_hook=hook, allow_stdin=False
+    )
+    return reply["content"], "".join(out)
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def gone(pid: int) -> bool:
+    """Whether pid no longer runs (absent, or a zombie waiting for its reaper)."""
+    st = proc_stat(pid)
+    return st is None or st[0] in ("Z", "X")
+
+
+def wait_until(pred: Callable[[], bool], timeout: float) -> bool:
+    """Poll pred every 10 ms until it holds or timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+def files_under(path: Path) -> list[str]:
+    """Every file and directory below path (relative names)."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def _no_leftovers() -> Iterator[None]:
+    yield
+    shutdown_all()
+    assert live_kernel_pids() == []
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Starter]:
+    """start_kernel with a per-test runtime dir; shuts the test's kernels down afterwards."""
+    started: list[KernelHandle] = []
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+
+    def _start(launcher: str, **kw: Any) -> KernelHandle:
+        kw.setdefault("runtime_dir", str(tmp_path / "rt"))
+        cwd = kw.pop("cwd", str(workdir))
+        env = kw.pop("env", kernel_env())
+        handle = start_kernel(cwd, env, launcher=launcher, **kw)
+        started.append(handle)
+        return handle
+
+    yield _start
+    for h in started:
+        h.shutdown()
+
+
+# -- tests -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_cwd_env_and_no_host_secrets(
+    launcher: str, start: Starter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutdown_all()  # a fresh fork server, started while the host has the secret
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    h = start(launcher, env=kernel_env(MARKER="m-123"))
+    assert h.launcher == launcher
+    assert h.is_alive()
+    content, out = run(
+        h,
+        'import os; print(os.getcwd(), os.environ.get("MARKER"), os.environ.get("OPENAI_API_KEY"))',
+    )
+    assert content["status"] == "ok", content
+    assert out.split() == [str(tmp_path / "work"), "m-123", "None"]
+    assert Path(h.connection_file).is_file()
+    # the kernel's own stdout/stderr go to its log, not to the host's terminal
+    content, _ = run(h, "import sys; print('log-marker', file=sys.__stderr__, flush=True)")
+    assert content["status"] == "ok"
+    assert wait_until(lambda: "log-marker" in Path(h.log_path).read_text(), 2.0)
+    if launcher == "fork":
+        zygote = int(proc_stat(h.pid)[1])  # type: ignore[index]  # ppid
+        assert b"forkserver" in Path(f"/proc/{zygote}/cmdline").read_bytes()
+        environ = Path(f"/proc/{zygote}/environ").read_bytes()
+        assert b"OPENAI_API_KEY" not in environ
+        assert SECRET.encode() not in environ
+        assert SECRET.encode() not in Path(f"/proc/{h.pid}/environ").read_bytes()
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_interrupt_busy_loop(launcher: str, start: Starter) -> None:
+    h = start(launcher)
+    kc = h.client
+    # stop_on_error=False: otherwise ipykernel may abort the next request too ("aborted")
+    msg_id = kc.execute("while True: pass", stop_on_error=False)
+    deadline = time.monotonic() + 10
+    while True:  # wait until the cell runs
+        msg = kc.iopub_channel.get_msg(timeout=max(0.01, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+            break
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    h.interrupt()
+    while True:
+        left = 2.0 - (time.monotonic() - t0)
+        try:
+            reply = kc.shell_channel.get_msg(timeout=max(left, 0.01))
+        except queue.Empty:
+            pytest.fail("no execute_reply within 2 s of the interrupt")
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    assert time.monotonic() - t0 < 2.0
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    # the kernel survives and keeps its namespace
+    content, out = run(h, "x = 41; print(x + 1)")
+    assert content["status"] == "ok" and out.strip() == "42"
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_is_alive_false_after_os_exit(launcher: str, start: Starter) -> None:
+    h = start(launcher)
+    assert h.is_alive()
+    h.client.execute("import os; os._exit(1)")
+    t0 = time.monotonic()
+    assert wait_until(lambda: not h.is_alive(), 1.0), "is_alive() still true 1 s after os._exit"
+    print(f"\n[{launcher}] is_alive() false after {time.monotonic() - t0:.3f} s")
+    assert h.pid not in live_kernel_pids()
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_restart_gives_fresh_namespace(launcher: str, start: Starter) -> None:
+    h = start(launcher)
+    content, _ = run(h, "secret_value = 17")
+    assert content["status"] == "ok"
+    old_pid, old_client, old_cf = h.pid, h.client, h.connection_file
+    h.restart()
+    assert h.pid != old_pid and gone(old_pid)
+    assert h.client is not old_client
+    assert not Path(old_cf).exists()
+    assert h.is_alive()
+    assert h.pid in live_kernel_pids() and old_pid not in live_kernel_pids()
+    content, out = run(h, "print('secret_value' in globals()); import os; print(os.getcwd())")
+    assert content["status"] == "ok"
+    assert out.split() == ["False", h.cwd]
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_shutdown_kills_process_group_and_removes_files(
+    launcher: str, start: Starter, tmp_path: Path
+) -> None:
+    rt = tmp_path / "rt"
+    h = start(launcher, runtime_dir=str(rt))
+    content, out = run(h, 'import subprocess; p = subprocess.Popen(["sleep", "60"]); print(p.pid)')
+    assert content["status"] == "ok", content
+    child = int(out.strip())
+    assert not gone(child)
+    assert int(proc_stat(child)[2]) == h.pid  # type: ignore[index]  # pgrp = the kernel's group
+    pid = h.pid
+    h.shutdown()
+    h.shutdown()  # idempotent
+    assert not h.is_alive()
+    assert gone(pid)
+    assert wait_until(lambda: gone(child), 1.0), "the kernel's subprocess survived shutdown"
+    assert pid not in live_kernel_pids()
+    assert live_kernel_pids() == []
+    # only the log is kept
+    assert files_under(rt) == [Path(h.log_path).name]
+    assert not Path(h.connection_file).exists()
+
+
+def test_shutdown_is_thread_safe(start: Starter) -> None:
+    h = start("fork")
+    errors: list[BaseException] = []
+
+    def stop() -> None:
+        try:
+            h.shutdown(timeout=1.0)
+        except BaseException as exc:  # pragma: no cover - shutdown never raises
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert not h.is_alive() and gone(h.pid)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_twelve_kernels_in_parallel(launcher: str, start: Starter, tmp_path: Path) -> None:
+    if launcher == "fork":
+        shutdown_all()  # cold: the threads race to start the fork server (started once)
+    handles: list[KernelHandle] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        try:
+            h = start(launcher, runtime_dir=str(tmp_path / "rt"), env=kernel_env(N=str(i)))
+            with lock:
+                handles.append(h)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    print(f"\n[{launcher}] 12 kernels ready in {wall:.2f} s")
+    assert errors == []
+    assert len(handles) == 12
+    assert {h.launcher for h in handles} == {launcher}
+    if launcher == "fork":
+        assert len({int(proc_stat(h.pid)[1]) for h in handles}) == 1  # type: ignore[index]
+    assert len({h.pid for h in handles}) == 12
+    assert len({h.connection_file for h in handles}) == 12
+    assert sorted(h.pid for h in handles) == live_kernel_pids()
+    seen = []
+    for h in handles:
+        content, out = run(h, 'import os; print(os.environ["N"])')
+        assert content["status"] == "ok"
+        seen.append(out.strip())
+    assert sorted(seen) == sorted(str(i) for i in range(12))
+    assert wall < 6.0
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_long_runtime_dir(launcher: str, start: Starter, tmp_path: Path) -> None:
+    rt = tmp_path / ("r" * 60) / ("t" * 60)
+    assert len(str(rt)) > 100
+    h = start(launcher, runtime_dir=str(rt))
+    assert Path(h.connection_file).parent.parent == rt
+    info = json.loads(Path(h.connection_file).read_text())
+    ipc_dir = Path(info["ip"]).parent
+    assert info["transport"] == "ipc"
+    assert ipc_dir.parent == Path("/tmp") and ipc_dir.name.startswith("rlm-k")
+    assert len(f"{info['ip']}-{info['control_port']}") < 100
+    content, out = run(h, "print('hello')")
+    assert content["status"] == "ok" and out == "hello\n"
+    h.shutdown()
+    assert not ipc_dir.exists()
+    assert files_under(rt) == [Path(h.log_path).name]
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_missing_cwd_is_a_start_error(launcher: str, start: Starter, tmp_path: Path) -> None:
+    with pytest.raises(kernels.KernelStartError) as info:
+        start(launcher, cwd=str(tmp_path / "missing"))
+    assert "missing" in str(info.value)
+    assert live_kernel_pids() == []
+    assert [f for f in files_under(tmp_path / "rt") if not f.endswith(".log")] == []
+
+
+def test_forked_kernel_crash_during_startup_is_reported(
+    start: Starter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ipdir = tmp_path / "ipython"
+    (ipdir / "profile_default").mkdir(parents=True)
+    (ipdir / "profile_default" / "ipython_kernel_config.py").write_text(
+        "raise SystemExit('boom from kernel config')\n"
+    )
+    with pytest.raises(kernels.KernelStartError) as info:
+        start("fork", env=kernel_env(IPYTHONDIR=str(ipdir)), ready_timeout=10)
+    msg = str(info.value)
+    assert "did not become ready" in msg
+    assert "launcher=fork" in msg
+    assert live_kernel_pids() == []
+
+
+def test_launcher_env_override_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RLM_KERNEL_LAUNCHER", "subprocess")
+    assert kernels._resolve_launcher(None) == "subprocess"
+    assert kernels._resolve_launcher("fork") == "fork"
+    monkeypatch.delenv("RLM_KERNEL_LAUNCHER")
+    assert kernels._resolve_launcher(None) == "fork"
+    with pytest.raises(ValueError):
+        kernels._resolve_launcher("docker")
+
+
+def test_fork_server_eof_stops_its_kernels(start: Starter) -> None:
+    h = start("fork")
+    server = kernels._server
+    assert server is not None
+    zygote = server.pid
+    assert int(proc_stat(h.pid)[1]) == zygote  # type: ignore[index]  # the kernel's parent
+    kernels._stop_fork_server()  # EOF on the zygote's socket, as when the host dies
+    assert gone(zygote)
+    assert wait_until(lambda: not h.is_alive(), 1.0)
+    h.shutdown()  # still fine
+    assert live_kernel_pids() == []
+
+
+def test_orphaned_kernel_exits_when_zygote_is_killed(start: Starter) -> None:
+    h = start("fork")
+    server = kernels._server
+    assert server is not None
+    os.kill(server.pid, signal.SIGKILL)
+    # ipykernel's parent poller (parent_handle = the zygote) notices within about a second
+    assert wait_until(lambda: not h.is_alive(), 3.0), "orphaned kernel kept running"
+    # the next start brings up a new fork server
+    h2 = start("fork")
+    assert h2.is_alive() and kernels._server is not None and kernels._server.pid != server.pid
+    content, out = run(h2, "print(1 + 1)")
+    assert content["status"] == "ok" and out == "2\n"
+
+
+def test_fallback_to_subprocess_when_fork_server_cannot_start(
+    start: Starter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    shutdown_all()
+    monkeypatch.setattr(kernels, "_FORKSERVER_MODULE", "rlm_kernel.sandbox.no_such_module")
+    with caplog.at_level(logging.WARNING, logger="rlm_kernel.sandbox.kernels"):
+        h1 = start("fork")
+        h2 = start("fork")
+    assert h1.launcher == h2.launcher == "subprocess"
+    content, out = run(h1, "print('still works')")
+    assert content["status"] == "ok" and out == "still works\n"
+    fallbacks = [r for r in caplog.records if "falling back" in r.getMessage()]
+    assert len(fallbacks) == 1, caplog.text
+    assert "no_such_module" in caplog.text  # the fork server's stderr is logged too
+    shutdown_all()  # the next fork launch tries the fork server again
+
+
+def test_client_calls_from_worker_threads_leave_no_event_loops(start: Starter) -> None:
+    h = start("fork")
+    results: list[str] = []
+
+    def work() -> None:
+        _, out = run(h, "print('from a thread')")
+        results.append(out)
+        with pytest.raises(queue.Empty):
+            h.client.get_iopub_msg(timeout=0)  # the cell's messages were all consumed
+        with pytest.raises(queue.Empty):
+            h.client.get_shell_msg(timeout=0)
+
+    for _ in range(3):  # one thread at a time: a client's zmq sockets are not thread-safe
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    gc.collect()  # an unclosed loop would now be reported (warnings are errors)
+    assert results == ["from a thread\n"] * 3

@@ -1,0 +1,158 @@
+"""Tests for rlm_kernel.console: the text tree, the summary line and the progress printer."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rlm_kernel.console import ConsoleProgress, render_tree, summary_line
+from rlm_kernel.events import Event, EventType
+
+
+def _node(
+    agent_id: str, status: str, task: str, iterations: int = 1, children: Any = (), depth: int = 0
+) -> dict[str, Any]:
+    return {
+        "agent_id": agent_id,
+        "status": status,
+        "task": task,
+        "depth": depth,
+        "iterations": [{"index": i} for i in range(iterations)],
+        "children": list(children),
+    }
+
+
+def _record() -> dict[str, Any]:
+    grandchild = _node("root.0.0", "timeout", "deep", 3, depth=2)
+    a = _node("root.0", "done", "part   a\nwith  newline", 2, [grandchild], depth=1)
+    b = _node("root.1", "error", "part b", 1, depth=1)
+    root = _node("root", "done", "count the words", 2, [a, b])
+    return {
+        "root": root,
+        "usage": {
+            "llm_calls": 8,
+            "prompt_tokens": 1200,
+            "completion_tokens": 300,
+            "cost_usd": 0.01234,
+        },
+        "elapsed_s": 2.46,
+    }
+
+
+def test_render_tree() -> None:
+    assert render_tree(_record()["root"]) == [
+        "✓ root [done, 2 it] count the words",
+        "├─ ✓ root.0 [done, 2 it] part a with newline",
+        "│  └─ ⏱ root.0.0 [timeout, 3 it] deep",
+        "└─ ✗ root.1 [error, 1 it] part b",
+    ]
+
+
+def test_render_tree_last_child_indent_and_unknown_status() -> None:
+    kid = _node("root.1.0", "weird", "k", 0, depth=2)
+    root = _node(
+        "root",
+        "running",
+        "t",
+        0,
+        [_node("root.0", "cancelled", "a"), _node("root.1", "budget", "b", 0, [kid])],
+    )
+    assert render_tree(root) == [
+        "… root [running, 0 it] t",
+        "├─ ⊘ root.0 [cancelled, 1 it] a",
+        "└─ $ root.1 [budget, 0 it] b",
+        "   └─ ? root.1.0 [weird, 0 it] k",
+    ]
+
+
+def test_render_tree_truncates_long_tasks() -> None:
+    (line,) = render_tree(_node("root", "done", "x" * 500), width=60)
+    assert line.endswith("…")
+    assert line.startswith("✓ root [done, 1 it] xxx")
+    assert len(line) <= 60
+
+
+def test_render_tree_empty() -> None:
+    assert render_tree(None) == []
+    assert render_tree({}) == []
+
+
+def test_summary_line() -> None:
+    assert summary_line(_record()) == (
+        "4 agents, depth 2, 8 iterations, 8 LLM calls, 1,500 tokens, $0.0123, 2.5 s"
+    )
+
+
+def test_summary_line_without_root_or_elapsed() -> None:
+    assert summary_line({}) == "0 agents, depth 0, 0 iterations, 0 LLM calls, 0 tokens, $0.0000"
+
+
+def test_console_progress_non_tty_one_line_per_agent_event() -> None:
+    out = io.StringIO()
+    progress = ConsoleProgress(out)
+    assert progress.tty is False
+
+    def ev(t: EventType, agent: str | None = None, **data: Any) -> Event:
+        return Event(t, "run-1", agent, data)
+
+    u = {"llm_calls": 2, "prompt_tokens": 100, "completion_tokens": 20, "cost_usd": 0.5}
+    events = [
+        ev(EventType.RUN_STARTED, task="t", started_at="2025-01-01T00:00:00"),
+        ev(EventType.AGENT_STARTED, "root", parent_id=None, depth=0, task="count\n  the words"),
+        ev(EventType.ITERATION_STARTED, "root", index=0),
+        ev(EventType.LLM_RESPONSE, "root", index=0, text="...", usage=u),
+        ev(EventType.AGENT_STARTED, "root.0", parent_id="root", depth=1, task="sub"),
+        ev(EventType.CODE_EXECUTED, "root.0", index=0, code="x", output="y"),
+        ev(
+            EventType.BUDGET_HIT,
+            "root.0",
+            limit="max_iterations",
+            message="iteration limit reached",
+        ),
+        ev(
+            EventType.AGENT_FINISHED,
+            "root.0",
+            status="budget",
+            result="partial",
+            error="out of turns",
+        ),
+        ev(EventType.NOTICE, None, level="info", message="sandbox kept at /x"),
+        ev(EventType.AGENT_FINISHED, "root", status="done", result="42", error=None),
+        ev(EventType.RUN_FINISHED, status="done", answer="42", usage=u, elapsed_s=1.25),
+    ]
+    for e in events:
+        progress(e)
+    assert out.getvalue().splitlines() == [
+        "▶ root (depth 0): count the words",
+        "▶ root.0 (depth 1): sub",
+        "! root.0: iteration limit reached",
+        "$ root.0 budget — out of turns",
+        "! run: sandbox kept at /x",
+        "✓ root done",
+        "done: 2 agents, depth 1, 2 iterations, 2 LLM calls, 120 tokens, $0.5000, 1.2 s",
+    ]
+    assert "\x1b[" not in out.getvalue()
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_console_progress_tty_redraws_tree_in_place() -> None:
+    out = _Tty()
+    progress = ConsoleProgress(out, interval_s=0)
+    assert progress.tty
+    progress(Event(EventType.RUN_STARTED, "r", None, {"task": "t"}))
+    progress(Event(EventType.AGENT_STARTED, "r", "root", {"depth": 0, "task": "t"}))
+    progress(
+        Event(
+            EventType.AGENT_STARTED, "r", "root.0", {"parent_id": "root", "depth": 1, "task": "s"}
+        )
+    )
+    progress(Event(EventType.RUN_FINISHED, "r", None, {"status": "done", "elapsed_s": 0.5}))
+    text = out.getvalue()
+    assert "\x1b[2F\x1b[J" in text  # the two-line tree is redrawn over itself
+    assert text.endswith(
+        "done: 2 agents, depth 1, 0 iterations, 0 LLM calls, 0 tokens, $0.0000, 0.5 s\n"
+    )

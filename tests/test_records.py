@@ -1,0 +1,400 @@
+"""Tests for rlm_kernel.records: the run record and index built from events, written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlm_kernel.events import Event, EventType
+from rlm_kernel.records import Recorder, TreeState, load_index, load_record, write_json_atomic
+
+RUN_KEYS = {
+    "run_id",
+    "task",
+    "repo",
+    "branch",
+    "commit",
+    "model",
+    "config",
+    "started_at",
+    "finished_at",
+    "elapsed_s",
+    "status",
+    "answer",
+    "patch",
+    "usage",
+    "root",
+}
+NODE_KEYS = {
+    "agent_id",
+    "parent_id",
+    "depth",
+    "task",
+    "status",
+    "result",
+    "error",
+    "started_at",
+    "finished_at",
+    "usage",
+    "sandbox",
+    "iterations",
+    "children",
+}
+USAGE_KEYS = {"llm_calls", "prompt_tokens", "completion_tokens", "cost_usd"}
+ITERATION_KEYS = {"index", "llm_response", "code_blocks", "namespace"}
+BLOCK_KEYS = {"code", "output", "error", "elapsed_s", "spawned"}
+VAR_KEYS = {"name", "type", "repr", "size"}
+
+
+def _usage(calls: int, p: int, c: int, cost: float) -> dict[str, Any]:
+    return {"llm_calls": calls, "prompt_tokens": p, "completion_tokens": c, "cost_usd": cost}
+
+
+def _events(run_id: str = "run-1", started_at: str = "2025-01-01T10:00:00") -> list[Event]:
+    def ev(t: EventType, agent: str | None = None, **data: Any) -> Event:
+        return Event(t, run_id, agent, data)
+
+    ns = [{"name": "x", "type": "int", "repr": "1", "size": None}]
+    return [
+        ev(
+            EventType.RUN_STARTED,
+            task="count words",
+            repo="/r",
+            branch="main",
+            commit="abc123",
+            model="scripted/m.py",
+            config={"model": {"api_key": "<redacted>"}},
+            started_at=started_at,
+            step=False,
+        ),
+        ev(
+            EventType.AGENT_STARTED,
+            "root",
+            parent_id=None,
+            depth=0,
+            task="count words",
+            started_at=1.0,
+        ),
+        ev(
+            EventType.SANDBOX_READY,
+            "root",
+            sandbox={"backend": "local", "id": "sb1", "path": "/tmp/sb1"},
+        ),
+        ev(EventType.ITERATION_STARTED, "root", index=0),
+        ev(
+            EventType.LLM_RESPONSE,
+            "root",
+            index=0,
+            text="```python\nrlm_query_batched(['a','b'])\n```",
+            usage=_usage(1, 100, 20, 0.01),
+        ),
+        ev(
+            EventType.AGENT_STARTED,
+            "root.1",
+            parent_id="root",
+            depth=1,
+            task="part b",
+            started_at=2.0,
+        ),
+        ev(
+            EventType.AGENT_STARTED,
+            "root.0",
+            parent_id="root",
+            depth=1,
+            task="part a",
+            started_at=2.1,
+        ),
+        ev(
+            EventType.LLM_RESPONSE, "root.0", index=0, text="child a", usage=_usage(1, 10, 5, 0.001)
+        ),
+        ev(
+            EventType.LLM_QUERY,
+            "root.0",
+            prompt="p",
+            response="r",
+            model="m",
+            usage=_usage(1, 7, 3, 0.002),
+            error=None,
+        ),
+        ev(
+            EventType.CODE_EXECUTED,
+            "root.0",
+            index=0,
+            block=0,
+            code="FINAL('A')",
+            output="",
+            error=None,
+            elapsed_s=0.01,
+            spawned=[],
+        ),
+        ev(
+            EventType.AGENT_FINISHED,
+            "root.0",
+            status="done",
+            result="A",
+            error=None,
+            usage={},
+            finished_at=3.0,
+            patch="",
+        ),
+        ev(
+            EventType.AGENT_FINISHED,
+            "root.1",
+            status="error",
+            result="partial",
+            error="boom",
+            usage={},
+            finished_at=3.1,
+            patch="",
+        ),
+        ev(
+            EventType.CODE_EXECUTED,
+            "root",
+            index=0,
+            block=0,
+            code="rlm_query_batched(['a','b'])",
+            output="['A', 'partial']\n",
+            error=None,
+            elapsed_s=1.5,
+            spawned=["root.0", "root.1"],
+        ),
+        ev(EventType.ITERATION_FINISHED, "root", index=0, namespace=ns),
+        ev(EventType.LLM_RESPONSE, "root", index=1, text="FINAL", usage=_usage(1, 200, 10, 0.02)),
+        ev(
+            EventType.CODE_EXECUTED,
+            "root",
+            index=1,
+            block=0,
+            code="FINAL('42')",
+            output="",
+            error=None,
+            elapsed_s=0.02,
+            spawned=[],
+        ),
+        ev(EventType.ITERATION_FINISHED, "root", index=1, namespace=None),
+        ev(
+            EventType.AGENT_FINISHED,
+            "root",
+            status="done",
+            result="42",
+            error=None,
+            usage={},
+            finished_at=4.0,
+            patch="diff --git a/x b/x\n",
+        ),
+        ev(
+            EventType.RUN_FINISHED,
+            status="done",
+            answer="42",
+            patch="diff --git a/x b/x\n",
+            elapsed_s=3.0,
+            finished_at="2025-01-01T10:00:03",
+        ),
+    ]
+
+
+def _check_node(node: dict[str, Any]) -> None:
+    assert set(node) >= NODE_KEYS, NODE_KEYS - set(node)
+    assert set(node["usage"]) >= USAGE_KEYS
+    for it in node["iterations"]:
+        assert set(it) >= ITERATION_KEYS
+        for block in it["code_blocks"]:
+            assert set(block) >= BLOCK_KEYS
+        for var in it["namespace"]:
+            assert set(var) >= VAR_KEYS
+    for kid in node["children"]:
+        assert kid["parent_id"] == node["agent_id"]
+        assert kid["depth"] == node["depth"] + 1
+        _check_node(kid)
+
+
+def test_record_has_contract_keys_and_nesting(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path)
+    for ev in _events():
+        rec(ev)
+    assert rec.path == tmp_path / "run-1.detail.json"
+    data = load_record(rec.path)
+    assert set(data) >= RUN_KEYS, RUN_KEYS - set(data)
+    assert set(data["usage"]) >= USAGE_KEYS
+    assert data["run_id"] == "run-1" and data["task"] == "count words"
+    assert (data["repo"], data["branch"], data["commit"]) == ("/r", "main", "abc123")
+    assert data["config"] == {"model": {"api_key": "<redacted>"}}
+    assert data["status"] == "done" and data["answer"] == "42"
+    assert data["patch"] == "diff --git a/x b/x\n"
+    assert data["finished_at"] == "2025-01-01T10:00:03" and data["elapsed_s"] == 3.0
+
+    root = data["root"]
+    _check_node(root)
+    assert root["agent_id"] == "root" and root["parent_id"] is None and root["depth"] == 0
+    assert root["status"] == "done" and root["result"] == "42" and root["finished_at"] == 4.0
+    assert root["sandbox"] == {"backend": "local", "id": "sb1", "path": "/tmp/sb1"}
+    assert [c["agent_id"] for c in root["children"]] == ["root.0", "root.1"]
+    a, b = root["children"]
+    assert (a["status"], a["result"], a["error"]) == ("done", "A", None)
+    assert (b["status"], b["result"], b["error"]) == ("error", "partial", "boom")
+    assert b["sandbox"] is None and b["iterations"] == [] and b["children"] == []
+
+    its = root["iterations"]
+    assert [it["index"] for it in its] == [0, 1]
+    assert its[0]["llm_response"].startswith("```python")
+    assert its[0]["code_blocks"] == [
+        {
+            "code": "rlm_query_batched(['a','b'])",
+            "output": "['A', 'partial']\n",
+            "error": None,
+            "elapsed_s": 1.5,
+            "spawned": ["root.0", "root.1"],
+            "status": None,
+        }
+    ]
+    assert its[0]["namespace"] == [{"name": "x", "type": "int", "repr": "1", "size": None}]
+    assert its[1]["namespace"] == []  # namespace=None keeps the empty default
+    assert a["llm_queries"] == [{"prompt": "p", "response": "r", "model": "m", "error": None}]
+
+
+def test_usage_is_summed_per_node_and_for_the_run(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, min_interval_s=0)
+    for ev in _events():
+        rec(ev)
+    data = load_record(tmp_path / "run-1.detail.json")
+    root = data["root"]
+    assert root["usage"] == _usage(2, 300, 30, 0.03)
+    assert root["children"][0]["usage"] == _usage(2, 17, 8, 0.003)
+    assert root["children"][1]["usage"] == _usage(0, 0, 0, 0.0)
+    run = data["usage"]
+    assert (run["llm_calls"], run["prompt_tokens"], run["completion_tokens"]) == (4, 317, 38)
+    assert abs(run["cost_usd"] - 0.033) < 1e-12
+
+
+def test_run_finished_usage_overrides_the_sum() -> None:
+    state = TreeState()
+    evs = _events()
+    evs[-1] = Event(
+        EventType.RUN_FINISHED, "run-1", None, {"status": "done", "usage": _usage(9, 9, 9, 9.0)}
+    )
+    for ev in evs:
+        state.apply(ev)
+    assert state.to_dict()["usage"] == _usage(9, 9, 9, 9.0)
+
+
+def test_children_sorted_numerically() -> None:
+    state = TreeState()
+    state.apply(Event(EventType.RUN_STARTED, "r", None, {"task": "t"}))
+    state.apply(Event(EventType.AGENT_STARTED, "r", "root", {"parent_id": None, "depth": 0}))
+    for kid in ("root.10", "root.2", "root.0", "root.1"):
+        state.apply(Event(EventType.AGENT_STARTED, "r", kid, {"parent_id": "root", "depth": 1}))
+    state.apply(
+        Event(EventType.AGENT_STARTED, "r", "root.2.1", {"parent_id": "root.2", "depth": 2})
+    )
+    state.apply(
+        Event(EventType.AGENT_STARTED, "r", "root.2.0", {"parent_id": "root.2", "depth": 2})
+    )
+    root = state.to_dict()["root"]
+    assert [c["agent_id"] for c in root["children"]] == ["root.0", "root.1", "root.2", "root.10"]
+    assert [c["agent_id"] for c in root["children"][2]["children"]] == ["root.2.0", "root.2.1"]
+
+
+def test_events_for_unknown_agents_are_ignored() -> None:
+    state = TreeState()
+    state.apply(Event(EventType.LLM_RESPONSE, "r", "ghost", {"index": 0, "text": "x"}))
+    state.apply(Event(EventType.NOTICE, "r", None, {"message": "hi"}))
+    assert state.to_dict() == {"root": None}
+
+
+def test_step_waiting_then_code_executed() -> None:
+    state = TreeState()
+    state.apply(Event(EventType.AGENT_STARTED, "r", "root", {"depth": 0}))
+    state.apply(Event(EventType.STEP_WAITING, "r", "root", {"index": 0, "code": "x = 1"}))
+    it = state.to_dict()["root"]["iterations"][0]
+    assert it["pending_code"] == "x = 1"
+    state.apply(
+        Event(EventType.CODE_EXECUTED, "r", "root", {"index": 0, "code": "x = 1", "output": ""})
+    )
+    it = state.to_dict()["root"]["iterations"][0]
+    assert "pending_code" not in it and it["code_blocks"][0]["code"] == "x = 1"
+
+
+def test_file_is_valid_json_after_every_event(tmp_path: Path) -> None:
+    for interval in (0.0, 60.0):
+        results = tmp_path / f"results-{interval}"
+        rec = Recorder(results, min_interval_s=interval)
+        for ev in _events():
+            rec(ev)
+            data = json.loads((results / "run-1.detail.json").read_text(encoding="utf-8"))
+            assert data["run_id"] == "run-1"
+            index = json.loads((results / "index.json").read_text(encoding="utf-8"))
+            assert [r["run_id"] for r in index["runs"]] == ["run-1"]
+            assert not [p.name for p in results.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_record_written_as_the_run_goes(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, min_interval_s=0)
+    evs = _events()
+    for ev in evs[:7]:  # up to both children started
+        rec(ev)
+    partial = load_record(tmp_path / "run-1.detail.json")
+    assert partial["status"] == "running" and partial["finished_at"] is None
+    assert [c["agent_id"] for c in partial["root"]["children"]] == ["root.0", "root.1"]
+    assert all(c["status"] == "running" for c in partial["root"]["children"])
+
+
+def test_milestones_written_even_when_throttled(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, min_interval_s=3600)
+    evs = _events()
+    for ev in evs[:-1]:
+        rec(ev)
+    # agent_finished(root) is a milestone: the file has the root's result
+    assert load_record(tmp_path / "run-1.detail.json")["root"]["result"] == "42"
+    rec(evs[-1])
+    assert load_record(tmp_path / "run-1.detail.json")["status"] == "done"
+
+
+def test_index_newest_first_and_updated_in_place(tmp_path: Path) -> None:
+    old = Recorder(tmp_path)
+    for ev in _events("run-old", "2025-01-01T09:00:00"):
+        old(ev)
+    new = Recorder(tmp_path)
+    new_events = _events("run-new", "2025-01-02T09:00:00")
+    new(new_events[0])
+    runs = load_index(tmp_path)
+    assert [r["run_id"] for r in runs] == ["run-new", "run-old"]
+    assert runs[0]["status"] == "running" and runs[1]["status"] == "done"
+    for ev in new_events[1:]:
+        new(ev)
+    runs = load_index(tmp_path)
+    assert [r["run_id"] for r in runs] == ["run-new", "run-old"]
+    entry = runs[0]
+    assert entry["status"] == "done" and entry["answer"] == "42" and entry["agents"] == 3
+    assert entry["file"] == "run-new.detail.json" and entry["root_status"] == "done"
+    assert entry["task"] == "count words" and entry["model"] == "scripted/m.py"
+    # an older run recorded later still sorts below the newer one
+    older = Recorder(tmp_path)
+    older(_events("run-oldest", "2024-12-31T09:00:00")[0])
+    assert [r["run_id"] for r in load_index(tmp_path)] == ["run-new", "run-old", "run-oldest"]
+
+
+def test_load_index_missing_or_broken(tmp_path: Path) -> None:
+    assert load_index(tmp_path) == []
+    (tmp_path / "index.json").write_text("{not json")
+    assert load_index(tmp_path) == []
+    (tmp_path / "index.json").write_text(json.dumps([{"run_id": "a"}, 3]))
+    assert load_index(tmp_path) == [{"run_id": "a"}]
+
+
+def test_load_record_rejects_non_object(tmp_path: Path) -> None:
+    path = tmp_path / "x.detail.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="is not a run record"):
+        load_record(path)
+
+
+def test_write_json_atomic_creates_dirs_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "c.json"
+    write_json_atomic(target, {"x": [1, 2], "when": Path("/p")})
+    assert json.loads(target.read_text()) == {"x": [1, 2], "when": "/p"}
+    write_json_atomic(target, {"x": 2})
+    assert json.loads(target.read_text()) == {"x": 2}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["c.json"]
