@@ -20,7 +20,7 @@ from .prompts import (
     task_prompt,
     truncate_middle,
 )
-from .sandbox.base import NO_CONTEXT, CellResult, Sandbox, SandboxError, SandboxSpec
+from .sandbox.base import NO_CONTEXT, CellResult, Sandbox, SandboxError
 from .sandbox.bridge import BridgeRefused
 
 if TYPE_CHECKING:
@@ -32,8 +32,15 @@ __all__ = ["Agent", "AgentOutcome"]
 class AgentOutcome:
     """How an agent ended: its answer (always set), status, patch and error."""
 
-    def __init__(self, agent_id: str, text: str, status: str, patch: str = "", error: str | None = None,
-                 value: Any = None) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        text: str,
+        status: str,
+        patch: str = "",
+        error: str | None = None,
+        value: Any = None,
+    ) -> None:
         self.agent_id = agent_id
         self.text = text
         self.status = status
@@ -54,15 +61,17 @@ class AgentOutcome:
 class Agent:
     """An agent: a task, a sandbox, and the loop that drives the model."""
 
-    def __init__(self, run: Run, agent_id: str, parent: Agent | None, task: str, context: Any = NO_CONTEXT) -> None:
+    def __init__(
+        self, run: Run, agent_id: str, parent: Agent | None, task: str, context: Any = NO_CONTEXT
+    ) -> None:
         self.run = run
         self.agent_id = agent_id
         self.parent = parent
-        self.depth = 0 if parent is None else parent.depth + 1
+        self.depth: int = 0 if parent is None else parent.depth + 1
         self.task = task
         self.context = context
         self.scope = Scope(parent.cell_scope if parent else run.scope)
-        self.cell_scope = Scope(self.scope)
+        self.cell_scope: Scope = Scope(self.scope)
         self.usage = Usage()
         self.final: Any = None
         self.has_final = False
@@ -112,7 +121,9 @@ class Agent:
             self.final, self.has_final = fields, True
             return True
         if op == "llm_query":
-            return self.run.llm_queries(self, [str(p) for p in args.get("prompts", [])], args.get("model"))
+            return self.run.llm_queries(
+                self, [str(p) for p in args.get("prompts", [])], args.get("model")
+            )
         if op == "rlm_query":
             tasks = [str(t) for t in args.get("tasks", [])]
             contexts = args.get("contexts") or [None] * len(tasks)
@@ -120,7 +131,9 @@ class Agent:
             self._spawned.extend(r["agent_id"] for r in replies if r.get("agent_id"))
             return replies
         if op == "tool":
-            return self.run.call_tool(str(args.get("name")), list(args.get("args") or []), dict(args.get("kwargs") or {}))
+            return self.run.call_tool(
+                str(args.get("name")), list(args.get("args") or []), dict(args.get("kwargs") or {})
+            )
         raise BridgeRefused(f"unknown request {op!r}")
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -128,8 +141,13 @@ class Agent:
         """Run until FINAL, a limit, an error or cancellation; always returns an answer."""
         run = self.run
         cfg = run.config.rlm
-        self.emit(EventType.AGENT_STARTED, parent_id=self.parent.agent_id if self.parent else None,
-                  depth=self.depth, task=self.task, started_at=time.time())
+        self.emit(
+            EventType.AGENT_STARTED,
+            parent_id=self.parent.agent_id if self.parent else None,
+            depth=self.depth,
+            task=self.task,
+            started_at=time.time(),
+        )
         sandbox_future: Future[Sandbox] = run.start_sandbox(self)
         info = AgentPromptInfo(
             depth=self.depth,
@@ -158,14 +176,24 @@ class Agent:
                 completion = run.complete(self, messages, kind="agent")
                 text = completion.text
                 last_text = text
-                self.emit(EventType.LLM_RESPONSE, index=index, text=text, usage=completion.usage.to_dict())
+                self.emit(
+                    EventType.LLM_RESPONSE, index=index, text=text, usage=completion.usage.to_dict()
+                )
                 blocks = extract_code_blocks(text)
                 if not blocks:
-                    messages += [{"role": "assistant", "content": text}, {"role": "user", "content": no_code_prompt()}]
-                    self.emit(EventType.ITERATION_FINISHED, index=index, namespace=None, no_code=True)
+                    messages += [
+                        {"role": "assistant", "content": text},
+                        {"role": "user", "content": no_code_prompt()},
+                    ]
+                    self.emit(
+                        EventType.ITERATION_FINISHED, index=index, namespace=None, no_code=True
+                    )
                     continue
-                replacement = run.gate.wait(self.agent_id, index, "\n\n".join(blocks), self.scope) \
-                    if run.gate.stepping else None
+                replacement = (
+                    run.gate.wait(self.agent_id, index, "\n\n".join(blocks), self.scope)
+                    if run.gate.stepping
+                    else None
+                )
                 if replacement is not None:
                     blocks = [replacement]
                     self.emit(EventType.STEP_RESUMED, index=index, replaced=True)
@@ -175,16 +203,28 @@ class Agent:
                 died = False
                 for bi, code in enumerate(blocks):
                     cell = self._execute(sandbox, code)
-                    self.emit(EventType.CODE_EXECUTED, index=index, block=bi, code=code, output=cell.output,
-                              error=cell.error, elapsed_s=round(cell.elapsed_s, 4), status=cell.status,
-                              spawned=list(self._spawned))
+                    self.emit(
+                        EventType.CODE_EXECUTED,
+                        index=index,
+                        block=bi,
+                        code=code,
+                        output=cell.output,
+                        error=cell.error,
+                        elapsed_s=round(cell.elapsed_s, 4),
+                        status=cell.status,
+                        spawned=list(self._spawned),
+                    )
                     results.append((code, cell.output))
                     if cell.status == "timeout":
-                        notes.append(f"[code block {bi + 1} was interrupted after exec_timeout="
-                                     f"{cfg.exec_timeout:g} s; variables it set before that are kept]")
+                        notes.append(
+                            f"[code block {bi + 1} was interrupted after exec_timeout="
+                            f"{cfg.exec_timeout:g} s; variables it set before that are kept]"
+                        )
                     if cell.status == "restarted":
-                        notes.append("[the REPL did not stop when interrupted and was restarted: "
-                                     "ALL variables and imports are lost; files on disk are kept]")
+                        notes.append(
+                            "[the REPL did not stop when interrupted and was restarted: "
+                            "ALL variables and imports are lost; files on disk are kept]"
+                        )
                     if cell.status == "died":
                         died, error = True, cell.error or "the sandbox process died"
                         break
@@ -203,7 +243,10 @@ class Agent:
                     break
                 messages += [
                     {"role": "assistant", "content": text},
-                    {"role": "user", "content": format_cell_outputs(results, cfg.output_truncation_limit, notes)},
+                    {
+                        "role": "user",
+                        "content": format_cell_outputs(results, cfg.output_truncation_limit, notes),
+                    },
                 ]
             else:
                 status, error = "budget", f"max_iterations ({cfg.max_iterations}) reached"
@@ -254,7 +297,9 @@ class Agent:
             self.cell_scope.cancel("the calling cell ended")  # stop children it left running
         return cell
 
-    def _finish(self, status: str, error: str | None, last_text: str, future: Future[Sandbox]) -> AgentOutcome:
+    def _finish(
+        self, status: str, error: str | None, last_text: str, future: Future[Sandbox]
+    ) -> AgentOutcome:
         run = self.run
         sandbox = self.sandbox
         if sandbox is None and future.done() and future.exception() is None:
@@ -267,10 +312,19 @@ class Agent:
             try:
                 patch = sandbox.diff()
             except Exception as exc:
-                run.emit(EventType.NOTICE, self.agent_id, level="warning", message=f"could not compute the patch: {exc}")
+                run.emit(
+                    EventType.NOTICE,
+                    self.agent_id,
+                    level="warning",
+                    message=f"could not compute the patch: {exc}",
+                )
         if status == "done":
             value = self.final
-            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+            text = (
+                value
+                if isinstance(value, str)
+                else json.dumps(value, ensure_ascii=False, default=str)
+            )
         else:
             draft = (sandbox.answer_draft if sandbox else "") or _prose(last_text)
             reason = error or status
@@ -278,8 +332,15 @@ class Agent:
             value = text
         run.release_sandbox(self, sandbox, future)
         outcome = AgentOutcome(self.agent_id, text, status, patch, error, value)
-        self.emit(EventType.AGENT_FINISHED, status=status, result=value, error=error, usage=self.usage.to_dict(),
-                  finished_at=time.time(), patch=patch)
+        self.emit(
+            EventType.AGENT_FINISHED,
+            status=status,
+            result=value,
+            error=error,
+            usage=self.usage.to_dict(),
+            finished_at=time.time(),
+            patch=patch,
+        )
         return outcome
 
 

@@ -37,22 +37,44 @@ def _build_parser() -> argparse.ArgumentParser:
         "The root's changes come out as a git patch on stdout (or in -o FILE); with no REPO, the "
         "answer is printed instead. Progress goes to stderr.",
     )
-    r.add_argument("repo", nargs="?", metavar="REPO_OR_PATH",
-                   help="a local git repository or a git URL (cloned once into the cache); omit for a task "
-                   "without a repository")
+    r.add_argument(
+        "repo",
+        nargs="?",
+        metavar="REPO_OR_PATH",
+        help="a local git repository or a git URL (cloned once into the cache); omit for a task "
+        "without a repository",
+    )
     r.add_argument("-p", "--prompt", required=True, help="the task for the root agent (required)")
     r.add_argument("-b", "--branch", help="branch to check out (default: the repository's HEAD)")
     r.add_argument("--commit", help="commit SHA to check out (overrides --branch)")
-    r.add_argument("-c", "--config", metavar="FILE",
-                   help="YAML configuration file (default: ./config.yaml if present, else built-in defaults)")
-    r.add_argument("-o", "--output", metavar="PATCH_FILE", help="write the patch to this file instead of stdout")
-    r.add_argument("--model", help="LLM for agents, in litellm form, e.g. openrouter/google/gemini-3-flash-preview "
-                   "or scripted/path/to/model.py")
+    r.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="YAML configuration file (default: ./config.yaml if present, else built-in defaults)",
+    )
+    r.add_argument(
+        "-o",
+        "--output",
+        metavar="PATCH_FILE",
+        help="write the patch to this file instead of stdout",
+    )
+    r.add_argument(
+        "--model",
+        help="LLM for agents, in litellm form, e.g. openrouter/google/gemini-3-flash-preview "
+        "or scripted/path/to/model.py",
+    )
     r.add_argument("--sub-model", help="LLM for llm_query/llm_query_batched (default: --model)")
-    r.add_argument("--sandbox", choices=["local", "daytona"], help="sandbox backend (default: local)")
-    r.add_argument("--results-dir", metavar="DIR", help="where run records are written (default: results)")
+    r.add_argument(
+        "--sandbox", choices=["local", "daytona"], help="sandbox backend (default: local)"
+    )
+    r.add_argument(
+        "--results-dir", metavar="DIR", help="where run records are written (default: results)"
+    )
     r.add_argument("--max-depth", type=int, metavar="N", help="deepest agent depth (root = 0)")
-    r.add_argument("--max-sandboxes", type=int, metavar="N", help="sandboxes the whole run may create")
+    r.add_argument(
+        "--max-sandboxes", type=int, metavar="N", help="sandboxes the whole run may create"
+    )
     r.add_argument("--max-iterations", type=int, metavar="N", help="iterations per agent")
     r.add_argument("--timeout", type=float, metavar="SECONDS", help="global timeout of the run")
     r.add_argument("--keep", action="store_true", help="keep every agent's worktree and say where")
@@ -61,15 +83,25 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("--verbose", action="store_true", help="progress plus debug logging on stderr")
     v.add_argument("--quiet", action="store_true", help="no progress output, only the result")
 
-    d = sub.add_parser("demo", help="run the offline demo (bundled repository, scripted model, no keys)",
-                       description="Run a scripted RLM on a small bundled repository: no API key, no network.")
-    d.add_argument("--results-dir", metavar="DIR", help="where the run record is written (default: results)")
+    d = sub.add_parser(
+        "demo",
+        help="run the offline demo (bundled repository, scripted model, no keys)",
+        description="Run a scripted RLM on a small bundled repository: no API key, no network.",
+    )
+    d.add_argument(
+        "--results-dir", metavar="DIR", help="where the run record is written (default: results)"
+    )
     d.add_argument("--quiet", action="store_true", help="no progress output")
 
-    c = sub.add_parser("cleanup", help="remove sandboxes left behind by crashed runs",
-                       description="Remove leftover local sandboxes (worktrees, temporary files) of runs "
-                       "that are no longer running.")
-    c.add_argument("--sandbox", choices=["local"], default="local", help="backend to clean (default: local)")
+    c = sub.add_parser(
+        "cleanup",
+        help="remove sandboxes left behind by crashed runs",
+        description="Remove leftover local sandboxes (worktrees, temporary files) of runs "
+        "that are no longer running.",
+    )
+    c.add_argument(
+        "--sandbox", choices=["local"], default="local", help="backend to clean (default: local)"
+    )
     c.add_argument("--run", metavar="ID", help="only this run")
     return p
 
@@ -105,13 +137,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .sandbox.base import SandboxError
     from .sandbox.workspace import TargetError
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         config = load_config(args.config, _overrides(args))
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     sinks = [] if args.quiet else [ConsoleProgress()]
-    run = Run(args.prompt, args.repo, branch=args.branch, commit=args.commit, config=config, on_event=sinks)
+    run = Run(
+        args.prompt,
+        args.repo,
+        branch=args.branch,
+        commit=args.commit,
+        config=config,
+        on_event=sinks,
+    )
     try:
         run.prepare()
     except (TargetError, LLMError, SandboxError, ConfigError) as exc:
@@ -123,7 +165,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run.wait()
     except KeyboardInterrupt:
         run.release_kept()
-        return _fail(f"interrupted; run {run.run_id} cancelled and its sandboxes removed", EXIT_INTERRUPTED)
+        return _fail(
+            f"interrupted; run {run.run_id} cancelled and its sandboxes removed", EXIT_INTERRUPTED
+        )
     finally:
         run.release_kept()
     if result.kept:
@@ -144,8 +188,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet and result.record_path:
         sys.stderr.write(f"record: {result.record_path}\n")
     if result.status != "done":
-        return _fail(f"run {result.status}: {result.error or 'no final answer'} (partial answer above; "
-                     f"record: {result.record_path})", EXIT_FAILED)
+        return _fail(
+            f"run {result.status}: {result.error or 'no final answer'} (partial answer above; "
+            f"record: {result.record_path})",
+            EXIT_FAILED,
+        )
     return EXIT_OK
 
 
@@ -156,11 +203,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="rlm-demo-"))
     try:
         repo, model, prompt = prepare_demo(work)
-        sys.stderr.write(f"Demo: a scripted model investigates the TODOs of a small repository ({repo}).\n")
+        sys.stderr.write(
+            f"Demo: a scripted model investigates the TODOs of a small repository ({repo}).\n"
+        )
         ns = argparse.Namespace(
-            repo=str(repo), prompt=prompt, branch=None, commit=None, config=None, output=None, model=model,
-            sub_model=None, sandbox="local", results_dir=args.results_dir, max_depth=None, max_sandboxes=None,
-            max_iterations=None, timeout=None, keep=False, answer=None, verbose=False, quiet=args.quiet,
+            repo=str(repo),
+            prompt=prompt,
+            branch=None,
+            commit=None,
+            config=None,
+            output=None,
+            model=model,
+            sub_model=None,
+            sandbox="local",
+            results_dir=args.results_dir,
+            max_depth=None,
+            max_sandboxes=None,
+            max_iterations=None,
+            timeout=None,
+            keep=False,
+            answer=None,
+            verbose=False,
+            quiet=args.quiet,
         )
         return cmd_run(ns)
     finally:

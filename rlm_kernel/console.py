@@ -29,7 +29,9 @@ def render_tree(root: dict[str, Any] | None, width: int = 100) -> list[str]:
         lines.append(f"{head} {task[:room]}{'…' if len(task) > room else ''}")
         kids = node.get("children") or []
         for i, kid in enumerate(kids):
-            walk(kid, prefix + ("" if top else ("   " if last else "│  ")), i == len(kids) - 1, False)
+            walk(
+                kid, prefix + ("" if top else ("   " if last else "│  ")), i == len(kids) - 1, False
+            )
 
     if root:
         walk(root, "", True, True)

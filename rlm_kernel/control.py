@@ -178,7 +178,7 @@ class StepGate:
                 while True:
                     if cancel.is_set():
                         raise Cancelled()
-                    if not self.stepping:
+                    if not self._is_stepping():
                         return None
                     if self._tokens > 0 and self._queue[0] is me:
                         self._tokens -= 1
@@ -187,6 +187,9 @@ class StepGate:
             finally:
                 self._queue.remove(me)
                 self._cond.notify_all()
+
+    def _is_stepping(self) -> bool:
+        return self.stepping
 
     def step(self, code: str | None = None) -> None:
         """Let exactly one waiting (or the next arriving) iteration run, optionally with new code."""

@@ -95,7 +95,9 @@ def system_prompt(info: AgentPromptInfo) -> str:
     ]
     for tool in info.tools:
         doc = (tool.get("doc") or "").strip().splitlines()
-        lines.append(f"- {tool['name']}{tool.get('signature') or '(...)'}: {doc[0] if doc else 'a host tool'}")
+        lines.append(
+            f"- {tool['name']}{tool.get('signature') or '(...)'}: {doc[0] if doc else 'a host tool'}"
+        )
     if info.has_context:
         lines.append(f"- context: {info.context_desc or 'the data given with the task'}")
     lines += ["", "Finishing:"]
@@ -140,10 +142,12 @@ def truncate_middle(text: str, limit: int) -> str:
     head = limit * 2 // 3
     tail = limit - head
     omitted = len(text) - head - tail
-    return f"{text[:head]}\n... [{omitted} characters omitted] ...\n{text[len(text) - tail:]}"
+    return f"{text[:head]}\n... [{omitted} characters omitted] ...\n{text[len(text) - tail :]}"
 
 
-def format_cell_outputs(results: Sequence[tuple[str, str]], limit: int, notes: Sequence[str] = ()) -> str:
+def format_cell_outputs(
+    results: Sequence[tuple[str, str]], limit: int, notes: Sequence[str] = ()
+) -> str:
     """The user turn after code ran: each block's output, truncated head-and-tail."""
     per = max(200, limit // max(1, len(results)))
     chunks = []

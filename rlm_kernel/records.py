@@ -44,9 +44,16 @@ class TreeState:
         d = ev.data
         t = ev.type
         if t is EventType.RUN_STARTED:
-            self.run.update(run_id=ev.run_id, status="running", answer=None, patch="", finished_at=None,
-                            elapsed_s=None, usage={"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                                   "cost_usd": 0.0}, **d)
+            self.run.update(
+                run_id=ev.run_id,
+                status="running",
+                answer=None,
+                patch="",
+                finished_at=None,
+                elapsed_s=None,
+                usage={"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
+                **d,
+            )
             return
         if t is EventType.RUN_FINISHED:
             self.run.update(d)
@@ -55,11 +62,26 @@ class TreeState:
             return
         if t is EventType.AGENT_STARTED:
             node = {
-                "agent_id": ev.agent_id, "parent_id": d.get("parent_id"), "depth": d.get("depth", 0),
-                "task": d.get("task", ""), "status": "running", "result": None, "error": None,
-                "started_at": d.get("started_at"), "finished_at": None,
-                "usage": {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
-                "sandbox": None, "iterations": [], "children": [], "llm_queries": [], "patch": "",
+                "agent_id": ev.agent_id,
+                "parent_id": d.get("parent_id"),
+                "depth": d.get("depth", 0),
+                "task": d.get("task", ""),
+                "status": "running",
+                "result": None,
+                "error": None,
+                "started_at": d.get("started_at"),
+                "finished_at": None,
+                "usage": {
+                    "llm_calls": 0,
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "cost_usd": 0.0,
+                },
+                "sandbox": None,
+                "iterations": [],
+                "children": [],
+                "llm_queries": [],
+                "patch": "",
             }
             self.nodes[ev.agent_id] = node
             parent = self.nodes.get(str(d.get("parent_id")))
@@ -69,9 +91,10 @@ class TreeState:
             elif self.root_id is None:
                 self.root_id = ev.agent_id
             return
-        node = self.nodes.get(ev.agent_id)
-        if node is None:
+        found = self.nodes.get(ev.agent_id)
+        if found is None:
             return
+        node = found
         if t is EventType.SANDBOX_READY:
             node["sandbox"] = d.get("sandbox")
         elif t is EventType.LLM_RESPONSE:
@@ -83,15 +106,18 @@ class TreeState:
         elif t is EventType.CODE_EXECUTED:
             it = self._iteration(node, d["index"])
             it.pop("pending_code", None)
-            it["code_blocks"].append({k: d.get(k) for k in ("code", "output", "error", "elapsed_s", "spawned",
-                                                             "status")})
+            it["code_blocks"].append(
+                {k: d.get(k) for k in ("code", "output", "error", "elapsed_s", "spawned", "status")}
+            )
         elif t is EventType.ITERATION_FINISHED:
             it = self._iteration(node, d["index"])
             if d.get("namespace") is not None:
                 it["namespace"] = d["namespace"]
             it["finished"] = True
         elif t is EventType.LLM_QUERY:
-            node["llm_queries"].append({k: d.get(k) for k in ("prompt", "response", "model", "error")})
+            node["llm_queries"].append(
+                {k: d.get(k) for k in ("prompt", "response", "model", "error")}
+            )
             self._add_usage(node, d.get("usage"))
         elif t is EventType.AGENT_FINISHED:
             for k in ("status", "result", "error", "finished_at", "patch"):
@@ -136,7 +162,11 @@ class Recorder:
             if self.path is None:
                 self.path = self.dir / f"{ev.run_id}.detail.json"
             now = time.monotonic()
-            milestone = ev.type in (EventType.RUN_STARTED, EventType.AGENT_FINISHED, EventType.RUN_FINISHED)
+            milestone = ev.type in (
+                EventType.RUN_STARTED,
+                EventType.AGENT_FINISHED,
+                EventType.RUN_FINISHED,
+            )
             if milestone or now - self._last >= self.min_interval_s:
                 self._last = now
                 write_json_atomic(self.path, self.state.to_dict())

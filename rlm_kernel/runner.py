@@ -111,7 +111,10 @@ class Run:
         self.tool_specs = _tool_specs(self.tools)
         m = self.config.model
         self.llm = llm or LLMClient(
-            timeout=m.timeout, retries=m.retries, temperature=m.temperature, max_tokens=m.max_tokens,
+            timeout=m.timeout,
+            retries=m.retries,
+            temperature=m.temperature,
+            max_tokens=m.max_tokens,
             api_key=os.environ.get("LLM_API_KEY") or None,
         )
         self.scope = Scope()
@@ -133,8 +136,10 @@ class Run:
         self._parked_lock = threading.Lock()
         self._sandboxes: set[Sandbox] = set()
         self._sandbox_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max(4, self.config.rlm.max_concurrency),
-                                        thread_name_prefix=f"rlm-sandbox-{self.run_id}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(4, self.config.rlm.max_concurrency),
+            thread_name_prefix=f"rlm-sandbox-{self.run_id}",
+        )
         self._threads: list[threading.Thread] = []
         self._thread: threading.Thread | None = None
         self._result: RunResult | None = None
@@ -207,8 +212,9 @@ class Run:
                 self._slots.acquire()
 
     # -- LLM calls --------------------------------------------------------------------------------
-    def complete(self, agent: Agent, messages: list[dict[str, str]], *, kind: str,
-                 model: str | None = None) -> llm_mod.Completion:
+    def complete(
+        self, agent: Agent, messages: list[dict[str, str]], *, kind: str, model: str | None = None
+    ) -> llm_mod.Completion:
         """One LLM call on behalf of `agent`, charged to the run's budget."""
         refusal = self.budget.reserve_llm_call()
         if refusal:
@@ -218,8 +224,13 @@ class Run:
         cm = self.slot() if kind == "agent" else contextlib.nullcontext()
         with cm:
             try:
-                completion = self.llm.complete(messages, model=name, info=agent.llm_info(kind),
-                                               cancel=agent.scope, timeout=timeout)
+                completion = self.llm.complete(
+                    messages,
+                    model=name,
+                    info=agent.llm_info(kind),
+                    cancel=agent.scope,
+                    timeout=timeout,
+                )
             except BaseException:
                 self.budget.charge(Usage())
                 raise
@@ -232,13 +243,29 @@ class Run:
 
         def one(prompt: str) -> str:
             try:
-                c = self.complete(agent, [{"role": "user", "content": prompt}], kind="llm_query", model=model)
+                c = self.complete(
+                    agent, [{"role": "user", "content": prompt}], kind="llm_query", model=model
+                )
             except (LLMError, BudgetExceeded) as exc:
-                self.emit(EventType.LLM_QUERY, agent.agent_id, prompt=prompt, response=None,
-                          model=model or self.config.sub_model_name, error=str(exc), usage=None)
+                self.emit(
+                    EventType.LLM_QUERY,
+                    agent.agent_id,
+                    prompt=prompt,
+                    response=None,
+                    model=model or self.config.sub_model_name,
+                    error=str(exc),
+                    usage=None,
+                )
                 return f"Error: {exc}"
-            self.emit(EventType.LLM_QUERY, agent.agent_id, prompt=prompt, response=c.text, model=c.model,
-                      error=None, usage=c.usage.to_dict())
+            self.emit(
+                EventType.LLM_QUERY,
+                agent.agent_id,
+                prompt=prompt,
+                response=c.text,
+                model=c.model,
+                error=None,
+                usage=c.usage.to_dict(),
+            )
             return c.text
 
         if len(prompts) == 1:
@@ -248,21 +275,31 @@ class Run:
             return list(ex.map(one, prompts))
 
     # -- children ---------------------------------------------------------------------------------
-    def spawn_children(self, parent: Agent, tasks: list[str], contexts: list[Any]) -> list[dict[str, Any]]:
+    def spawn_children(
+        self, parent: Agent, tasks: list[str], contexts: list[Any]
+    ) -> list[dict[str, Any]]:
         """Answer `rlm_query(_batched)`: run one child per task concurrently, order kept."""
         limits = self.config.rlm
         if parent.depth >= limits.max_depth:
-            msg = (f"Error: rlm_query is not available at depth {parent.depth} (max_depth={limits.max_depth}); "
-                   "do this sub-task yourself or use llm_query.")
+            msg = (
+                f"Error: rlm_query is not available at depth {parent.depth} (max_depth={limits.max_depth}); "
+                "do this sub-task yourself or use llm_query."
+            )
             return [{"text": msg, "agent_id": "", "patch": "", "status": "error"} for _ in tasks]
         replies: list[dict[str, Any] | None] = [None] * len(tasks)
         children: list[tuple[int, Agent]] = []
         for i, task in enumerate(tasks):
             refusal = self.budget.take_sandbox()
             if refusal:
-                self.emit(EventType.BUDGET_HIT, parent.agent_id, limit="max_sandboxes", message=refusal)
-                replies[i] = {"text": f"Error: {refusal}; no sub-agent was started for this task.",
-                              "agent_id": "", "patch": "", "status": "budget"}
+                self.emit(
+                    EventType.BUDGET_HIT, parent.agent_id, limit="max_sandboxes", message=refusal
+                )
+                replies[i] = {
+                    "text": f"Error: {refusal}; no sub-agent was started for this task.",
+                    "agent_id": "",
+                    "patch": "",
+                    "status": "budget",
+                }
                 continue
             ctx = contexts[i] if i < len(contexts) and contexts[i] is not None else NO_CONTEXT
             child = Agent(self, parent.next_child_id(), parent, task, ctx)
@@ -273,15 +310,19 @@ class Run:
         def work(i: int, child: Agent) -> None:
             outcomes[i] = child.run_loop()
 
-        threads = [threading.Thread(target=work, args=(i, c), name=f"rlm-agent-{c.agent_id}", daemon=True)
-                   for i, c in children]
+        threads = [
+            threading.Thread(target=work, args=(i, c), name=f"rlm-agent-{c.agent_id}", daemon=True)
+            for i, c in children
+        ]
         with self.parked(parent):
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
         for i, child in children:
-            out = outcomes.get(i) or AgentOutcome(child.agent_id, "Error: the sub-agent did not finish", "error")
+            out = outcomes.get(i) or AgentOutcome(
+                child.agent_id, "Error: the sub-agent did not finish", "error"
+            )
             replies[i] = out.to_reply(limits.result_truncation_limit)
         return [r for r in replies if r is not None]
 
@@ -308,7 +349,11 @@ class Run:
             agent_id=agent.agent_id,
             target=self.target,
             handler=agent.handle,
-            runtime_cfg={"agent_id": agent.agent_id, "depth": agent.depth, "tools": self.tool_specs},
+            runtime_cfg={
+                "agent_id": agent.agent_id,
+                "depth": agent.depth,
+                "tools": self.tool_specs,
+            },
             context=agent.context,
             keep=self.config.sandbox.keep,
         )
@@ -326,20 +371,29 @@ class Run:
                 sb.close()
                 if isinstance(exc, SandboxError):
                     raise
-                raise SandboxError(f"could not create the sandbox for {agent.agent_id}: {exc}") from exc
+                raise SandboxError(
+                    f"could not create the sandbox for {agent.agent_id}: {exc}"
+                ) from exc
             self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=sb.info())
             return sb
 
         return self._pool.submit(create)
 
-    def release_sandbox(self, agent: Agent, sandbox: Sandbox | None, future: Future[Sandbox]) -> None:
+    def release_sandbox(
+        self, agent: Agent, sandbox: Sandbox | None, future: Future[Sandbox]
+    ) -> None:
         """Remove (or keep, with sandbox.keep) an ended agent's sandbox."""
         if sandbox is None:
             future.add_done_callback(_close_when_ready)
             return
         if self.config.sandbox.keep:
             self.kept.append(sandbox)
-            self.emit(EventType.NOTICE, agent.agent_id, level="info", message=f"sandbox kept at {sandbox.path}")
+            self.emit(
+                EventType.NOTICE,
+                agent.agent_id,
+                level="info",
+                message=f"sandbox kept at {sandbox.path}",
+            )
             return
         sandbox.close()
 
@@ -360,7 +414,9 @@ class Run:
     def start(self) -> None:
         """Validate, then run in a background thread."""
         self.prepare()
-        self._thread = threading.Thread(target=self._main, name=f"rlm-run-{self.run_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._main, name=f"rlm-run-{self.run_id}", daemon=True
+        )
         self._thread.start()
 
     def wait(self, timeout: float | None = None) -> RunResult:
@@ -396,11 +452,23 @@ class Run:
         llm_mod.prewarm()
         self.status = "running"
         cfg = self.config.to_dict()
-        self.emit(EventType.RUN_STARTED, task=self.task, repo=self.repo, branch=self.branch,
-                  commit=self.target.commit, model=self.config.model.name, config=_redact(cfg),
-                  started_at=dt.datetime.now().isoformat(timespec="seconds"), step=self.gate.stepping)
-        timer = threading.Timer(self.config.rlm.global_timeout,
-                                lambda: self.scope.cancel(f"global_timeout ({self.config.rlm.global_timeout:g} s) reached"))
+        self.emit(
+            EventType.RUN_STARTED,
+            task=self.task,
+            repo=self.repo,
+            branch=self.branch,
+            commit=self.target.commit,
+            model=self.config.model.name,
+            config=_redact(cfg),
+            started_at=dt.datetime.now().isoformat(timespec="seconds"),
+            step=self.gate.stepping,
+        )
+        timer = threading.Timer(
+            self.config.rlm.global_timeout,
+            lambda: self.scope.cancel(
+                f"global_timeout ({self.config.rlm.global_timeout:g} s) reached"
+            ),
+        )
         timer.daemon = True
         timer.start()
         outcome: AgentOutcome | None = None
@@ -430,13 +498,26 @@ class Run:
         answer = outcome.value if outcome else None
         assert self.budget.usage is not None
         self.status = status
-        self.emit(EventType.RUN_FINISHED, status=status, answer=answer, patch=patch,
-                  usage=self.budget.usage.to_dict(), elapsed_s=round(elapsed, 3),
-                  finished_at=dt.datetime.now().isoformat(timespec="seconds"), patch_path=patch_path)
+        self.emit(
+            EventType.RUN_FINISHED,
+            status=status,
+            answer=answer,
+            patch=patch,
+            usage=self.budget.usage.to_dict(),
+            elapsed_s=round(elapsed, 3),
+            finished_at=dt.datetime.now().isoformat(timespec="seconds"),
+            patch_path=patch_path,
+        )
         self._result = RunResult(
-            run_id=self.run_id, status=status, answer=answer, patch=patch, usage=self.budget.usage,
-            elapsed_s=elapsed, record_path=str(self.recorder.path) if self.recorder.path else None,
-            tree=self.recorder.state.to_dict().get("root"), patch_path=patch_path,
+            run_id=self.run_id,
+            status=status,
+            answer=answer,
+            patch=patch,
+            usage=self.budget.usage,
+            elapsed_s=elapsed,
+            record_path=str(self.recorder.path) if self.recorder.path else None,
+            tree=self.recorder.state.to_dict().get("root"),
+            patch_path=patch_path,
             error=error or (outcome.error if outcome and status != "done" else None),
             kept=[sb.info() for sb in self.kept],
         )
@@ -480,6 +561,15 @@ def run(
     on_event: EventSink | Sequence[EventSink] | None = None,
 ) -> RunResult:
     """Run an RLM on `task` (optionally over a repository) and return its result."""
-    r = Run(task, repo, branch=branch, commit=commit, config=config, context=context, signature=signature,
-            tools=tools, on_event=on_event)
+    r = Run(
+        task,
+        repo,
+        branch=branch,
+        commit=commit,
+        config=config,
+        context=context,
+        signature=signature,
+        tools=tools,
+        on_event=on_event,
+    )
     return r.execute()

@@ -66,7 +66,9 @@ class Signature:
         names = [f.name for f in self.outputs]
         for key in values:
             if key not in names:
-                problems.append(f"unexpected field {key!r}; SUBMIT takes exactly: {', '.join(names)}")
+                problems.append(
+                    f"unexpected field {key!r}; SUBMIT takes exactly: {', '.join(names)}"
+                )
         for f in self.outputs:
             if f.name not in values:
                 problems.append(f"missing field {f.name!r} ({f.type})")
@@ -119,12 +121,12 @@ def _check(typ: str, value: Any, where: str) -> str | None:
         return f"field {where!r} must be {typ}, got bool {value!r}"
     if not isinstance(value, allowed):
         return f"field {where!r} must be {typ}, got {type(value).__name__} {_short(value)}"
-    if args and base == "list":
+    if args and base == "list" and isinstance(value, list):
         for i, item in enumerate(value):
             why = _check(args, item, f"{where}[{i}]")
             if why:
                 return why
-    if args and base == "dict":
+    if args and base == "dict" and isinstance(value, dict):
         kv = _split_top(args)
         if len(kv) == 2:
             for k, v in value.items():

@@ -71,7 +71,9 @@ def _system_prompt_seen(res: Any, agent_id: str) -> str:
     from rlm_kernel.prompts import AgentPromptInfo, system_prompt
 
     node = next(n for n in nodes(res.tree) if n["agent_id"] == agent_id)
-    return system_prompt(AgentPromptInfo(depth=node["depth"], max_depth=1, max_iterations=50, has_repo=False))
+    return system_prompt(
+        AgentPromptInfo(depth=node["depth"], max_depth=1, max_iterations=50, has_repo=False)
+    )
 
 
 def test_max_sandboxes_refuses_extra_children(config: Config) -> None:
@@ -152,7 +154,11 @@ def test_answer_dict(config: Config) -> None:
 
 
 def test_typed_submit_reports_wrong_names_and_types(config: Config) -> None:
-    res = rlm_kernel.run("submit", config=config("finals.py"), signature="question: str -> answer: str, confidence: float")
+    res = rlm_kernel.run(
+        "submit",
+        config=config("finals.py"),
+        signature="question: str -> answer: str, confidence: float",
+    )
     assert res.status == "done", res.error
     assert res.answer == {"answer": "42", "confidence": 0.9}
     outputs = [it["code_blocks"][0]["output"] for it in res.tree["iterations"]]
@@ -173,8 +179,9 @@ def test_forged_bridge_requests_have_no_effect(config: Config) -> None:
     assert len(res.tree["iterations"]) == 2
 
 
-def test_agent_code_finds_no_api_key(make_repo: Callable[..., Path], config: Config,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_agent_code_finds_no_api_key(
+    make_repo: Callable[..., Path], config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")
     monkeypatch.setenv("LLM_API_KEY", "sk-test-secret-456")
     res = rlm_kernel.run("keys", make_repo(), config=config("security.py"))
@@ -205,7 +212,10 @@ def test_events_and_record_are_written_as_the_run_goes(config: Config, tmp_path:
     assert types[0] is EventType.RUN_STARTED and types[-1] is EventType.RUN_FINISHED
     assert EventType.SANDBOX_READY in types and EventType.ITERATION_FINISHED in types
     record = json.loads(Path(res.record_path or "").read_text())
-    assert record["status"] == "done" and record["root"]["iterations"][0]["namespace"][0]["name"] == "result"
+    assert (
+        record["status"] == "done"
+        and record["root"]["iterations"][0]["namespace"][0]["name"] == "result"
+    )
     index = json.loads((tmp_path / "results" / "index.json").read_text())
     assert index["runs"][0]["run_id"] == res.run_id
 
@@ -218,9 +228,24 @@ def test_three_level_run_through_the_cli(tmp_path: Path) -> None:
     patch = tmp_path / "out.patch"
     model = Path(__file__).parent / "models" / "demo_counting.py"
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "rlm"), "run", str(repo), "-p", prompt, "--model", f"scripted/{model}", "-o", str(patch),
-         "--results-dir", str(tmp_path / "results"), "--quiet"],
-        capture_output=True, text=True, timeout=120, env={**_env(), "RLM_TEST_CALL_LOG": str(log)},
+        [
+            str(Path(sys.executable).parent / "rlm"),
+            "run",
+            str(repo),
+            "-p",
+            prompt,
+            "--model",
+            f"scripted/{model}",
+            "-o",
+            str(patch),
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**_env(), "RLM_TEST_CALL_LOG": str(log)},
     )
     assert proc.returncode == 0, proc.stderr
     text = patch.read_text()
@@ -233,12 +258,22 @@ def test_three_level_run_through_the_cli(tmp_path: Path) -> None:
     all_nodes = nodes(record["root"])
     assert len(all_nodes) == 7
     by_id = {n["agent_id"]: n for n in all_nodes}
-    assert sorted(by_id) == ["root", "root.0", "root.0.0", "root.1", "root.1.0", "root.2", "root.2.0"]
+    assert sorted(by_id) == [
+        "root",
+        "root.0",
+        "root.0.0",
+        "root.1",
+        "root.1.0",
+        "root.2",
+        "root.2.0",
+    ]
     for aid, node in by_id.items():
         assert node["depth"] == aid.count(".")
         assert node["parent_id"] == (aid.rsplit(".", 1)[0] if "." in aid else None)
         assert node["status"] == "done"
-        assert all(b["code"] and "output" in b for it in node["iterations"] for b in it["code_blocks"])
+        assert all(
+            b["code"] and "output" in b for it in node["iterations"] for b in it["code_blocks"]
+        )
     calls = log.read_text().splitlines()
     assert record["usage"]["llm_calls"] == len(calls) == 22
     per_agent = {aid: sum(1 for c in calls if c.split()[1] == aid) for aid in by_id}

@@ -6,6 +6,7 @@ edit_file, adds a test file, checks it, and finishes with FINAL.
 """
 
 import re
+from typing import Any
 
 LATENCY_S = 0.2
 
@@ -96,16 +97,17 @@ RATINGS = {
 }
 
 
-def respond(messages, info):
+def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
     if info["kind"] == "llm_query":
         prompt = messages[-1]["content"]
         return next((v for k, v in RATINGS.items() if k in prompt), "hard: unclear")
-    it = info["iteration"]
+    it = int(info["iteration"])
     if info["depth"] == 0:
-        return ROOT[min(it, len(ROOT) - 1)]
+        return str(ROOT[min(it, len(ROOT) - 1)])
     if info["depth"] == 1:
-        path = re.search(r"in (\S+\.py)", info["task"]).group(1)
-        return CHILD[min(it, len(CHILD) - 1)].format(path=path)
+        found = re.search(r"in (\S+\.py)", info["task"])
+        path = found.group(1) if found else "?"
+        return str(CHILD[min(it, len(CHILD) - 1)]).format(path=path)
     todo = info["task"].split(": ", 1)[-1]
     prompt = f"Rate the difficulty (easy, medium or hard) of fixing this TODO, in one line: {todo}"
-    return GRANDCHILD[min(it, len(GRANDCHILD) - 1)].format(prompt=prompt)
+    return str(GRANDCHILD[min(it, len(GRANDCHILD) - 1)]).format(prompt=prompt)

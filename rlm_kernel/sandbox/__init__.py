@@ -27,6 +27,8 @@ def backend_class(name: str) -> type[Sandbox]:
                 "the daytona sandbox backend is not available in this version yet; "
                 "use --sandbox local (sandbox.backend: local)"
             )
-        raise SandboxError(f"unknown sandbox backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+        raise SandboxError(
+            f"unknown sandbox backend {name!r}; choose one of: {', '.join(BACKENDS)}"
+        )
     module, _, cls = path.partition(":")
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]

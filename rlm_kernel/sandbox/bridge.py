@@ -166,7 +166,9 @@ class Bridge:
         try:
             data = json.dumps(payload).encode()
         except TypeError as exc:
-            data = json.dumps({"ok": False, "error": f"{op}: result not serializable: {exc}"}).encode()
+            data = json.dumps(
+                {"ok": False, "error": f"{op}: result not serializable: {exc}"}
+            ).encode()
         try:
             self.deliver(str(body["id"]), data)
         except Exception:

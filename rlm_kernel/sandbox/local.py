@@ -8,6 +8,7 @@ secrets (the kernel's environment is an allowlist without API keys; keys never c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -22,6 +23,7 @@ from ..paths import tmp_root
 from . import workspace
 from .base import NO_CONTEXT, CellResult, OutputHook, Sandbox, SandboxError, SandboxSpec, strip_ansi
 from .bridge import Bridge, FrameParser, new_secret
+from .cleanup import write_owner
 from .kernels import KernelHandle, start_kernel
 
 __all__ = ["LocalSandbox"]
@@ -66,12 +68,14 @@ class LocalSandbox(Sandbox):
         """Create the worktree, start the kernel and install the runtime."""
         os.makedirs(self.bridge_dir, exist_ok=True)
         os.chmod(self.root, 0o700)
+        write_owner(self.root)
         self.base_commit = workspace.create_workspace(self.spec.target, self.path)
         self._workspace_made = True
         env = sandbox_env()
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ in patches
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         self.kernel = start_kernel(self.path, env, runtime_dir=os.path.join(self.root, "kernel"))
+        write_owner(self.root, self.kernel.pid)
         self._install_runtime()
 
     def _install_runtime(self) -> None:
@@ -84,7 +88,9 @@ class LocalSandbox(Sandbox):
                 with open(path, "wb") as fh:
                     pickle.dump(self.spec.context, fh, protocol=4)
             except Exception as exc:
-                raise SandboxError(f"the context cannot be sent to the sandbox (not picklable: {exc})") from exc
+                raise SandboxError(
+                    f"the context cannot be sent to the sandbox (not picklable: {exc})"
+                ) from exc
             cfg["context_path"] = path
         code = (
             "import rlm_kernel.sandbox.runtime as _rlm_runtime\n"
@@ -105,15 +111,15 @@ class LocalSandbox(Sandbox):
             self.kernel.shutdown()
         if self.spec.keep:
             shutil.rmtree(self.bridge_dir, ignore_errors=True)
+            shutil.rmtree(os.path.join(self.root, "kernel"), ignore_errors=True)
+            open(os.path.join(self.root, "kept"), "w").close()
             return
         if self._workspace_made:
             workspace.remove_workspace(self.spec.target, self.path)
         shutil.rmtree(self.root, ignore_errors=True)
         run_dir = os.path.dirname(self.root)
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(run_dir)  # the last sandbox of a run removes the run's directory
-        except OSError:
-            pass
 
     # -- execution ------------------------------------------------------------------------------
     def execute(
@@ -126,12 +132,21 @@ class LocalSandbox(Sandbox):
         store_history: bool = True,
     ) -> CellResult:
         """Run one cell with the bridge open for it."""
-        return self._run(code, timeout=timeout, cancel=cancel, on_output=on_output, silent=False, wrap=True,
-                         store_history=store_history)
+        return self._run(
+            code,
+            timeout=timeout,
+            cancel=cancel,
+            on_output=on_output,
+            silent=False,
+            wrap=True,
+            store_history=store_history,
+        )
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Ask the runtime for its namespace summary (arrives as a bridge notice)."""
-        res = self._run("__rlm__.snapshot()", timeout=30, cancel=None, on_output=None, silent=True, wrap=True)
+        res = self._run(
+            "__rlm__.snapshot()", timeout=30, cancel=None, on_output=None, silent=True, wrap=True
+        )
         if res.error:
             return self.namespace
         return self.namespace
@@ -162,9 +177,16 @@ class LocalSandbox(Sandbox):
             ids: list[str] = []
             if wrap:
                 self.bridge.begin(exec_id)
-                ids.append(kc.execute(f"__rlm__.begin({exec_id!r})", silent=True, store_history=False))
-            main = kc.execute(code, silent=silent, store_history=store_history and not silent,
-                              allow_stdin=False, stop_on_error=False)
+                ids.append(
+                    kc.execute(f"__rlm__.begin({exec_id!r})", silent=True, store_history=False)
+                )
+            main = kc.execute(
+                code,
+                silent=silent,
+                store_history=store_history and not silent,
+                allow_stdin=False,
+                stop_on_error=False,
+            )
             ids.append(main)
             if wrap:
                 ids.append(kc.execute("__rlm__.end()", silent=True, store_history=False))
@@ -207,6 +229,7 @@ class LocalSandbox(Sandbox):
                 # The cell ignores interrupts: restart, the namespace is lost.
                 self.bridge.end()
                 kernel.restart()
+                write_owner(self.root, kernel.pid)
                 self._install_runtime()
                 res.status = "restarted"
                 break
@@ -264,7 +287,9 @@ class LocalSandbox(Sandbox):
         res.output = "".join(parts)
         res.elapsed_s = time.monotonic() - t0
         if res.status == "died":
-            res.error = (res.error or "") + "The sandbox's Python process died (its namespace is lost)."
+            res.error = (
+                res.error or ""
+            ) + "The sandbox's Python process died (its namespace is lost)."
         return res
 
 

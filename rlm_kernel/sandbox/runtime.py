@@ -20,6 +20,7 @@ Bridge protocol (version 1), shared by every backend:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import inspect
@@ -62,7 +63,9 @@ class RLMResult(str):
     patch: str
     status: str
 
-    def __new__(cls, text: str, agent_id: str = "", patch: str = "", status: str = "done") -> RLMResult:
+    def __new__(
+        cls, text: str, agent_id: str = "", patch: str = "", status: str = "done"
+    ) -> RLMResult:
         obj = super().__new__(cls, text)
         obj.agent_id = agent_id
         obj.patch = patch
@@ -70,7 +73,7 @@ class RLMResult(str):
         return obj
 
 
-class FinalAnswer(BaseException):  # noqa: N818 - a signal, not an error
+class FinalAnswer(BaseException):
     """Raised by FINAL/FINAL_VAR/SUBMIT to stop the cell: code after FINAL does not run."""
 
 
@@ -114,10 +117,8 @@ class Runtime:
             delay = min(delay * 1.5, 0.01)
         with open(path, encoding="utf-8") as fh:
             reply = json.load(fh)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
         if not reply.get("ok"):
             raise BridgeError(reply.get("error", "the host refused the request"))
         return reply.get("value")
@@ -192,7 +193,10 @@ def _make_functions(rt: Runtime) -> dict[str, Any]:
         if len(ctx) != len(tasks):
             raise ValueError("rlm_query_batched: contexts must have one entry per task")
         rs = rt.call("rlm_query", tasks=tasks, contexts=ctx)
-        return [RLMResult(r["text"], r.get("agent_id", ""), r.get("patch", ""), r.get("status", "")) for r in rs]
+        return [
+            RLMResult(r["text"], r.get("agent_id", ""), r.get("patch", ""), r.get("status", ""))
+            for r in rs
+        ]
 
     def llm_query(prompt: str, model: str | None = None) -> str:
         """One plain LLM call (no REPL, no tools); returns the reply text."""
@@ -200,15 +204,17 @@ def _make_functions(rt: Runtime) -> dict[str, Any]:
 
     def llm_query_batched(prompts: list[str], model: str | None = None) -> list[str]:
         """Plain LLM calls for every prompt, concurrently; replies in the same order."""
-        return [str(x) for x in rt.call("llm_query", prompts=[str(p) for p in prompts], model=model)]
+        return [
+            str(x) for x in rt.call("llm_query", prompts=[str(p) for p in prompts], model=model)
+        ]
 
-    def FINAL(answer: Any) -> None:  # noqa: N802 - contract name
+    def FINAL(answer: Any) -> None:
         """Submit the final answer and stop; code after FINAL does not run."""
         rt.finalized = True
         rt.call("final", value=answer if isinstance(answer, str) else str(answer), via="FINAL")
         raise FinalAnswer()
 
-    def FINAL_VAR(name: str) -> None:  # noqa: N802 - contract name
+    def FINAL_VAR(name: str) -> None:
         """Submit the value of the variable `name` as the final answer."""
         name = str(name).strip().strip("'\"")
         if name not in rt.ns:
@@ -219,7 +225,7 @@ def _make_functions(rt: Runtime) -> dict[str, Any]:
         rt.call("final", value=value if isinstance(value, str) else str(value), via="FINAL_VAR")
         raise FinalAnswer()
 
-    def SUBMIT(**fields: Any) -> None:  # noqa: N802 - contract name
+    def SUBMIT(**fields: Any) -> None:
         """Submit typed output fields (see the task's signature); wrong names or types are reported."""
         try:
             json.dumps(fields)
@@ -268,7 +274,7 @@ def _make_functions(rt: Runtime) -> dict[str, Any]:
             raise RuntimeError(f"apply_patch: git apply failed: {proc.stderr.strip()}")
         return "patch applied"
 
-    def SHOW_VARS() -> None:  # noqa: N802 - contract name
+    def SHOW_VARS() -> None:
         """Print the variables of this namespace (name, type, size, short repr)."""
         rows = rt.variables()
         if not rows:

@@ -44,7 +44,12 @@ class Target:
         return self.git_dir is not None
 
 
-def git(*args: str, cwd: str | os.PathLike[str] | None = None, check: bool = True, input: str | None = None) -> str:
+def git(
+    *args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    check: bool = True,
+    input: str | None = None,
+) -> str:
     """Run git and return stdout; raise TargetError with git's message on failure."""
     proc = subprocess.run(
         ["git", *_GIT_ID, *args],
@@ -61,7 +66,11 @@ def git(*args: str, cwd: str | os.PathLike[str] | None = None, check: bool = Tru
 
 
 def _is_url(text: str) -> bool:
-    return "://" in text or text.startswith("git@") or (text.endswith(".git") and not os.path.exists(text))
+    return (
+        "://" in text
+        or text.startswith("git@")
+        or (text.endswith(".git") and not os.path.exists(text))
+    )
 
 
 def _lock_for(key: str) -> threading.Lock:
@@ -69,7 +78,9 @@ def _lock_for(key: str) -> threading.Lock:
         return _clone_locks.setdefault(key, threading.Lock())
 
 
-def resolve_target(repo: str | os.PathLike[str] | None, branch: str | None = None, commit: str | None = None) -> Target:
+def resolve_target(
+    repo: str | os.PathLike[str] | None, branch: str | None = None, commit: str | None = None
+) -> Target:
     """Check the target and pin the run's base commit; clone a URL into the cache first."""
     if repo is None or str(repo) == "":
         if branch or commit:
@@ -81,7 +92,9 @@ def resolve_target(repo: str | os.PathLike[str] | None, branch: str | None = Non
     else:
         path = Path(text).expanduser()
         if not path.exists():
-            raise TargetError(f"repository not found: {text} (give an existing directory or a git URL)")
+            raise TargetError(
+                f"repository not found: {text} (give an existing directory or a git URL)"
+            )
         if not path.is_dir():
             raise TargetError(f"not a directory: {text}")
         top = git("rev-parse", "--show-toplevel", cwd=path, check=False).strip()
@@ -101,7 +114,9 @@ def resolve_target(repo: str | os.PathLike[str] | None, branch: str | None = Non
             rev = f"origin/{head}"
     sha = git("rev-parse", "--verify", "-q", f"{rev}^{{commit}}", cwd=git_dir, check=False).strip()
     if not sha and branch and _is_url(text):
-        sha = git("rev-parse", "--verify", "-q", f"{branch}^{{commit}}", cwd=git_dir, check=False).strip()
+        sha = git(
+            "rev-parse", "--verify", "-q", f"{branch}^{{commit}}", cwd=git_dir, check=False
+        ).strip()
     if not sha:
         what = f"commit {commit}" if commit else f"branch {branch}"
         raise TargetError(f"{what} not found in {text}")

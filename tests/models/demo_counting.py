@@ -6,7 +6,9 @@ import pathlib
 
 import rlm_kernel.demo
 
-_spec = importlib.util.spec_from_file_location("_demo_model", pathlib.Path(rlm_kernel.demo.__file__).parent / "model.py")
+_spec = importlib.util.spec_from_file_location(
+    "_demo_model", pathlib.Path(rlm_kernel.demo.__file__).parent / "model.py"
+)
 _demo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_demo)
 

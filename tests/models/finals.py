@@ -24,5 +24,5 @@ def respond(messages, info):
         if it == 0:
             return "I think the answer is 4, no code needed."
         assert "no ```python code block" in last, last
-        return '```repl\nFINAL(str(2 + 2))\n```'
+        return "```repl\nFINAL(str(2 + 2))\n```"
     return "```python\nFINAL('unknown task')\n```"
