@@ -40,7 +40,9 @@ def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_bad_option_is_a_one_line_error() -> None:
-    proc = subprocess.run([RLM, "run", ".", "-p", "x", "--max-depht", "2"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [RLM, "run", ".", "-p", "x", "--max-depht", "2"], capture_output=True, text=True
+    )
     line = _one_line_error(proc)
     assert "unrecognized arguments: --max-depht" in line
 
@@ -51,8 +53,11 @@ def test_missing_prompt_is_a_one_line_error() -> None:
 
 
 def test_missing_repository_is_a_one_line_error(tmp_path: Path) -> None:
-    proc = subprocess.run([RLM, "run", str(tmp_path / "nope"), "-p", "x", "--model", "scripted/x.py"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [RLM, "run", str(tmp_path / "nope"), "-p", "x", "--model", "scripted/x.py"],
+        capture_output=True,
+        text=True,
+    )
     line = _one_line_error(proc)
     assert "repository not found" in line and "nope" in line
 
@@ -67,16 +72,26 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
 
 def test_missing_api_key_is_reported_before_anything_starts(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    proc = subprocess.run([RLM, "run", "-p", "x", "--model", "openai/gpt-4o-mini", "--results-dir", str(tmp_path)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [RLM, "run", "-p", "x", "--model", "openai/gpt-4o-mini", "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     line = _one_line_error(proc)
     assert "LLM_API_KEY" in line and "OPENAI_API_KEY" in line
     assert not list(tmp_path.iterdir())  # no record, nothing created
 
 
 def test_demo_runs_offline(tmp_path: Path) -> None:
-    proc = subprocess.run([RLM, "demo", "--results-dir", str(tmp_path / "results")], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [RLM, "demo", "--results-dir", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "+    return len(text.splitlines())" in proc.stdout
     assert "done: 7 agents, depth 2" in proc.stderr
@@ -85,17 +100,46 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
 
 def test_run_without_repository_prints_the_answer(tmp_path: Path) -> None:
     model = Path(__file__).parent / "models" / "finals.py"
-    proc = subprocess.run([RLM, "run", "-p", "final_var", "--model", f"scripted/{model}", "--quiet",
-                           "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            RLM,
+            "run",
+            "-p",
+            "final_var",
+            "--model",
+            f"scripted/{model}",
+            "--quiet",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "{'k': [1, 2]}\n"
 
 
 def test_failed_run_exits_1_with_the_partial_answer(tmp_path: Path) -> None:
     model = Path(__file__).parent / "models" / "limits.py"
-    proc = subprocess.run([RLM, "run", "-p", "iterations", "--model", f"scripted/{model}", "--quiet",
-                           "--max-iterations", "2", "--results-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            RLM,
+            "run",
+            "-p",
+            "iterations",
+            "--model",
+            f"scripted/{model}",
+            "--quiet",
+            "--max-iterations",
+            "2",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert proc.stdout.startswith("[partial answer: budget")
     assert proc.stderr.startswith("rlm: error: run budget: max_iterations (2) reached")

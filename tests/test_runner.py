@@ -285,3 +285,81 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_replay_of_a_recorded_run_gives_the_same_answer_and_patch(
+    tmp_path: Path, config: Config
+) -> None:
+    from rlm_kernel.demo import demo_model, prepare_demo
+
+    repo, _, prompt = prepare_demo(tmp_path)
+    first = rlm_kernel.run(prompt, repo, config=config(demo_model()))
+    assert first.status == "done"
+    again = rlm_kernel.run(prompt, repo, config=config(f"replay/{first.record_path}"))
+    assert (again.status, again.answer, again.patch) == ("done", first.answer, first.patch)
+    assert again.usage.llm_calls == first.usage.llm_calls
+
+
+def test_keep_keeps_worktrees_and_says_where(
+    make_repo: Callable[..., Path], config: Config
+) -> None:
+    import shutil
+
+    repo = make_repo()
+    seen: list[Event] = []
+    r = Run(
+        "isolate", repo, config=config("isolation.py", sandbox__keep=True), on_event=seen.append
+    )
+    res = r.execute()
+    r.release_kept()
+    paths = [k["path"] for k in res.kept]
+    assert len(paths) == 3 and all(
+        Path(p, "shared.txt").exists() or p.endswith("root/work") for p in paths
+    )
+    notices = [e.data["message"] for e in seen if e.type is EventType.NOTICE]
+    assert sorted(notices) == sorted(f"sandbox kept at {p}" for p in paths)
+    for p in paths:  # the test cleans up what it asked to keep
+        shutil.rmtree(Path(p).parent.parent, ignore_errors=True)
+    subprocess.run(["git", "worktree", "prune"], cwd=repo, check=True)
+
+
+def test_ctrl_c_cancels_the_tree_and_removes_every_sandbox(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from rlm_kernel.paths import tmp_root
+
+    before = set(os.listdir(tmp_root()))
+    model = Path(__file__).parent / "models" / "limits.py"
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "rlm"),
+            "run",
+            "-p",
+            "timeout",
+            "--model",
+            f"scripted/{model}",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until both sleeping children run
+        runs = set(os.listdir(tmp_root())) - before
+        if runs and len(os.listdir(tmp_root() / runs.pop())) >= 3:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - t0 < 5
+    assert "cancelled and its sandboxes removed" in err
+    assert set(os.listdir(tmp_root())) - before == set()
+    record = json.loads(next(tmp_path.glob("*.detail.json")).read_text())
+    assert record["status"] == "cancelled"
+    assert {n["status"] for n in nodes(record["root"])} == {"cancelled"}

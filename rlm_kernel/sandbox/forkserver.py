@@ -65,6 +65,17 @@ EXTRA_PRELOAD = (
     "IPython.extensions.storemagic",
     "sqlite3",
     "tornado.platform.asyncio",
+    # The first exception of a kernel (FINAL ends cells with one) loads IPython's traceback stack.
+    "IPython.core.ultratb",
+    "stack_data",
+    "executing",
+    "asttokens",
+    "pure_eval",
+    "fractions",
+    "pygments.lexers.python",
+    "pygments.formatters.terminal256",
+    "pygments.formatters.html",
+    "pygments.styles",
 )
 OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime",)
 SHUTDOWN_GRACE_S = 1.0  # SIGTERM → SIGKILL for kernels left when the zygote exits
@@ -89,6 +100,20 @@ def _preload() -> None:
             pass
         except Exception as exc:  # another module's bug must not take every kernel down
             _log(f"could not pre-import {name}: {exc!r}")
+    _warm_tracebacks()
+
+
+def _warm_tracebacks() -> None:
+    """Format one traceback, so a kernel's first error (or FINAL) does not pay for the caches."""
+    try:
+        from IPython.core.ultratb import AutoFormattedTB
+
+        try:
+            raise ValueError("warm-up")
+        except ValueError:
+            AutoFormattedTB().structured_traceback(*sys.exc_info())
+    except Exception as exc:  # an IPython API change must not stop the fork server
+        _log(f"traceback warm-up skipped: {exc!r}")
 
 
 def _launcher_path() -> str:
