@@ -111,7 +111,7 @@ def _warm_tracebacks() -> None:
         try:
             raise ValueError("warm-up")
         except ValueError:
-            AutoFormattedTB().structured_traceback(*sys.exc_info())
+            AutoFormattedTB().structured_traceback(*sys.exc_info())  # type: ignore[no-untyped-call]
     except Exception as exc:  # an IPython API change must not stop the fork server
         _log(f"traceback warm-up skipped: {exc!r}")
 
