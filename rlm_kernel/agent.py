@@ -154,8 +154,13 @@ class Agent:
             max_depth=cfg.max_depth,
             max_iterations=cfg.max_iterations,
             has_repo=run.target.is_repo,
-            has_context=self.context is not NO_CONTEXT and self.context is not None,
-            context_desc=_describe(self.context),
+            has_context=(self.context is not NO_CONTEXT and self.context is not None)
+            or (self.parent is None and bool(run.context_desc)),
+            context_desc=(
+                run.context_desc
+                if self.parent is None and run.context_desc
+                else _describe(self.context)
+            ),
             signature=run.signature if self.depth == 0 else None,
             tools=run.tool_specs,
             budget_note=run.budget.note(),

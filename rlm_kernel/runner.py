@@ -92,6 +92,8 @@ class Run:
         on_event: EventSink | Sequence[EventSink] | None = None,
         step: bool = False,
         llm: LLMClient | None = None,
+        root_sandbox: Sandbox | None = None,
+        context_desc: str | None = None,
     ) -> None:
         load_dotenv_file()
         self.config = config if config is not None else load_config()
@@ -129,6 +131,11 @@ class Run:
         self.status = "created"
         self.root: Agent | None = None
         self.kept: list[Sandbox] = []
+        # An existing REPL (the notebook's) to run the root agent in; the run neither creates nor
+        # removes it, and the context may already live in it (context_desc describes it).
+        self.root_sandbox = root_sandbox
+        self.context_desc = context_desc
+        self._root_prev_handler = root_sandbox.spec.handler if root_sandbox is not None else None
         self._agents: dict[str, Agent] = {}
         self._emit_lock = threading.RLock()
         self._slots = threading.Semaphore(self.config.rlm.max_concurrency)
@@ -357,6 +364,13 @@ class Run:
             context=agent.context,
             keep=self.config.sandbox.keep,
         )
+        if agent.parent is None and self.root_sandbox is not None:
+            self.root_sandbox.reset_agent()
+            self.root_sandbox.set_handler(agent.handle)
+            done: Future[Sandbox] = Future()
+            done.set_result(self.root_sandbox)
+            self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=self.root_sandbox.info())
+            return done
         cls = backend_class(self.config.sandbox.backend)
 
         def create() -> Sandbox:
@@ -383,6 +397,10 @@ class Run:
         self, agent: Agent, sandbox: Sandbox | None, future: Future[Sandbox]
     ) -> None:
         """Remove (or keep, with sandbox.keep) an ended agent's sandbox."""
+        if sandbox is not None and sandbox is self.root_sandbox:
+            if self._root_prev_handler is not None:
+                sandbox.set_handler(self._root_prev_handler)
+            return
         if sandbox is None:
             future.add_done_callback(_close_when_ready)
             return
@@ -528,7 +546,11 @@ class Run:
         self.scope.cancel("the run ended") if not self.scope.is_set() else None
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._sandbox_lock:
-            leftovers = [sb for sb in self._sandboxes if not sb.closed and sb not in self.kept]
+            leftovers = [
+                sb
+                for sb in self._sandboxes
+                if not sb.closed and sb not in self.kept and sb is not self.root_sandbox
+            ]
         for sb in leftovers:
             sb.close()
 

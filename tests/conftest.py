@@ -14,6 +14,25 @@ from rlm_kernel.config import RLMConfig
 from rlm_kernel.paths import tmp_root
 
 MODELS = Path(__file__).parent / "models"
+_SESSION_TMP: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the test session its own TMPDIR, so concurrent test runs never see each other's sandboxes."""
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="rlm-tests-")
+    os.environ["TMPDIR"] = d
+    tempfile.tempdir = None  # re-read TMPDIR
+    _SESSION_TMP.append(d)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's TMPDIR."""
+    import shutil
+
+    for d in _SESSION_TMP:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _git(*args: str, cwd: Path) -> str:

@@ -363,3 +363,33 @@ def test_ctrl_c_cancels_the_tree_and_removes_every_sandbox(tmp_path: Path) -> No
     record = json.loads(next(tmp_path.glob("*.detail.json")).read_text())
     assert record["status"] == "cancelled"
     assert {n["status"] for n in nodes(record["root"])} == {"cancelled"}
+
+
+def test_root_agent_can_run_in_an_existing_repl(config: Config) -> None:
+    from rlm_kernel.llm import register_scripted
+    from rlm_kernel.sandbox.base import SandboxSpec
+    from rlm_kernel.sandbox.local import LocalSandbox
+    from rlm_kernel.sandbox.workspace import Target
+
+    def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
+        return "```python\ny = x * 2\nFINAL(f'{y} {context}')\n```"
+
+    model = register_scripted("existing-repl", respond)
+
+    def notebook(op: str, args: dict[str, Any]) -> Any:
+        return "notebook handler"
+
+    sb = LocalSandbox(SandboxSpec("nb-session", "root", Target(None, None, None), notebook))
+    sb.start()
+    try:
+        sb.push("x", 21)
+        sb.execute("context = 'ctx'", timeout=10)
+        for _ in range(2):  # a second run in the same REPL starts clean
+            res = Run(
+                "double x", config=config(model), root_sandbox=sb, context_desc="a str"
+            ).execute()
+            assert (res.status, res.answer) == ("done", "42 ctx")
+        assert sb.execute("print(y)", timeout=10).output == "42\n"
+        assert sb.spec.handler is notebook and not sb.closed
+    finally:
+        sb.close()

@@ -102,6 +102,22 @@ class Sandbox(abc.ABC):
     def diff(self) -> str:
         """The workspace's changes since the base commit, as a git patch."""
 
+    def set_handler(self, handler: Handler) -> None:
+        """Answer this sandbox's bridge requests with `handler` from now on (e.g. a new run's root)."""
+        self.spec.handler = handler
+
+    @abc.abstractmethod
+    def reset_agent(self) -> None:
+        """Clear the previous agent's FINAL state, for a new root agent in this REPL."""
+
+    @abc.abstractmethod
+    def push(self, name: str, value: Any) -> None:
+        """Bind `name` to a copy of `value` in the REPL namespace (pickled across)."""
+
+    @abc.abstractmethod
+    def set_workspace(self, target: Target) -> None:
+        """Move the REPL to a fresh workspace of `target` (the namespace is kept)."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Remove everything this sandbox made; idempotent, never raises."""

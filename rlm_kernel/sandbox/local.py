@@ -151,6 +151,53 @@ class LocalSandbox(Sandbox):
             return self.namespace
         return self.namespace
 
+    def reset_agent(self) -> None:
+        """Run the runtime's reset()."""
+        res = self._run("__rlm__.reset()", timeout=30, cancel=None, on_output=None, silent=True, wrap=False)
+        if res.error:
+            raise SandboxError(f"could not reset the sandbox's REPL runtime: {res.error}")
+
+    def push(self, name: str, value: Any) -> None:
+        """Pickle `value` into the bridge directory and load it into the namespace as `name`."""
+        if not name.isidentifier():
+            raise SandboxError(f"{name!r} is not a valid variable name")
+        path = os.path.join(self.bridge_dir, f"push-{os.urandom(6).hex()}.pickle")
+        try:
+            with open(path, "wb") as fh:
+                pickle.dump(value, fh, protocol=4)
+        except Exception as exc:
+            raise SandboxError(
+                f"{name}: the value cannot be sent to the sandbox (not picklable: {exc})"
+            ) from exc
+        code = (
+            f"import pickle as _p, os as _o\nwith open({path!r}, 'rb') as _f:\n    {name} = _p.load(_f)\n"
+            f"_o.unlink({path!r})\ndel _p, _o, _f\n"
+        )
+        res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
+        if res.error:
+            raise SandboxError(f"could not set {name} in the sandbox: {res.error}")
+
+    def set_workspace(self, target: workspace.Target) -> None:
+        """Give the REPL a fresh workspace of `target` and chdir the kernel into it."""
+        old_target, old_path = self.spec.target, self.path
+        new_path = os.path.join(self.root, f"work-{os.urandom(3).hex()}")
+        base = workspace.create_workspace(target, new_path)
+        res = self._run(
+            f"import os as _o\n_o.chdir({new_path!r})\ndel _o\n",
+            timeout=30,
+            cancel=None,
+            on_output=None,
+            silent=True,
+            wrap=False,
+        )
+        if res.error:
+            workspace.remove_workspace(target, new_path)
+            raise SandboxError(f"could not move the sandbox to the new workspace: {res.error}")
+        self.spec.target, self.path, self.base_commit = target, new_path, base
+        if self._workspace_made:
+            workspace.remove_workspace(old_target, old_path)
+        self._workspace_made = True
+
     def diff(self) -> str:
         """`git add -A` and the diff against the base commit, new files included."""
         if not self._workspace_made or not os.path.isdir(self.path):

@@ -147,6 +147,11 @@ class Runtime:
                 self.ns[name] = value
         self.exec_id = ""
 
+    def reset(self) -> None:
+        """Forget a previous agent's ending (a new run's root agent takes over this REPL)."""
+        self.finalized = False
+        self.ns["answer"] = {"content": "", "ready": False}
+
     def variables(self) -> list[dict[str, Any]]:
         """Name, type, short repr and size of each user variable."""
         short = reprlib.Repr()
