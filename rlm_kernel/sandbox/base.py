@@ -115,6 +115,10 @@ class Sandbox(abc.ABC):
         """Bind `name` to a copy of `value` in the REPL namespace (pickled across)."""
 
     @abc.abstractmethod
+    def pull(self, name: str) -> Any:
+        """A copy of the REPL variable `name` (pickled across); KeyError when it does not exist."""
+
+    @abc.abstractmethod
     def set_workspace(self, target: Target) -> None:
         """Move the REPL to a fresh workspace of `target` (the namespace is kept)."""
 

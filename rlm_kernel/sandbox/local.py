@@ -153,7 +153,9 @@ class LocalSandbox(Sandbox):
 
     def reset_agent(self) -> None:
         """Run the runtime's reset()."""
-        res = self._run("__rlm__.reset()", timeout=30, cancel=None, on_output=None, silent=True, wrap=False)
+        res = self._run(
+            "__rlm__.reset()", timeout=30, cancel=None, on_output=None, silent=True, wrap=False
+        )
         if res.error:
             raise SandboxError(f"could not reset the sandbox's REPL runtime: {res.error}")
 
@@ -176,6 +178,29 @@ class LocalSandbox(Sandbox):
         res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
         if res.error:
             raise SandboxError(f"could not set {name} in the sandbox: {res.error}")
+
+    def pull(self, name: str) -> Any:
+        """Pickle the variable in the kernel and load the copy here."""
+        if not name.isidentifier():
+            raise SandboxError(f"{name!r} is not a valid variable name")
+        path = os.path.join(self.bridge_dir, f"pull-{os.urandom(6).hex()}.pickle")
+        code = (
+            f"import pickle as _p\ntry:\n    _v = {name}\nexcept NameError:\n    _v = _p\n"
+            f"with open({path!r}, 'wb') as _f:\n    _p.dump(('missing',) if _v is _p else ('ok', _v), _f, protocol=4)\n"
+            "del _p, _v, _f\n"
+        )
+        res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
+        try:
+            if res.error:
+                raise SandboxError(f"could not read {name} from the sandbox: {res.error}")
+            with open(path, "rb") as fh:
+                state = pickle.load(fh)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if state[0] == "missing":
+            raise KeyError(name)
+        return state[1]
 
     def set_workspace(self, target: workspace.Target) -> None:
         """Give the REPL a fresh workspace of `target` and chdir the kernel into it."""

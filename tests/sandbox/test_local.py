@@ -1,0 +1,52 @@
+"""The local sandbox: push/pull values, workspace moves, and its REPL state across calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlm_kernel.sandbox.base import SandboxSpec
+from rlm_kernel.sandbox.local import LocalSandbox
+from rlm_kernel.sandbox.workspace import Target, resolve_target
+
+
+def _sandbox(target: Target | None = None) -> LocalSandbox:
+    def handler(op: str, args: dict[str, Any]) -> Any:
+        return None
+
+    sb = LocalSandbox(SandboxSpec("t-local", "root", target or Target(None, None, None), handler))
+    sb.start()
+    return sb
+
+
+def test_push_pull_round_trip() -> None:
+    sb = _sandbox()
+    try:
+        sb.push("data", {"a": [1, 2, 3]})
+        assert sb.execute("data['a'].append(4)", timeout=10).status == "ok"
+        assert sb.pull("data") == {"a": [1, 2, 3, 4]}
+        with pytest.raises(KeyError):
+            sb.pull("nothing_here")
+    finally:
+        sb.close()
+
+
+def test_set_workspace_keeps_the_namespace(make_repo: Any, tmp_path: Path) -> None:
+    repo = make_repo({"f.txt": "hello\n"})
+    sb = _sandbox()
+    try:
+        sb.execute("x = 1", timeout=10)
+        old = sb.path
+        sb.set_workspace(resolve_target(repo))
+        out = sb.execute(
+            "import os\nprint(x, open('f.txt').read().strip(), os.getcwd() == os.path.realpath('.'))",
+            timeout=10,
+        )
+        assert out.output == "1 hello True\n"
+        assert not Path(old).exists() and Path(sb.path).exists()
+        sb.execute("open('f.txt', 'w').write('bye\\n')", timeout=10)
+        assert "+bye" in sb.diff()
+    finally:
+        sb.close()
