@@ -106,12 +106,13 @@ def _preload() -> None:
 def _warm_tracebacks() -> None:
     """Format one traceback, so a kernel's first error (or FINAL) does not pay for the caches."""
     try:
-        from IPython.core.ultratb import AutoFormattedTB
+        from IPython.core.ultratb import AutoFormattedTB, VerboseTB
 
         try:
             raise ValueError("warm-up")
         except ValueError:
             AutoFormattedTB().structured_traceback(*sys.exc_info())  # type: ignore[no-untyped-call]
+            VerboseTB().structured_traceback(*sys.exc_info())  # compiles pygments' lexer regexes
     except Exception as exc:  # an IPython API change must not stop the fork server
         _log(f"traceback warm-up skipped: {exc!r}")
 

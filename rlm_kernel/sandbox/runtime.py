@@ -33,7 +33,7 @@ import time
 import uuid
 from typing import Any
 
-__all__ = ["FRAME_END", "FRAME_START", "RLMResult", "Runtime", "install"]
+__all__ = ["FRAME_END", "FRAME_START", "RLMResult", "RunOutcome", "Runtime", "install"]
 
 FRAME_START = "\x02RLM1:"
 FRAME_END = "\x03"
@@ -73,8 +73,52 @@ class RLMResult(str):
         return obj
 
 
+class RunOutcome:
+    """What a `%%rlm` cell binds to `-o VAR` and `_rlm`: answer, patch, status, usage, tree, paths.
+
+    Plain attributes only, so it pickles into a sandbox that has nothing but this module.
+    """
+
+    run_id: str
+    status: str
+    answer: Any
+    patch: str
+    usage: dict[str, Any]
+    elapsed_s: float
+    record_path: str | None
+    patch_path: str | None
+    tree: dict[str, Any] | None
+    error: str | None
+    kept: list[dict[str, Any]]
+
+    def __init__(self, **fields: Any) -> None:
+        for name in self.__annotations__:
+            setattr(self, name, fields.get(name))
+
+    def __str__(self) -> str:
+        a = self.answer
+        return a if isinstance(a, str) else json.dumps(a, ensure_ascii=False, default=str)
+
+    def __repr__(self) -> str:
+        lines = (self.patch or "").splitlines()
+        plus = sum(1 for ln in lines if ln[:1] == "+" and ln[:3] != "+++")
+        minus = sum(1 for ln in lines if ln[:1] == "-" and ln[:3] != "---")
+        answer = reprlib.repr(str(self))
+        return f"<RunOutcome {self.run_id} {self.status}: answer={answer}, patch=+{plus}/-{minus}>"
+
+    def _repr_markdown_(self) -> str:
+        a = self.answer
+        body = a if isinstance(a, str) else f"```json\n{json.dumps(a, indent=1, default=str)}\n```"
+        return f"{body}\n\n*run `{self.run_id}`: {self.status}*"
+
+
 class FinalAnswer(BaseException):
     """Raised by FINAL/FINAL_VAR/SUBMIT to stop the cell: code after FINAL does not run."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython formats every uncaught exception for its history (pygments, stack_data: ~0.1 s
+        # the first time in a kernel); a FINAL has no traceback worth showing.
+        return []
 
 
 class BridgeError(RuntimeError):
