@@ -393,3 +393,30 @@ def test_root_agent_can_run_in_an_existing_repl(config: Config) -> None:
         assert sb.spec.handler is notebook and not sb.closed
     finally:
         sb.close()
+
+
+def test_reserved_names_are_restored_after_each_cell(config: Config) -> None:
+    from rlm_kernel.llm import register_scripted
+
+    def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
+        if info["iteration"] == 0:
+            return "```python\nFINAL = None\nanswer = 3\nllm_query = print\n```"
+        return "```python\nFINAL(f\"{type(answer).__name__} {llm_query('hi')}\")\n```"
+
+    def sub(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
+        return "sub" if info["kind"] == "llm_query" else respond(messages, info)
+
+    res = rlm_kernel.run("rebind", config=config(register_scripted("rebind", sub)))
+    assert (res.status, res.answer) == ("done", "dict sub")
+
+
+def test_max_cost_usd_stops_the_run(config: Config) -> None:
+    from rlm_kernel.llm import register_scripted
+
+    def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
+        return "```python\nprint('more')\n```"
+
+    model = register_scripted("pricey", respond, cost_per_token=(0.001, 0.001))
+    res = rlm_kernel.run("spend", config=config(model, rlm__max_cost_usd=1.0))
+    assert res.status == "budget" and "max_cost_usd=1.0" in res.answer
+    assert 1.0 <= res.usage.cost_usd < 3.0
