@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .runner import RunResult
 
-__all__ = ["__version__", "run"]
+__all__ = ["__version__", "load_ipython_extension", "run", "unload_ipython_extension"]
 __version__ = "0.1.0"
 
 
@@ -20,3 +20,18 @@ def run(task: str, repo: Any = None, **kwargs: Any) -> RunResult:
     from .runner import run as _run
 
     return _run(task, repo, **kwargs)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext rlm_kernel`: the `%rlm`/`%%rlm` magics in any IPython (the root agent gets its
+    own sandbox; variables come from this namespace)."""
+    from .magics import register
+
+    register(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """`%unload_ext rlm_kernel`: cancel this shell's runs and remove the magics."""
+    from .magics import unregister
+
+    unregister(ipython)

@@ -194,14 +194,14 @@ class Agent:
                         EventType.ITERATION_FINISHED, index=index, namespace=None, no_code=True
                     )
                     continue
-                replacement = (
-                    run.gate.wait(self.agent_id, index, "\n\n".join(blocks), self.scope)
-                    if run.gate.stepping
-                    else None
-                )
+                replacement = None
+                if run.gate.stepping:
+                    proposal = "\n\n".join(blocks)
+                    self.emit(EventType.STEP_WAITING, index=index, code=proposal)
+                    replacement = run.gate.wait(self.agent_id, index, proposal, self.scope)
+                    self.emit(EventType.STEP_RESUMED, index=index, replaced=replacement is not None)
                 if replacement is not None:
                     blocks = [replacement]
-                    self.emit(EventType.STEP_RESUMED, index=index, replaced=True)
                 sandbox = self._sandbox(sandbox_future)
                 results: list[tuple[str, str]] = []
                 notes: list[str] = []

@@ -1,4 +1,4 @@
-"""The `rlm` command: `rlm run`, `rlm demo`, `rlm cleanup`."""
+"""The `rlm` command: `rlm run`, `rlm demo`, `rlm cleanup`, `rlm view`, `rlm kernel install`."""
 
 from __future__ import annotations
 
@@ -103,6 +103,52 @@ def _build_parser() -> argparse.ArgumentParser:
         "--sandbox", choices=["local"], default="local", help="backend to clean (default: local)"
     )
     c.add_argument("--run", metavar="ID", help="only this run")
+
+    w = sub.add_parser(
+        "view",
+        help="write (and open) an HTML viewer of the runs in a results directory",
+        description="Write one self-contained HTML page that lists the runs of RESULTS_DIR/index.json "
+        "and shows any run's agent tree (the notebook widget's own front end), then open it in a "
+        "browser. The records are embedded, so the file works from a file URL.",
+    )
+    w.add_argument(
+        "results_dir",
+        nargs="?",
+        metavar="RESULTS_DIR",
+        help="the results directory (default: results_dir of ./config.yaml, else results)",
+    )
+    w.add_argument(
+        "--out", metavar="FILE", help="where to write the page (default: RESULTS_DIR/viewer.html)"
+    )
+    w.add_argument(
+        "--no-open", action="store_true", help="only write the page, do not open a browser"
+    )
+    w.add_argument(
+        "--no-embed",
+        action="store_true",
+        help="fetch index.json and the records at view time instead of embedding them "
+        "(serve RESULTS_DIR with `python -m http.server`; the page then shows new runs)",
+    )
+
+    k = sub.add_parser(
+        "kernel",
+        help="manage the RLM Jupyter kernel",
+        description="Manage the RLM Jupyter kernel (kernelspec name 'rlm', display name 'RLM (Python)').",
+    )
+    ksub = k.add_subparsers(dest="kernel_command", metavar="ACTION", parser_class=_Parser)
+    ksub.required = True
+    ki = ksub.add_parser(
+        "install",
+        help="install the kernelspec so Jupyter lists 'RLM (Python)'",
+        description="Install the 'rlm' kernelspec. It starts the kernel with this Python "
+        f"({sys.executable}). Default: --sys-prefix inside a virtual environment, else --user.",
+    )
+    where = ki.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for the current user")
+    where.add_argument(
+        "--sys-prefix", action="store_true", help="install into this Python's prefix (a venv)"
+    )
+    where.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
     return p
 
 
@@ -242,11 +288,58 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """`rlm view`: write the standalone run viewer and open it."""
+    import webbrowser
+
+    from rlm_widget.viewer import build_viewer
+
+    from .config import ConfigError, load_config
+
+    results = args.results_dir
+    if results is None:
+        try:
+            results = load_config().results_dir
+        except ConfigError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+    try:
+        out = build_viewer(results, args.out, embed=not args.no_embed)
+    except FileNotFoundError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    sys.stdout.write(f"{out}\n")
+    if not args.no_open:
+        webbrowser.open(out.resolve().as_uri())
+    return EXIT_OK
+
+
+def cmd_kernel(args: argparse.Namespace) -> int:
+    """`rlm kernel install`: install the kernelspec and say where."""
+    from .kernelspec import install_kernelspec
+
+    user, prefix = bool(args.user), args.prefix
+    if args.sys_prefix or (not user and prefix is None and sys.prefix != sys.base_prefix):
+        prefix = sys.prefix
+    elif prefix is None:
+        user = True
+    try:
+        dest = install_kernelspec(user=user, prefix=prefix)
+    except OSError as exc:
+        return _fail(f"could not install the kernelspec: {exc}", EXIT_USAGE)
+    sys.stdout.write(f"installed kernelspec rlm in {dest}\n")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rlm` command."""
     args = _build_parser().parse_args(argv)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    handlers = {"run": cmd_run, "demo": cmd_demo, "cleanup": cmd_cleanup}
+    handlers = {
+        "run": cmd_run,
+        "demo": cmd_demo,
+        "cleanup": cmd_cleanup,
+        "kernel": cmd_kernel,
+        "view": cmd_view,
+    }
     return handlers[args.command](args)
 
 

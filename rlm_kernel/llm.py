@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,8 +155,25 @@ def _litellm() -> Any:
             litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners
             litellm.telemetry = False  # older versions only; there are no callbacks to remove
             _register_providers(litellm)
-            _LITELLM = litellm
+            _LITELLM = litellm  # before the warm-up: its provider handler calls _litellm() too
+            _warm_first_call(litellm)
     return _LITELLM
+
+
+def _warm_first_call(litellm: Any) -> None:
+    """Make litellm's first call now (it builds pydantic models, ~0.35 s) instead of in an agent.
+
+    pydantic warns about one of litellm's TypedDicts while it builds them; that warning is
+    litellm's, not the user's, and under warnings-as-errors it would fail whichever call came
+    first — so it is silenced here, once, while the import lock is held.
+    """
+    _REGISTERED[_PREWARM_NAME] = _Script(label="prewarm", respond=lambda _m, _i: "ok")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Item 'summary' on TypedDict class")
+        with contextlib.suppress(Exception):
+            litellm.completion(
+                model=f"scripted/{_PREWARM_NAME}", messages=[{"role": "user", "content": "ok"}]
+            )
 
 
 _PREWARM_STARTED = threading.Event()
@@ -171,12 +189,7 @@ def prewarm() -> None:
 
 def _prewarm_quietly() -> None:
     with contextlib.suppress(Exception):  # the next real call raises it where someone sees it
-        litellm = _litellm()
-        # litellm loads more (tokenizer, pydantic models) on its first call: pay for that now.
-        _REGISTERED[_PREWARM_NAME] = _Script(label="prewarm", respond=lambda _m, _i: "ok")
-        litellm.completion(
-            model=f"scripted/{_PREWARM_NAME}", messages=[{"role": "user", "content": "ok"}]
-        )
+        _litellm()
 
 
 def _register_providers(litellm: Any) -> None:

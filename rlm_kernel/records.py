@@ -164,6 +164,7 @@ class Recorder:
             now = time.monotonic()
             milestone = ev.type in (
                 EventType.RUN_STARTED,
+                EventType.STEP_WAITING,  # a paused run's record must show where it stopped
                 EventType.AGENT_FINISHED,
                 EventType.RUN_FINISHED,
             )

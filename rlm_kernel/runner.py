@@ -415,6 +415,15 @@ class Run:
             return
         sandbox.close()
 
+    def sandbox_of(self, agent_id: str) -> Sandbox | None:
+        """The live sandbox of an agent: kept after it ended, or its running one; else None."""
+        for sb in self.kept:
+            if sb.spec.agent_id == agent_id and not sb.closed:
+                return sb
+        agent = self._agents.get(agent_id)
+        live = agent.sandbox if agent is not None else None
+        return live if live is not None and not live.closed else None
+
     def release_kept(self) -> None:
         """Stop the kernels of kept sandboxes (their files stay)."""
         for sb in self.kept:

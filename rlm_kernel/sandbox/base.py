@@ -11,7 +11,15 @@ from typing import Any
 
 from .workspace import Target
 
-__all__ = ["NO_CONTEXT", "CellResult", "Sandbox", "SandboxError", "SandboxSpec", "strip_ansi"]
+__all__ = [
+    "NO_CONTEXT",
+    "CellResult",
+    "Sandbox",
+    "SandboxError",
+    "SandboxSpec",
+    "StdinHook",
+    "strip_ansi",
+]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
@@ -19,6 +27,8 @@ NO_CONTEXT: Any = object()
 
 Handler = Callable[[str, dict[str, Any]], Any]
 OutputHook = Callable[[dict[str, Any]], None]
+StdinHook = Callable[[str, bool], str]
+"""Answers `input()`/`getpass()` in a cell: (prompt, password) -> the line typed; raising stops the cell."""
 
 
 def strip_ansi(text: str) -> str:
@@ -91,8 +101,27 @@ class Sandbox(abc.ABC):
         cancel: threading.Event | None = None,
         on_output: OutputHook | None = None,
         store_history: bool = True,
+        stdin_hook: StdinHook | None = None,
     ) -> CellResult:
-        """Run one cell; interrupt it after `timeout` s or when `cancel` is set."""
+        """Run one cell; interrupt it after `timeout` s or when `cancel` is set.
+
+        With `stdin_hook`, `input()` in the cell asks the hook; without, it raises as in a
+        frontend without stdin.
+        """
+
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        """A Jupyter `complete_reply` content for `code` in the REPL's namespace (none by default)."""
+        return {
+            "status": "ok",
+            "matches": [],
+            "cursor_start": cursor_pos,
+            "cursor_end": cursor_pos,
+            "metadata": {},
+        }
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict[str, Any]:
+        """A Jupyter `inspect_reply` content for the name at `cursor_pos` (nothing by default)."""
+        return {"status": "ok", "found": False, "data": {}, "metadata": {}}
 
     @abc.abstractmethod
     def snapshot(self) -> list[dict[str, Any]]:

@@ -21,14 +21,24 @@ from typing import Any
 from ..config import sandbox_env
 from ..paths import tmp_root
 from . import workspace
-from .base import NO_CONTEXT, CellResult, OutputHook, Sandbox, SandboxError, SandboxSpec, strip_ansi
+from .base import (
+    NO_CONTEXT,
+    CellResult,
+    OutputHook,
+    Sandbox,
+    SandboxError,
+    SandboxSpec,
+    StdinHook,
+    strip_ansi,
+)
 from .bridge import Bridge, FrameParser, new_secret
 from .cleanup import write_owner
-from .kernels import KernelHandle, start_kernel
+from .kernels import KernelHandle, _Client, _zmq_context, start_kernel
 
 __all__ = ["LocalSandbox"]
 
 INTERRUPT_GRACE_S = 3.0  # how long an interrupted cell may take to stop before the kernel restarts
+QUERY_TIMEOUT_S = 5.0  # completion / inspection requests
 
 
 class LocalSandbox(Sandbox):
@@ -48,6 +58,11 @@ class LocalSandbox(Sandbox):
         self.bridge = Bridge(self.secret, self._handle, self._deliver)
         self._exec_lock = threading.RLock()  # a restart reinstalls the runtime from inside a cell
         self._workspace_made = False
+        # A second client (and a kernel subshell) for completion and inspection, so they are
+        # answered while a cell runs and their replies never mix with the executing client's:
+        # (connection file, client, subshell id).
+        self._query_lock = threading.Lock()
+        self._query: tuple[str, _Client, str | None] | None = None
 
     # -- bridge plumbing ------------------------------------------------------------------------
     def _handle(self, op: str, args: dict[str, Any]) -> Any:
@@ -107,6 +122,8 @@ class LocalSandbox(Sandbox):
             if self.closed:
                 return
             self.closed = True
+        with self._query_lock:
+            self._stop_query_client()
         if self.kernel is not None:
             self.kernel.shutdown()
         if self.spec.keep:
@@ -130,8 +147,9 @@ class LocalSandbox(Sandbox):
         cancel: threading.Event | None = None,
         on_output: OutputHook | None = None,
         store_history: bool = True,
+        stdin_hook: StdinHook | None = None,
     ) -> CellResult:
-        """Run one cell with the bridge open for it."""
+        """Run one cell with the bridge open for it (and stdin answered by `stdin_hook`)."""
         return self._run(
             code,
             timeout=timeout,
@@ -140,7 +158,57 @@ class LocalSandbox(Sandbox):
             silent=False,
             wrap=True,
             store_history=store_history,
+            stdin_hook=stdin_hook,
         )
+
+    # -- completion and inspection --------------------------------------------------------------
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        """The kernel's `complete_reply` content (answered by a subshell, also while a cell runs)."""
+        return self._request("complete_request", {"code": code, "cursor_pos": cursor_pos})
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict[str, Any]:
+        """The kernel's `inspect_reply` content for the name at `cursor_pos`."""
+        content = {"code": code, "cursor_pos": cursor_pos, "detail_level": detail_level}
+        return self._request("inspect_request", content)
+
+    def _request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        with self._query_lock:
+            kernel = self.kernel
+            if kernel is None or self.closed:
+                raise SandboxError(f"sandbox {self.id} is not running")
+            client, subshell = self._query_client(kernel)
+            msg = client.session.msg(msg_type, content)
+            if subshell is not None:
+                msg["header"]["subshell_id"] = subshell
+            client.shell_channel.send(msg)
+            reply = _reply_to(client.get_shell_msg, msg["header"]["msg_id"], QUERY_TIMEOUT_S)
+            if reply is None:
+                self._stop_query_client()  # a late reply must not answer the next request
+                raise SandboxError(f"sandbox {self.id} did not answer {msg_type} in time")
+            return dict(reply["content"])
+
+    def _query_client(self, kernel: KernelHandle) -> tuple[_Client, str | None]:
+        """The query client for the kernel's current connection file (a restart changes it)."""
+        if self._query is not None and self._query[0] == kernel.connection_file:
+            return self._query[1], self._query[2]
+        self._stop_query_client()
+        client = _Client(context=_zmq_context())
+        client.load_connection_file(kernel.connection_file)
+        client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=True)
+        subshell: str | None = None
+        msg = client.session.msg("create_subshell_request", {})
+        client.control_channel.send(msg)
+        reply = _reply_to(client.get_control_msg, msg["header"]["msg_id"], QUERY_TIMEOUT_S)
+        if reply is not None and reply["content"].get("status") == "ok":
+            subshell = reply["content"].get("subshell_id")
+        self._query = (kernel.connection_file, client, subshell)
+        return client, subshell
+
+    def _stop_query_client(self) -> None:
+        if self._query is not None:
+            with contextlib.suppress(Exception):
+                self._query[1].stop_channels()
+            self._query = None
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Ask the runtime for its namespace summary (arrives as a bridge notice)."""
@@ -239,6 +307,7 @@ class LocalSandbox(Sandbox):
         silent: bool,
         wrap: bool,
         store_history: bool = False,
+        stdin_hook: StdinHook | None = None,
     ) -> CellResult:
         kernel = self.kernel
         if kernel is None or self.closed:
@@ -256,14 +325,14 @@ class LocalSandbox(Sandbox):
                 code,
                 silent=silent,
                 store_history=store_history and not silent,
-                allow_stdin=False,
+                allow_stdin=stdin_hook is not None,
                 stop_on_error=False,
             )
             ids.append(main)
             if wrap:
                 ids.append(kc.execute("__rlm__.end()", silent=True, store_history=False))
             try:
-                return self._collect(kernel, main, ids, timeout, cancel, on_output)
+                return self._collect(kernel, main, ids, timeout, cancel, on_output, stdin_hook)
             finally:
                 self.bridge.end()
                 _drain(kc)
@@ -276,6 +345,7 @@ class LocalSandbox(Sandbox):
         timeout: float,
         cancel: threading.Event | None,
         on_output: OutputHook | None,
+        stdin_hook: StdinHook | None = None,
     ) -> CellResult:
         kc = kernel.client
         parser = FrameParser()
@@ -286,6 +356,48 @@ class LocalSandbox(Sandbox):
         interrupted_at: float | None = None
         waiting = set(ids)
         last_alive_check = t0
+
+        def handle(msg: dict[str, Any]) -> None:
+            parent = msg.get("parent_header", {}).get("msg_id")
+            if parent not in ids:
+                return
+            mtype = msg["msg_type"]
+            content = msg["content"]
+            if mtype == "status":
+                if content.get("execution_state") == "idle":
+                    waiting.discard(parent)
+                return
+            if mtype == "stream":
+                text, frames = parser.feed(content.get("text", ""))
+                for raw in frames:
+                    self.bridge.dispatch(raw)
+                if parent != main:
+                    return
+                if text:
+                    parts.append(text)
+                    if on_output is not None:
+                        on_output({"msg_type": "stream", "content": {**content, "text": text}})
+                return
+            if parent != main:
+                return
+            if on_output is not None:
+                on_output(msg)
+            res.outputs.append({"msg_type": mtype, "content": content})
+            if mtype in ("execute_result", "display_data"):
+                data = content.get("data", {})
+                if "text/plain" in data:
+                    parts.append(str(data["text/plain"]) + "\n")
+                else:
+                    kinds = ", ".join(sorted(data)) or "empty"
+                    parts.append(f"<display: {kinds}>\n")
+            elif mtype == "error":
+                tb = strip_ansi("\n".join(content.get("traceback", [])))
+                head = f"{content.get('ename', 'Error')}: {content.get('evalue', '')}"
+                res.error = tb if head.split(":")[0] in tb else f"{head}\n{tb}"
+                parts.append(res.error.rstrip() + "\n")
+                if res.status == "ok":
+                    res.status = "error"
+
         while waiting:
             now = time.monotonic()
             if interrupted_at is None:
@@ -310,49 +422,30 @@ class LocalSandbox(Sandbox):
                 if not kernel.is_alive():
                     res.status = "died"
                     break
+            if stdin_hook is not None and interrupted_at is None:
+                request = _input_request(kc, main)
+                if request is not None:
+                    # Show what the cell printed before it asked (iopub and stdin race).
+                    for msg in _pending(kc.get_iopub_msg):
+                        handle(msg)
+                    try:
+                        value = stdin_hook(
+                            str(request.get("prompt", "")), bool(request.get("password"))
+                        )
+                    except Exception:
+                        # The hook gave up (the user interrupted): stop the waiting cell.
+                        if res.status == "ok":
+                            res.status = "cancelled"
+                        kernel.interrupt()
+                        interrupted_at = time.monotonic()
+                    else:
+                        kc.input(value)
+                    continue
             try:
                 msg = kc.get_iopub_msg(timeout=0.05)
             except queue.Empty:
                 continue
-            parent = msg.get("parent_header", {}).get("msg_id")
-            if parent not in ids:
-                continue
-            mtype = msg["msg_type"]
-            content = msg["content"]
-            if mtype == "status":
-                if content.get("execution_state") == "idle":
-                    waiting.discard(parent)
-                continue
-            if mtype == "stream":
-                text, frames = parser.feed(content.get("text", ""))
-                for raw in frames:
-                    self.bridge.dispatch(raw)
-                if parent != main:
-                    continue
-                if text:
-                    parts.append(text)
-                    if on_output is not None:
-                        on_output({"msg_type": "stream", "content": {**content, "text": text}})
-                continue
-            if parent != main:
-                continue
-            if on_output is not None:
-                on_output(msg)
-            res.outputs.append({"msg_type": mtype, "content": content})
-            if mtype in ("execute_result", "display_data"):
-                data = content.get("data", {})
-                if "text/plain" in data:
-                    parts.append(str(data["text/plain"]) + "\n")
-                else:
-                    kinds = ", ".join(sorted(data)) or "empty"
-                    parts.append(f"<display: {kinds}>\n")
-            elif mtype == "error":
-                tb = strip_ansi("\n".join(content.get("traceback", [])))
-                head = f"{content.get('ename', 'Error')}: {content.get('evalue', '')}"
-                res.error = tb if head.split(":")[0] in tb else f"{head}\n{tb}"
-                parts.append(res.error.rstrip() + "\n")
-                if res.status == "ok":
-                    res.status = "error"
+            handle(msg)
         rest = parser.flush()
         if rest:
             parts.append(rest)
@@ -365,12 +458,41 @@ class LocalSandbox(Sandbox):
         return res
 
 
-def _drain(kc: Any) -> None:
-    """Discard shell replies; nobody reads them and they would pile up."""
+def _input_request(kc: Any, main: str) -> dict[str, Any] | None:
+    """The content of an `input_request` of cell `main` waiting on the stdin channel, if any."""
+    for msg in _pending(kc.get_stdin_msg):
+        if msg["msg_type"] == "input_request" and msg["parent_header"].get("msg_id") == main:
+            return dict(msg["content"])
+    return None
+
+
+def _pending(get: Any) -> list[dict[str, Any]]:
+    """Every message already waiting on a channel (`get` is a client's get_*_msg)."""
+    out: list[dict[str, Any]] = []
     while True:
         try:
-            kc.get_shell_msg(timeout=0)
+            out.append(get(timeout=0))
         except queue.Empty:
-            return
-        except Exception:
-            return
+            return out
+
+
+def _reply_to(get: Any, msg_id: str, timeout: float) -> dict[str, Any] | None:
+    """The reply to request `msg_id` from a channel (`get` is a client's get_*_msg); None on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            msg: dict[str, Any] = get(timeout=left)
+        except queue.Empty:
+            return None
+        if msg.get("parent_header", {}).get("msg_id") == msg_id:
+            return msg
+
+
+def _drain(kc: Any) -> None:
+    """Discard shell replies and stale stdin requests; nobody reads them and they would pile up."""
+    for get in (kc.get_shell_msg, kc.get_stdin_msg):
+        with contextlib.suppress(Exception):
+            _pending(get)

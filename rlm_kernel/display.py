@@ -1,0 +1,317 @@
+"""Notebook outputs of the magics: live progress, step controls, the answer, the patch, tables.
+
+Everything here turns engine data (events, records, results) into Jupyter mime bundles; nothing
+calls into the engine except through a run's public controls (pause, step, resume, cancel).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .console import ICONS, render_tree, summary_line
+from .events import Event
+from .records import TreeState
+
+if TYPE_CHECKING:
+    from .runner import Run
+
+__all__ = [
+    "RunView",
+    "StepControls",
+    "answer_bundle",
+    "diff_bundle",
+    "result_bundles",
+    "show",
+    "summary_text",
+    "table_bundle",
+]
+
+Bundle = dict[str, Any]
+REFRESH_S = 0.25  # at most 4 progress updates per second
+
+
+def show(bundle: Bundle, *, display_id: bool = False) -> Any:
+    """Display a mime bundle in the current cell; returns the DisplayHandle when asked for one."""
+    from IPython.display import display
+
+    return display(bundle, raw=True, display_id=display_id or None)  # type: ignore[no-untyped-call]
+
+
+# -- the answer, the patch, the summary ------------------------------------------------------------
+
+
+def _md_cell(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return html.escape(" ".join(text.split())).replace("|", "\\|") or " "
+
+
+def answer_bundle(answer: Any, status: str = "done", error: str | None = None) -> Bundle:
+    """The final answer as Markdown (a SUBMIT dict as a field table) with a text fallback."""
+    if isinstance(answer, dict):
+        rows = "\n".join(f"| `{k}` | {_md_cell(v)} |" for k, v in answer.items())
+        plain = json.dumps(answer, ensure_ascii=False, indent=1, default=str)
+        return {
+            "text/markdown": f"| field | value |\n|---|---|\n{rows}",
+            "application/json": json.loads(json.dumps(answer, default=str)),
+            "text/plain": plain,
+        }
+    if answer is None or answer == "":
+        why = f": {error}" if error else ""
+        return {
+            "text/markdown": f"*(no answer — the run ended with status {status}{html.escape(why)})*",
+            "text/plain": f"(no answer — the run ended with status {status}{why})",
+        }
+    text = str(answer)
+    return {"text/markdown": text, "text/plain": text}
+
+
+def _diff_stats(patch: str) -> tuple[int, int, int]:
+    files = plus = minus = 0
+    for ln in patch.splitlines():
+        if ln.startswith("diff --git "):
+            files += 1
+        elif ln.startswith("+") and not ln.startswith("+++"):
+            plus += 1
+        elif ln.startswith("-") and not ln.startswith("---"):
+            minus += 1
+    return files, plus, minus
+
+
+_DIFF_STYLES = {
+    "+": "color: var(--jp-success-color0, #1a7f37); background: var(--jp-success-color3, #e6ffec)",
+    "-": "color: var(--jp-error-color0, #cf222e); background: var(--jp-error-color3, #ffebe9)",
+    "@": "color: var(--jp-info-color0, #0969da)",
+    "h": "color: var(--jp-ui-font-color1, #1f2328); font-weight: bold",
+}
+
+
+def _diff_line_style(ln: str) -> str | None:
+    if ln.startswith(("diff --git", "+++", "---", "index ", "new file", "deleted file")):
+        return _DIFF_STYLES["h"]
+    if ln.startswith("@@"):
+        return _DIFF_STYLES["@"]
+    return _DIFF_STYLES.get(ln[:1]) if ln[:1] in "+-" else None
+
+
+def diff_bundle(patch: str, path: str | None = None) -> Bundle:
+    """A git patch as `text/x-diff`, coloured `text/html` (JupyterLab theme colours) and text."""
+    files, plus, minus = _diff_stats(patch)
+    head = f"patch: {files} file{'s' * (files != 1)} changed, +{plus} −{minus}"
+    if path:
+        head += f" · saved to {path}"
+    rows = []
+    for ln in patch.splitlines():
+        style = _diff_line_style(ln)
+        esc = html.escape(ln) or " "
+        rows.append(f'<span style="{style}">{esc}</span>' if style else esc)
+    body = "\n".join(rows)
+    html_text = (
+        '<div class="rlm-diff">'
+        f'<div style="color: var(--jp-ui-font-color2, #59636e); '
+        f'font-size: var(--jp-ui-font-size1, 13px); margin-bottom: 2px">{html.escape(head)}</div>'
+        '<pre style="margin: 0; padding: 4px 6px; overflow-x: auto; '
+        "color: var(--jp-content-font-color1, #1f2328); "
+        "background: var(--jp-cell-editor-background, #f6f8fa); "
+        "border: 1px solid var(--jp-border-color2, #d1d9e0); "
+        "font-family: var(--jp-code-font-family, monospace); "
+        f'font-size: var(--jp-code-font-size, 13px)">{body}</pre></div>'
+    )
+    return {"text/x-diff": patch, "text/html": html_text, "text/plain": patch}
+
+
+def summary_text(record: dict[str, Any], patch_path: str | None = None) -> str:
+    """One line: status, the console summary (agents … time), the run id and the patch file."""
+    status = str(record.get("status") or "running")
+    line = (
+        f"{ICONS.get(status, '?')} {status} — {summary_line(record)} · run {record.get('run_id')}"
+    )
+    return line + (f" · patch {patch_path}" if patch_path else "")
+
+
+def table_bundle(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Bundle:
+    """A small table as HTML with an aligned-text fallback."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:{w}}}" for w in widths)
+    plain = "\n".join(
+        fmt.format(*r).rstrip() for r in [list(headers), ["-" * w for w in widths], *cells]
+    )
+    th = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in headers)
+    trs = "".join(
+        "<tr>"
+        + "".join(f"<td style='text-align:left'><code>{html.escape(c)}</code></td>" for c in r)
+        + "</tr>"
+        for r in cells
+    )
+    return {"text/html": f"<table><tr>{th}</tr>{trs}</table>", "text/plain": plain}
+
+
+# -- live progress ----------------------------------------------------------------------------------
+
+
+class StepControls:
+    """Pause / Step / Continue / Cancel buttons and the pending code (editable) for `--step` runs."""
+
+    def __init__(self, run: Run) -> None:
+        import ipywidgets as w  # type: ignore[import-untyped]
+
+        self.run = run
+        self.proposal: str | None = None  # the model's code shown in the editor
+        self.label = w.HTML("")
+        self.code = w.Textarea(
+            placeholder="the code the model proposes appears here; edit it, then Step",
+            layout=w.Layout(width="100%", height="10em"),
+        )
+        buttons = [
+            ("Pause", "pause", self._pause),
+            ("Step", "step-forward", self._step),
+            ("Continue", "play", self._continue),
+            ("Cancel", "stop", self._cancel),
+        ]
+        self.buttons = []
+        for text, icon, handler in buttons:
+            b = w.Button(description=text, icon=icon, layout=w.Layout(width="auto"))
+            b.on_click(handler)
+            self.buttons.append(b)
+        self.widget = w.VBox([w.HBox([*self.buttons, self.label]), self.code])
+
+    def _pause(self, _: Any) -> None:
+        self.run.pause()
+
+    def _step(self, _: Any) -> None:
+        edited = self.code.value
+        self.run.step(edited if self.proposal is not None and edited != self.proposal else None)
+        self.proposal = None
+
+    def _continue(self, _: Any) -> None:
+        self.run.resume()
+
+    def _cancel(self, _: Any) -> None:
+        self.run.cancel()
+
+    def update(self, waiting: list[dict[str, Any]], done: bool) -> None:
+        """Show the oldest waiting agent's proposal (unless the user is editing it)."""
+        if done:
+            for b in self.buttons:
+                b.disabled = True
+            self.code.disabled = True
+            self.label.value = "run finished"
+            return
+        if not waiting:
+            stepping = self.run.gate.stepping
+            self.label.value = "step mode: waiting for a proposal…" if stepping else "running…"
+            return
+        head = waiting[0]
+        code = str(head.get("code", ""))
+        self.label.value = html.escape(
+            f"{head.get('agent_id')} iteration {head.get('index')} is waiting"
+            + (f" (+{len(waiting) - 1} more)" if len(waiting) > 1 else "")
+        )
+        if self.proposal != code and (self.proposal is None or self.code.value == self.proposal):
+            self.proposal = code
+            self.code.value = code
+
+
+class RunView:
+    """Consumes a run's events and shows the tree plus a summary line, updated in place (throttled).
+
+    `__call__` (the event sink) runs on engine threads and only folds state; `refresh()` renders,
+    and is called from the thread that owns the output (the cell's loop or a watcher).
+    """
+
+    def __init__(self, run: Run, *, quiet: bool = False, notebook: bool = True) -> None:
+        self.run = run
+        self.quiet = quiet
+        self.notebook = notebook
+        self.state = TreeState()
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._version = 0
+        self._shown = -1
+        self._last = 0.0
+        self._handle: Any = None
+        self._console: Callable[[Event], None] | None = None
+        self.controls: StepControls | None = None
+        if not notebook and not quiet:
+            from .console import ConsoleProgress
+
+            self._console = ConsoleProgress()
+
+    def __call__(self, ev: Event) -> None:
+        """Fold one event (engine thread)."""
+        with self._lock:
+            self.state.apply(ev)
+            self._version += 1
+        if self._console is not None:
+            self._console(ev)
+
+    def record(self) -> dict[str, Any]:
+        """A copy of the record so far (elapsed time filled in while running)."""
+        with self._lock:
+            rec: dict[str, Any] = json.loads(json.dumps(self.state.to_dict(), default=str))
+        rec.setdefault("run_id", self.run.run_id)
+        if rec.get("elapsed_s") is None:
+            rec["elapsed_s"] = time.monotonic() - self.started
+        return rec
+
+    def text(self) -> str:
+        """The progress text: tree, agents waiting at the step gate, summary line."""
+        with self._lock:  # render while no engine thread changes the tree
+            rec = self.state.to_dict()
+            rec.setdefault("run_id", self.run.run_id)
+            if rec.get("elapsed_s") is None:
+                rec["elapsed_s"] = time.monotonic() - self.started
+            lines = render_tree(rec.get("root")) or ["(starting…)"]
+            summary = summary_text(rec)
+        if not self.run.done:
+            for w in self.run.gate.waiting:
+                lines.append(f"⏸ {w['agent_id']} iteration {w['index']} waits at the step gate")
+        return "\n".join([*lines, summary])
+
+    def start(self, step_controls: bool) -> None:
+        """Show the progress output (and the step controls) in the current cell."""
+        if self.quiet or not self.notebook:
+            return
+        self._handle = show({"text/plain": self.text()}, display_id=True)
+        self._shown = self._version
+        self._last = time.monotonic()
+        if step_controls:
+            from IPython.display import display
+
+            self.controls = StepControls(self.run)
+            display(self.controls.widget)  # type: ignore[no-untyped-call]
+
+    def refresh(self, force: bool = False) -> None:
+        """Re-render if something changed and the last update is ≥ REFRESH_S old (or `force`)."""
+        if self.controls is not None:
+            self.controls.update(self.run.gate.waiting, self.run.done)
+        if self._handle is None:
+            return
+        now = time.monotonic()
+        if not force and (self._version == self._shown or now - self._last < REFRESH_S):
+            return
+        self._shown = self._version
+        self._last = now
+        self._handle.update({"text/plain": self.text()}, raw=True)
+
+
+def result_bundles(
+    record: dict[str, Any],
+    answer: Any,
+    patch: str,
+    patch_path: str | None,
+    error: str | None,
+    quiet: bool,
+) -> list[Bundle]:
+    """The outputs at the end of a run: the answer, the patch (if any), the summary line."""
+    out = [answer_bundle(answer, str(record.get("status")), error)]
+    if patch:
+        out.append(diff_bundle(patch, patch_path))
+    if not quiet:
+        out.append({"text/plain": summary_text(record, patch_path)})
+    return out

@@ -1,0 +1,546 @@
+"""The RLM Jupyter kernel: the notebook is the root agent's REPL.
+
+Ordinary cells run in the **root sandbox** (a `LocalSandbox` by default, created on the first cell
+that needs it), or in a sandbox attached with `RLMKernel.attach`. The kernel's own IPython shell,
+the *host*, runs only cells whose first non-blank line starts with ``%rlm`` or ``%%rlm`` (plus
+``%load_ext rlm_kernel`` and ``%config RLMKernel…``); API keys and the LLM stack live there and
+never enter a sandbox.
+
+Forwarding a cell: `Sandbox.execute` runs in a worker thread (the event loop stays free) and
+every output message is re-published on this kernel's iopub with the request as parent;
+``execute_result`` gets this kernel's execution count, which the kernel advances itself.
+
+Interrupts. The kernelspec sets ``"interrupt_mode": "message"``: the Stop button sends an
+``interrupt_request`` on the control channel, which is handled on the control thread even while
+the shell is busy. When a forwarded cell runs, `interrupt_request` only sets that cell's cancel
+event; `LocalSandbox` then interrupts the sandbox's kernel, whose ``KeyboardInterrupt`` traceback
+comes back as the cell's error (a cell that ignores the interrupt for 3 s gets its sandbox
+restarted, and the user is told the variables are gone). Without a forwarded cell, the stock
+behaviour applies (SIGINT to this process: a ``%%rlm`` cell sees KeyboardInterrupt or
+CancelledError). Frontends that signal anyway (``interrupt_mode`` "signal", Ctrl-C in a terminal)
+are covered too: while a forwarded cell runs, SIGINT is routed to the same cancel event instead of
+raising KeyboardInterrupt in the event loop, which would stop the kernel.
+
+Stdin. With ``allow_stdin``, the sandbox cell runs with stdin allowed, and each ``input_request``
+of the sandbox kernel is answered by `relay.FrontendInput`: it sends the same ``input_request`` that
+ipykernel's `raw_input` sends, on this kernel's stdin socket with the cell's parent and routing
+identity, and waits for the frontend's reply. It runs in the worker thread (the main thread never
+touches the stdin socket while a forwarded cell holds the shell) and polls instead of blocking,
+because ipykernel's own `_input_request` stops waiting only on a KeyboardInterrupt, which a worker
+thread never receives: here the Stop button ends the wait.
+
+Completion and inspection use a second client on a subshell of the sandbox kernel, and
+`shell_main` lets ``complete_request``/``inspect_request`` past a running cell (as ipykernel does
+for comm messages), so Tab and Shift-Tab see the sandbox's variables while a cell runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import inspect
+import logging
+import os
+import re
+import secrets
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+from typing import Any
+
+from ipykernel.ipkernel import IPythonKernel
+from traitlets import Float, Integer, Unicode
+
+from . import __version__
+from .config import RLMConfig, load_config, load_dotenv_file
+from .relay import FrontendInput, OutputRelay, merge_matches, prepare_repl, route_sigint
+from .sandbox import backend_class
+from .sandbox.base import CellResult, Sandbox, SandboxSpec
+from .sandbox.bridge import BridgeRefused
+from .sandbox.workspace import Target
+
+__all__ = ["HOST_CELL_PREFIXES", "RLMKernel", "is_host_cell"]
+
+log = logging.getLogger(__name__)
+
+HOST_CELL_PREFIXES = ("%rlm", "%%rlm")
+"""A cell whose first non-blank line starts with one of these runs in the host shell."""
+# Also the host's: loading these magics, and `%config RLMKernel...` (the kernel's traitlets).
+_HOST_LINE = re.compile(r"%(?:re)?load_ext\s+rlm_kernel\b|%config\s+RLMKernel\b")
+
+_FOREVER_S = 10.0**9  # a notebook cell runs until it ends or the user stops it
+
+
+def is_host_cell(code: str) -> bool:
+    """True when the cell belongs to the host shell (`%rlm`/`%%rlm`, `%load_ext rlm_kernel`,
+    `%config RLMKernel...`); every other cell runs in the sandbox."""
+    for line in code.splitlines():
+        if line.strip():
+            first = line.lstrip()
+            return first.startswith(HOST_CELL_PREFIXES) or _HOST_LINE.match(first) is not None
+    return False
+
+
+class RLMKernel(IPythonKernel):
+    """An IPython kernel whose ordinary cells run in the root agent's sandbox.
+
+    Configurable traitlets (``c.RLMKernel.model = "…"`` in ``ipython_kernel_config.py``,
+    ``--RLMKernel.model=…`` on the command line, ``%config RLMKernel.model = "…"`` in a cell)
+    override `config_file` (default ./config.yaml, else the defaults) in `rlm_config`: `model`,
+    `sub_model`, `max_depth`, `max_iterations`, `max_sandboxes`, `timeout` (rlm.global_timeout),
+    `sandbox` (sandbox.backend) and `config_file`. Unset ones (None) leave the file's values.
+    """
+
+    implementation = "rlm"
+    implementation_version = __version__
+
+    model = Unicode(
+        None, allow_none=True, help="LLM for agents (litellm name; overrides model.name)."
+    ).tag(config=True)
+    sub_model = Unicode(
+        None, allow_none=True, help="LLM for llm_query (overrides model.sub_model)."
+    ).tag(config=True)
+    max_depth = Integer(None, allow_none=True, help="Deepest agent depth (rlm.max_depth).").tag(
+        config=True
+    )
+    max_iterations = Integer(
+        None, allow_none=True, help="Iterations per agent (rlm.max_iterations)."
+    ).tag(config=True)
+    max_sandboxes = Integer(
+        None, allow_none=True, help="Sandboxes a run may create (rlm.max_sandboxes)."
+    ).tag(config=True)
+    timeout = Float(None, allow_none=True, help="Seconds a run may take (rlm.global_timeout).").tag(
+        config=True
+    )
+    sandbox = Unicode(
+        None, allow_none=True, help="Sandbox backend: local or daytona (sandbox.backend)."
+    ).tag(config=True)
+    config_file = Unicode(
+        None,
+        allow_none=True,
+        help="YAML configuration file (default: ./config.yaml if present, else the defaults).",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._run_id = f"kernel-{secrets.token_hex(4)}"
+        self._root: Sandbox | None = None
+        self._root_lock = threading.Lock()
+        self._root_target = Target(None, None, None)
+        self._attached: Sandbox | None = None
+        self._adopted: list[Sandbox] = []
+        self._cell_cancels: list[threading.Event] = []  # of running forwarded cells (subshells)
+        self.rlm_session: Any = None
+        self._host_shell.configurables.append(self)  # `%config RLMKernel.model = ...`
+        self._register_magics()
+        atexit.register(self._close_sandboxes)
+        if threading.current_thread() is threading.main_thread():
+            # A manager whose shutdown_request timed out sends SIGTERM: exit through atexit so the
+            # sandboxes are still removed (Python's default would end the process at once).
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    # -- kernel info ------------------------------------------------------------------------------
+    @property
+    def banner(self) -> str:  # type: ignore[override]  # a trait in Kernel, a property here
+        """The banner: what ordinary and %%rlm cells do, then IPython's."""
+        return (
+            f"RLM kernel {__version__}: ordinary cells run in the notebook's sandbox (the root "
+            "agent's REPL); %%rlm starts a Recursive Language Model run.\n"
+            + str(self.shell.banner if self.shell else "")
+        )
+
+    @property
+    def _host_shell(self) -> Any:
+        """The kernel's own IPython shell (exists once the kernel is initialised)."""
+        assert self.shell is not None
+        return self.shell
+
+    @property
+    def _session(self) -> Any:
+        """The Jupyter protocol session (exists once the kernel is initialised)."""
+        assert self.session is not None
+        return self.session
+
+    # -- the contract with the magics --------------------------------------------------------------
+    @property
+    def rlm_config(self) -> RLMConfig:
+        """The configuration: `config_file` (or ./config.yaml) with the kernel's traitlets on top."""
+        pairs = {
+            "model.name": self.model,
+            "model.sub_model": self.sub_model,
+            "rlm.max_depth": self.max_depth,
+            "rlm.max_iterations": self.max_iterations,
+            "rlm.max_sandboxes": self.max_sandboxes,
+            "rlm.global_timeout": self.timeout,
+            "sandbox.backend": self.sandbox,
+        }
+        overrides = {k: v for k, v in pairs.items() if v is not None}
+        return load_config(self.config_file or None, overrides)
+
+    def root_sandbox(self) -> Sandbox:
+        """The notebook's root sandbox, started on first use (thread-safe)."""
+        with self._root_lock:
+            if self._root is not None and not self._root.closed:
+                return self._root
+            cls = backend_class(self.rlm_config.sandbox.backend)
+            spec = SandboxSpec(
+                run_id=self._run_id,
+                agent_id="root",
+                target=self._root_target,
+                handler=self.notebook_handler,
+                runtime_cfg={"agent_id": "root", "depth": 0, "tools": []},
+            )
+            sb = cls(spec)
+            try:
+                sb.start()
+            except BaseException:
+                sb.close()
+                raise
+            prepare_repl(sb)
+            self._root = sb
+            return sb
+
+    @property
+    def has_root_sandbox(self) -> bool:
+        """Whether the root sandbox is running (it starts with the first ordinary cell)."""
+        root = self._root
+        return root is not None and not root.closed
+
+    def set_root_target(self, target: Target) -> None:
+        """Give the root sandbox a workspace of `target` now, or at its creation if not started."""
+        with self._root_lock:
+            if self._root is not None and not self._root.closed:
+                self._root.set_workspace(target)
+            self._root_target = target
+
+    def attach(self, sandbox: Sandbox | None) -> None:
+        """Run the following ordinary cells in `sandbox` (None: in the root sandbox again).
+
+        The sandbox keeps its bridge handler (use `sandbox.set_handler(kernel.notebook_handler)`
+        for notebook behaviour), and the kernel closes it at shutdown.
+        """
+        if sandbox is not None and sandbox is not self._root and sandbox not in self._adopted:
+            self._adopted.append(sandbox)
+            with contextlib.suppress(Exception):
+                prepare_repl(sandbox)
+        self._attached = sandbox
+
+    @property
+    def attached(self) -> Sandbox | None:
+        """The sandbox ordinary cells run in instead of the root, if any."""
+        return self._attached
+
+    def notebook_handler(self, op: str, args: dict[str, Any]) -> Any:
+        """Answer bridge requests of ordinary cells: `llm_query` works, the rest needs a run."""
+        if op == "llm_query":
+            return self._llm_queries([str(p) for p in args.get("prompts") or []], args.get("model"))
+        if op == "final" and args.get("via") == "answer":
+            return True  # `answer["ready"] = True` in a plain cell: there is no run to finish
+        name = {
+            "rlm_query": "rlm_query",
+            "final": str(args.get("via") or "FINAL"),
+            "submit": "SUBMIT",
+            "tool": f"the tool {args.get('name')!r}",
+        }.get(op, op)
+        raise BridgeRefused(f"{name} is available inside %%rlm runs; start one with %%rlm")
+
+    # -- execution ----------------------------------------------------------------------------------
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: dict[str, Any] | None = None,
+        cell_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Run `%rlm` cells in the host shell and forward every other cell to the sandbox."""
+        if is_host_cell(code):
+            reply: dict[str, Any] = await super().do_execute(
+                code,
+                silent,
+                store_history,
+                user_expressions,
+                allow_stdin,
+                cell_meta=cell_meta,
+                cell_id=cell_id,
+            )
+            return reply
+        return await self._forward_cell(
+            code, silent=silent, store_history=store_history and not silent, allow_stdin=allow_stdin
+        )
+
+    async def _forward_cell(
+        self, code: str, *, silent: bool, store_history: bool, allow_stdin: bool
+    ) -> dict[str, Any]:
+        cancel = threading.Event()
+        restore_sigint = route_sigint(asyncio.get_running_loop(), cancel)
+        self._cell_cancels.append(cancel)
+        shell = self._host_shell
+        count = int(shell.execution_count)
+        parent = self.get_parent("shell")
+        try:
+            if store_history:
+                shell.history_manager.store_inputs(count, code, code)
+            publish = OutputRelay(
+                self._session, self.iopub_socket, self._topic, parent, count, silent
+            )
+            ask = None
+            if allow_stdin:
+                ident = self._get_shell_context_var(self._shell_parent_ident)
+                ask = FrontendInput(self._session, self.stdin_socket, ident, parent, cancel)
+            reply = await asyncio.to_thread(
+                self._run_forwarded, code, cancel, publish, ask, store_history
+            )
+        finally:
+            self._cell_cancels.remove(cancel)
+            restore_sigint()
+            if store_history:
+                shell.execution_count = count + 1
+        reply["execution_count"] = count
+        return reply
+
+    def _run_forwarded(
+        self,
+        code: str,
+        cancel: threading.Event,
+        publish: OutputRelay,
+        ask: FrontendInput | None,
+        store_history: bool,
+    ) -> dict[str, Any]:
+        """Run one cell in the current sandbox (worker thread) and build the execute reply."""
+        try:
+            sb = self._attached or self.root_sandbox()
+        except Exception as exc:
+            return publish.error("SandboxError", f"the notebook's sandbox did not start: {exc}")
+        if cancel.is_set():
+            return publish.error("KeyboardInterrupt", "interrupted before the cell started")
+        try:
+            res = sb.execute(
+                code,
+                timeout=_FOREVER_S,
+                cancel=cancel,
+                on_output=publish,
+                store_history=store_history,
+                stdin_hook=ask,
+            )
+        except Exception as exc:  # e.g. the kernel shut the sandbox down under the cell
+            return publish.error("SandboxError", f"the cell could not run in the sandbox: {exc}")
+        return self._reply(sb, res, publish)
+
+    def _reply(self, sb: Sandbox, res: CellResult, publish: OutputRelay) -> dict[str, Any]:
+        errors = [o["content"] for o in res.outputs if o["msg_type"] == "error"]
+        if res.status == "ok":
+            return {"status": "ok", "user_expressions": {}, "payload": []}
+        if res.status == "error" and errors:
+            err = errors[-1]
+            return {
+                "status": "error",
+                "ename": str(err.get("ename", "Error")),
+                "evalue": str(err.get("evalue", "")),
+                "traceback": list(err.get("traceback", [])),
+            }
+        if res.status == "restarted":
+            with contextlib.suppress(Exception):
+                prepare_repl(sb)
+            return publish.error(
+                "KeyboardInterrupt",
+                "the cell did not stop when interrupted, so its Python process was restarted: "
+                "the notebook's variables are gone",
+            )
+        if res.status == "died":
+            sb.close()
+            if sb is self._attached:
+                self._attached = None
+                why = "the following cells run in the notebook's root sandbox again"
+            else:
+                why = "the next cell starts a fresh one"
+            return publish.error(
+                "SandboxDied",
+                f"the sandbox's Python process died and its variables are lost; {why}",
+            )
+        if errors:  # cancelled: the sandbox's KeyboardInterrupt traceback was published already
+            err = errors[-1]
+            return {
+                "status": "error",
+                "ename": str(err.get("ename", "KeyboardInterrupt")),
+                "evalue": str(err.get("evalue", "")),
+                "traceback": list(err.get("traceback", [])),
+            }
+        return publish.error("KeyboardInterrupt", "interrupted")
+
+    async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Stop forwarded cells (control thread); otherwise interrupt the host as usual."""
+        cancels = list(self._cell_cancels)
+        if not cancels:
+            await super().interrupt_request(stream, ident, parent)
+            return
+        for cancel in cancels:
+            cancel.set()
+        self._session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
+
+    # -- completion, inspection -------------------------------------------------------------------
+    async def shell_main(self, subshell_id: str | None, msg: Any) -> None:
+        """Answer completion and inspection requests while a cell runs, like comm messages."""
+        lock = self._main_asyncio_lock if subshell_id is None else None
+        if lock is not None and lock.locked() and self.session is not None:
+            try:
+                _, frames = self.session.feed_identities(msg, copy=False)
+                header = self.session.deserialize(frames, content=False, copy=False)["header"]
+            except Exception:
+                header = {}
+            if header.get("msg_type") in ("complete_request", "inspect_request"):
+                shell_parent = self.get_parent("shell")
+                shell_ident = self._get_shell_context_var(self._shell_parent_ident)
+                try:
+                    coro = self.dispatch_shell(msg, subshell_id=subshell_id, concurrent=True)
+                    await copy_context().run(asyncio.ensure_future, coro)  # its own context
+                finally:
+                    self.set_parent(shell_ident, shell_parent, channel="shell")
+                return
+        await super().shell_main(subshell_id, msg)
+
+    def _live_repl(self) -> Sandbox | None:
+        """The sandbox ordinary cells go to, if it is running (completion never starts one)."""
+        sb = self._attached or self._root
+        return sb if sb is not None and not sb.closed else None
+
+    async def do_complete(self, code: str, cursor_pos: int | None) -> dict[str, Any]:
+        """Complete from the sandbox's namespace; `%rlm` magics come from the host shell."""
+        pos = len(code) if cursor_pos is None else cursor_pos
+        sb = self._live_repl()
+        if sb is None or is_host_cell(code):
+            return await self._host(super().do_complete(code, pos))
+        try:
+            reply = await asyncio.to_thread(sb.complete, code, pos)
+        except Exception:
+            log.warning("completion in the sandbox failed", exc_info=True)
+            return await self._host(super().do_complete(code, pos))
+        line_start = code.rfind("\n", 0, pos) + 1
+        if code[line_start:pos].lstrip().startswith("%"):
+            host = await self._host(super().do_complete(code, pos))
+            reply["matches"] = merge_matches(code, reply, host, HOST_CELL_PREFIXES)
+        return reply
+
+    async def do_inspect(
+        self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: Any = ()
+    ) -> dict[str, Any]:
+        """Inspect the name at the cursor in the sandbox (the host for `%rlm` cells)."""
+        sb = self._live_repl()
+        if sb is None or is_host_cell(code):
+            return await self._host(
+                super().do_inspect(code, cursor_pos, detail_level, omit_sections)
+            )
+        try:
+            return await asyncio.to_thread(sb.inspect, code, cursor_pos, detail_level)
+        except Exception:
+            log.warning("inspection in the sandbox failed", exc_info=True)
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+
+    @staticmethod
+    async def _host(result: Any) -> dict[str, Any]:
+        """The host shell's reply (IPythonKernel's handlers are sync or async by version)."""
+        if inspect.isawaitable(result):
+            result = await result
+        return dict(result)
+
+    # -- shutdown -------------------------------------------------------------------------------------
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:
+        """Cancel runs, close every sandbox and stop every kernel process this kernel started."""
+        for cancel in list(self._cell_cancels):
+            cancel.set()
+        await asyncio.to_thread(self._close_sandboxes)
+        return await self._host(super().do_shutdown(restart))
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """Stop forwarded cells (their worker threads must end before exit) and exit."""
+        for cancel in list(self._cell_cancels):
+            cancel.set()
+        raise SystemExit(128 + signum)
+
+    def _close_sandboxes(self) -> None:
+        """Leave nothing behind: runs, attached and root sandboxes, kernels (idempotent)."""
+        session = self.rlm_session
+        for name in ("cancel_all", "close"):
+            fn = getattr(session, name, None)
+            if callable(fn):
+                try:
+                    fn()
+                except Exception:
+                    log.exception("%s() of the %%rlm session failed", name)
+        self._attached = None
+        with self._root_lock:
+            sandboxes = [*self._adopted, *([self._root] if self._root is not None else [])]
+            self._adopted, self._root = [], None
+        for sb in sandboxes:
+            sb.close()
+        from .sandbox.kernels import shutdown_all
+
+        shutdown_all()
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _register_magics(self) -> None:
+        """Bind the `%rlm` magics to this kernel (`rlm_kernel.magics.register`, when present)."""
+        try:
+            from . import magics
+        except ImportError as exc:
+            if exc.name != f"{__package__}.magics":
+                log.warning("the %%rlm magics could not be loaded: %s", exc)
+            return
+        register: Callable[..., Any] | None = getattr(magics, "register", None)
+        if register is None:
+            return
+        try:
+            session = register(self._host_shell, kernel=self)
+        except Exception:
+            log.exception("registering the %%rlm magics failed")
+            return
+        if session is not None:
+            self.rlm_session = session
+
+    def _llm_queries(self, prompts: list[str], model: str | None) -> list[str]:
+        """`llm_query(_batched)` from a plain cell: the configured sub-model, via LLMClient."""
+        from .config import ConfigError
+        from .llm import LLMClient, LLMError
+
+        try:
+            cfg = self.rlm_config
+        except ConfigError as exc:
+            raise BridgeRefused(f"llm_query: {exc}") from exc
+        load_dotenv_file()
+        m = cfg.model
+        client = LLMClient(
+            timeout=m.timeout,
+            retries=m.retries,
+            temperature=m.temperature,
+            max_tokens=m.max_tokens,
+            api_key=os.environ.get("LLM_API_KEY") or None,
+        )
+        name = model or cfg.sub_model_name
+        info = {"agent_id": "root", "parent_id": None, "depth": 0, "kind": "llm_query"}
+        cancel = self._cell_cancels[-1] if self._cell_cancels else None
+
+        def one(prompt: str) -> str:
+            messages = [{"role": "user", "content": prompt}]
+            return client.complete(messages, model=name, info=info, cancel=cancel).text
+
+        if len(prompts) == 1:
+            try:
+                return [one(prompts[0])]
+            except LLMError as exc:
+                raise BridgeRefused(f"llm_query: {exc}") from exc
+
+        def guarded(prompt: str) -> str:
+            try:
+                return one(prompt)
+            except LLMError as exc:
+                return f"Error: {exc}"
+
+        width = max(1, min(len(prompts), 4 * cfg.rlm.max_concurrency))
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="rlm-llm") as pool:
+            return list(pool.map(guarded, prompts))

@@ -1,0 +1,191 @@
+"""How a cell the kernel forwards to a sandbox talks to the frontend (used by `kernel.py`).
+
+Outputs go onto the kernel's iopub with the request as parent, ``input()`` requests go to the
+frontend's stdin channel, and SIGINT becomes the cell's cancel event. Everything here may run on
+the worker thread that drives the sandbox; see the `rlm_kernel.kernel` docstring for why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from .sandbox.base import Sandbox
+
+__all__ = [
+    "FrontendInput",
+    "InputCancelled",
+    "OutputRelay",
+    "merge_matches",
+    "prepare_repl",
+    "route_sigint",
+]
+
+log = logging.getLogger(__name__)
+
+FORWARDED = frozenset(
+    {"stream", "display_data", "execute_result", "error", "clear_output", "update_display_data"}
+)
+"""Output message types re-published from a sandbox cell (not execute_input, status or comms)."""
+
+# Show `obj?` help inline: the pager's payload would be lost on the way through the host.
+_PAGER_SETUP = (
+    "from IPython.core import page as _p\n"
+    "get_ipython().set_hook('show_in_pager', _p.as_hook(_p.display_page), 90)\n"
+    "del _p\n"
+)
+
+
+class InputCancelled(Exception):
+    """The cell was interrupted while it waited for the user's input."""
+
+
+class OutputRelay:
+    """Re-publishes a sandbox cell's output messages on the kernel's iopub (from any thread).
+
+    ipykernel's iopub socket queues sends onto its IOPub thread, so publishing from the worker
+    thread is safe and stays ordered before the kernel's own "idle" status.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        iopub_socket: Any,
+        topic: Callable[[str], bytes],
+        parent: dict[str, Any],
+        count: int,
+        silent: bool,
+    ) -> None:
+        self.session = session
+        self.iopub_socket = iopub_socket
+        self.topic = topic
+        self.parent = parent
+        self.count = count
+        self.silent = silent
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        """The sandbox's on_output hook: forward one output message, renumbering results."""
+        mtype = str(msg.get("msg_type"))
+        if mtype not in FORWARDED:
+            return
+        content = dict(msg.get("content") or {})
+        if mtype == "execute_result":
+            if self.silent:
+                return
+            content["execution_count"] = self.count
+        self.send(mtype, content)
+
+    def send(self, mtype: str, content: dict[str, Any]) -> None:
+        """Publish one message with the cell's request as parent."""
+        self.session.send(
+            self.iopub_socket, mtype, content, parent=self.parent, ident=self.topic(mtype)
+        )
+
+    def error(self, ename: str, evalue: str) -> dict[str, Any]:
+        """Publish an error the sandbox did not report itself, and return the error reply."""
+        content = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+        self.send("error", content)
+        return {"status": "error", **content}
+
+
+class FrontendInput:
+    """Asks the frontend for a line of input on the kernel's stdin socket (worker thread).
+
+    It sends the ``input_request`` ipykernel's `raw_input` sends (same parent and routing
+    identity) and polls for the reply, giving up when `cancel` is set. The main thread does not
+    use the stdin socket while a forwarded cell holds the shell, so the worker may.
+    """
+
+    poll_s = 0.05
+
+    def __init__(
+        self,
+        session: Any,
+        stdin_socket: Any,
+        ident: Any,
+        parent: dict[str, Any],
+        cancel: threading.Event,
+    ) -> None:
+        self.session = session
+        self.socket = stdin_socket
+        self.ident = ident
+        self.parent = parent
+        self.cancel = cancel
+
+    def __call__(self, prompt: str, password: bool) -> str:
+        """The sandbox's stdin hook: the line the user typed; InputCancelled on interrupt."""
+        sock = self.socket
+        while True:  # purge stale replies, as ipykernel's _input_request does
+            try:
+                sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EAGAIN:
+                    break
+                raise
+        content = {"prompt": prompt, "password": password}
+        self.session.send(sock, "input_request", content, self.parent, ident=self.ident)
+        while True:
+            if self.cancel.is_set():
+                raise InputCancelled("interrupted while waiting for input")
+            rlist, _, xlist = zmq.select([sock], [], [sock], self.poll_s)
+            if rlist or xlist:
+                _, reply = self.session.recv(sock)
+                if reply is not None:
+                    try:
+                        return str(reply["content"]["value"])
+                    except (KeyError, TypeError):
+                        log.error("bad input_reply: %s", reply)
+                        return ""
+
+
+def route_sigint(loop: asyncio.AbstractEventLoop, cancel: threading.Event) -> Callable[[], None]:
+    """Make SIGINT set `cancel` (main thread only); return the function that restores it."""
+    if threading.current_thread() is not threading.main_thread() or sys.platform == "win32":
+        return lambda: None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(cancel.set)  # not Event.set here: a handler must not take locks
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+
+    def restore() -> None:
+        signal.signal(signal.SIGINT, previous)
+
+    return restore
+
+
+def merge_matches(
+    code: str, sandbox: dict[str, Any], host: dict[str, Any], prefixes: tuple[str, ...]
+) -> list[str]:
+    """The sandbox's matches plus the host's that start with `prefixes`, rebased on the
+    sandbox's cursor_start."""
+    matches = list(sandbox.get("matches", []))
+    start = int(sandbox.get("cursor_start", 0))
+    host_start = int(host.get("cursor_start", start))
+    for m in host.get("matches", []):
+        if not m.startswith(prefixes):
+            continue
+        if host_start < start:  # the sandbox replaces less text: drop the common head
+            head = code[host_start:start]
+            if not m.startswith(head):
+                continue
+            m = m[len(head) :]
+        else:
+            m = code[start:host_start] + m
+        if m not in matches:
+            matches.append(m)
+    return matches
+
+
+def prepare_repl(sb: Sandbox) -> None:
+    """One-time setup of a sandbox REPL for notebook use (help shown inline)."""
+    res = sb.execute(_PAGER_SETUP, timeout=30, store_history=False)
+    if res.error:
+        log.warning("could not set up the sandbox's pager: %s", res.error)
