@@ -237,6 +237,7 @@ class RunView:
         self._handle: Any = None
         self._console: Callable[[Event], None] | None = None
         self.controls: StepControls | None = None
+        self.widget: Any = None
         if not notebook and not quiet:
             from .console import ConsoleProgress
 
@@ -274,9 +275,22 @@ class RunView:
         return "\n".join([*lines, summary])
 
     def start(self, step_controls: bool) -> None:
-        """Show the progress output (and the step controls) in the current cell."""
+        """Show the live agent tree (its own controls included) as the cell's first output.
+
+        Without anywidget, fall back to a text tree updated in place plus ipywidgets buttons.
+        """
         if self.quiet or not self.notebook:
             return
+        try:
+            from IPython.display import display
+
+            from rlm_widget import AgentTree
+
+            self.widget = AgentTree.from_run(self.run)
+            display(self.widget)  # type: ignore[no-untyped-call]
+            return
+        except ImportError:
+            self.widget = None
         self._handle = show({"text/plain": self.text()}, display_id=True)
         self._shown = self._version
         self._last = time.monotonic()

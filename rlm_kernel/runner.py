@@ -388,6 +388,7 @@ class Run:
                 raise SandboxError(
                     f"could not create the sandbox for {agent.agent_id}: {exc}"
                 ) from exc
+            agent.sandbox = sb  # reachable (e.g. `%rlm ns --live`) before its first code runs
             self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=sb.info())
             return sb
 

@@ -96,13 +96,16 @@ function fmtSecs(s) {
   s = Math.max(0, Number(s));
   if (s < 1) return `${Math.round(s * 1000)} ms`;
   if (s < 10) return `${s.toFixed(1)} s`;
-  if (s < 60) return `${Math.round(s)} s`;
-  const m = Math.floor(s / 60);
-  return `${m}m ${String(Math.round(s % 60)).padStart(2, "0")}s`;
+  if (s < 59.5) return `${Math.round(s)} s`;
+  const total = Math.round(s);
+  return `${Math.floor(total / 60)}m ${String(total % 60).padStart(2, "0")}s`;
 }
 
 function oneLine(s) {
-  return String(s ?? "").split(/\s+/).join(" ").trim();
+  return String(s ?? "")
+    .split(/\s+/)
+    .join(" ")
+    .trim();
 }
 
 function text(v) {
@@ -113,18 +116,22 @@ function text(v) {
 // -- a small Python highlighter ---------------------------------------------------------------------
 
 const KEYWORDS = new Set(
-  ("False None True and as assert async await break case class continue def del elif else except " +
+  (
+    "False None True and as assert async await break case class continue def del elif else except " +
     "finally for from global if import in is lambda match nonlocal not or pass raise return try " +
-    "while with yield").split(" "),
+    "while with yield"
+  ).split(" "),
 );
 const BUILTINS = new Set(
-  ("abs all any bool bytes callable dict dir divmod enumerate filter float format frozenset " +
+  (
+    "abs all any bool bytes callable dict dir divmod enumerate filter float format frozenset " +
     "getattr globals hasattr hash int isinstance issubclass iter len list locals map max min next " +
     "object open ord chr pow print range repr reversed round set setattr slice sorted str sum " +
     "super tuple type vars zip self Exception ValueError TypeError KeyError IndexError " +
     "RuntimeError AttributeError ImportError StopIteration NotImplementedError " +
     "rlm_query rlm_query_batched llm_query llm_query_batched FINAL FINAL_VAR SUBMIT SHOW_VARS " +
-    "edit_file apply_patch answer context").split(" "),
+    "edit_file apply_patch answer context"
+  ).split(" "),
 );
 const PY_TOKEN = new RegExp(
   [
@@ -231,7 +238,7 @@ class TreeView {
     this.index = null; // agent id → record node (offline and finished runs)
     this.rows = new Map(); // agent id → {li, row, kids}
     this.collapsed = new Set();
-    this.closedIterations = new Set(); // "id@index" the user folded
+    this.folds = new Map(); // detail-pane <details> key → open, as the user left it
     this.seq = -1;
     this.proposal = null;
     this.listeners = [];
@@ -289,11 +296,12 @@ class TreeView {
       }
       if (msg.kind === "snapshot") this.syncing = false;
       this.seq = msg.seq;
-      const ids = Object.keys(msg.nodes || {});
-      for (const id of ids) {
-        const patch = msg.nodes[id];
+      const ids = [];
+      for (const [id, patch] of Object.entries(msg.nodes || {})) {
+        if (!this.nodes[id] && !("children" in patch)) continue; // a patch of an agent never seen: the snapshot brings it
         this.nodes[id] = { ...(this.nodes[id] || {}), ...patch };
         if ("elapsed_s" in patch) this.recvAt[id] = now;
+        ids.push(id);
       }
       if (msg.run) {
         if ("waiting" in msg.run) {
@@ -360,9 +368,15 @@ class TreeView {
     this.badge = h("span", { class: "rlm-badge" });
     this.runTask = h("span", { class: "rlm-runtask" });
     this.runId = h("span", { class: "rlm-runid" });
+    this.answer = h("div", { class: "rlm-answer" });
     this.totals = h("div", { class: "rlm-totals" });
     const btn = (action, label, title) =>
-      h("button", { class: "rlm-btn", type: "button", dataset: { action }, title }, icon(action), label);
+      h(
+        "button",
+        { class: "rlm-btn", type: "button", dataset: { action }, title },
+        icon(action),
+        label,
+      );
     this.buttons = {
       pause: btn("pause", "Pause", "hold every agent before its next code runs"),
       step: btn("step", "Step", "let one iteration run (with the edited code, if changed)"),
@@ -378,7 +392,12 @@ class TreeView {
       this.control("step", { code: changed ? code : null });
     };
     this.gateLabel = h("span", { class: "rlm-gate-label" });
-    this.controls = h("div", { class: "rlm-controls" }, Object.values(this.buttons), this.gateLabel);
+    this.controls = h(
+      "div",
+      { class: "rlm-controls" },
+      Object.values(this.buttons),
+      this.gateLabel,
+    );
     this.stepCode = h("textarea", {
       class: "rlm-step-code",
       spellcheck: "false",
@@ -390,6 +409,7 @@ class TreeView {
       "div",
       { class: "rlm-header" },
       h("div", { class: "rlm-headline" }, this.badge, this.runTask, this.runId),
+      this.answer,
       this.totals,
       this.controls,
       this.stepBox,
@@ -431,7 +451,7 @@ class TreeView {
       this.fillRow(this.ensureRow(id));
     }
     for (const id of ids) {
-      if (this.nodes[id] && this.nodes[id].children.length) this.placeChildren(id, false);
+      if (this.nodes[id]?.children?.length) this.placeChildren(id, false);
       const p = this.nodes[id]?.parent;
       if (p != null && this.rows.has(p) && !this.rows.get(id).li.isConnected) {
         this.placeChildren(p, false);
@@ -475,13 +495,14 @@ class TreeView {
     const r = this.rows.get(id);
     const s = this.nodes[id];
     if (!r || !s) return;
-    const kids = s.children.filter((c) => this.nodes[c]).map((c) => this.ensureRow(c).li);
+    const children = s.children || [];
+    const kids = children.filter((c) => this.nodes[c]).map((c) => this.ensureRow(c).li);
     const current = Array.from(r.kids.children);
     if (current.length !== kids.length || current.some((li, i) => li !== kids[i])) {
       r.kids.replaceChildren(...kids);
     }
     this.fillRow(r);
-    if (deep) for (const c of s.children) if (this.nodes[c]) this.placeChildren(c, true);
+    if (deep) for (const c of children) if (this.nodes[c]) this.placeChildren(c, true);
   }
 
   fillRow(r) {
@@ -506,7 +527,11 @@ class TreeView {
     r.meta = h("span", { class: "rlm-meta" }, this.metaText(s));
     r.row.replaceChildren(
       r.toggle,
-      h("span", { class: "rlm-icon", title: s.error ? `${s.status}: ${s.error}` : s.status, text: waiting ? WAIT_ICON : ICONS[s.status] || "?" }),
+      h("span", {
+        class: "rlm-icon",
+        title: s.error ? `${s.status}: ${s.error}` : s.status,
+        text: waiting ? WAIT_ICON : ICONS[s.status] || "?",
+      }),
       h("span", { class: "rlm-id", text: id }),
       h("span", { class: "rlm-task", title: s.task, text: task || "(no task)" }),
       r.meta,
@@ -546,6 +571,10 @@ class TreeView {
     this.runTask.textContent = oneLine(run.task) || "(no task)";
     this.runTask.title = run.task || "";
     this.runId.textContent = run.run_id ? `run ${run.run_id}` : "";
+    const answer = run.live || run.answer == null ? "" : text(run.answer);
+    this.answer.hidden = !answer;
+    this.answer.title = answer;
+    this.answer.replaceChildren(h("span", { class: "rlm-dim", text: "answer: " }), oneLine(answer));
     this.renderTotals();
     this.renderControls();
   }
@@ -615,7 +644,10 @@ class TreeView {
     const scroll = this.detail.scrollTop;
     if (!s) {
       this.detail.replaceChildren(
-        h("div", { class: "rlm-hint", text: "Select an agent to see its iterations, code, output and variables." }),
+        h("div", {
+          class: "rlm-hint",
+          text: "Select an agent to see its iterations, code, output and variables.",
+        }),
       );
       return;
     }
@@ -623,7 +655,10 @@ class TreeView {
     const head = h(
       "div",
       { class: "rlm-d-head" },
-      h("span", { class: `rlm-badge rlm-s-${s.status}`, text: `${ICONS[s.status] || "?"} ${s.status}` }),
+      h("span", {
+        class: `rlm-badge rlm-s-${s.status}`,
+        text: `${ICONS[s.status] || "?"} ${s.status}`,
+      }),
       h("span", { class: "rlm-d-id", text: id }),
       h("span", { class: "rlm-d-meta", text: `depth ${s.depth} · ${this.metaText(s)}` }),
     );
@@ -652,7 +687,8 @@ class TreeView {
       this.detail.replaceChildren(...parts);
       return;
     }
-    if (node.error) parts.push(h("pre", { class: "rlm-error rlm-d-error", text: text(node.error) }));
+    if (node.error)
+      parts.push(h("pre", { class: "rlm-error rlm-d-error", text: text(node.error) }));
     if (node.result != null && node.result !== "") {
       parts.push(
         h("div", { class: "rlm-label", text: "Result" }),
@@ -665,10 +701,11 @@ class TreeView {
     const queries = node.llm_queries || [];
     if (queries.length) {
       parts.push(
-        h(
-          "details",
+        this.fold(
+          `${id}:queries`,
+          false,
           { class: "rlm-queries" },
-          h("summary", { text: `llm_query calls (${queries.length})` }),
+          `llm_query calls (${queries.length})`,
           ...queries.map((q) =>
             h(
               "div",
@@ -684,6 +721,17 @@ class TreeView {
     }
     this.detail.replaceChildren(...parts);
     this.detail.scrollTop = scroll;
+  }
+
+  /** A <details> that stays open or closed as the user left it across re-renders. */
+  fold(key, openByDefault, props, title, ...children) {
+    const d = h("details", props, h("summary", { text: title }), ...children);
+    d.open = this.folds.has(key) ? this.folds.get(key) : openByDefault;
+    d.addEventListener("toggle", () => {
+      // the initial (programmatic) open fires "toggle" too; remember only what the user changed
+      if (d.open !== openByDefault || this.folds.has(key)) this.folds.set(key, d.open);
+    });
+    return d;
   }
 
   agentLink(id) {
@@ -711,24 +759,27 @@ class TreeView {
     if (spawned.length) summary.push(`${spawned.length} sub-agent${spawned.length > 1 ? "s" : ""}`);
     if (errors) summary.push(`${errors} error${errors > 1 ? "s" : ""}`);
     if (it.pending_code != null) summary.push("waiting at the step gate");
-    const d = h("details", { class: "rlm-it", dataset: { index: it.index } });
-    d.open = !this.closedIterations.has(key);
-    d.addEventListener("toggle", () => {
-      if (d.open) this.closedIterations.delete(key);
-      else this.closedIterations.add(key);
-    });
-    d.append(h("summary", { text: summary.join(" · ") }));
+    const d = this.fold(
+      key,
+      true,
+      { class: "rlm-it", dataset: { index: it.index } },
+      summary.join(" · "),
+    );
     const llm = String(it.llm_response ?? "");
     const prose = llm.replace(/```[a-zA-Z0-9_-]*\n[\s\S]*?(```|$)/g, "").trim();
     if (prose) {
-      d.append(h("div", { class: "rlm-label", text: "LLM" }), h("pre", { class: "rlm-llm-text", text: prose }));
+      d.append(
+        h("div", { class: "rlm-label", text: "LLM" }),
+        h("pre", { class: "rlm-llm-text", text: prose }),
+      );
     }
     if (llm) {
       d.append(
-        h(
-          "details",
+        this.fold(
+          `${key}:raw`,
+          false,
           { class: "rlm-raw" },
-          h("summary", { text: "full LLM response" }),
+          "full LLM response",
           h("pre", { class: "rlm-llm-text", text: llm }),
         ),
       );
@@ -736,13 +787,22 @@ class TreeView {
     for (const b of blocks) {
       const block = h("div", { class: "rlm-block" });
       const label = h("div", { class: "rlm-label" }, "code");
-      if (b.elapsed_s != null) label.append(h("span", { class: "rlm-dim", text: ` · ${fmtSecs(b.elapsed_s)}` }));
-      if (b.status && b.status !== "ok") label.append(h("span", { class: "rlm-dim", text: ` · ${b.status}` }));
+      if (b.elapsed_s != null)
+        label.append(h("span", { class: "rlm-dim", text: ` · ${fmtSecs(b.elapsed_s)}` }));
+      if (b.status && b.status !== "ok")
+        label.append(h("span", { class: "rlm-dim", text: ` · ${b.status}` }));
       block.append(label, h("pre", { class: "rlm-code", html: highlightPython(b.code) }));
       if (b.output) block.append(h("pre", { class: "rlm-output", text: String(b.output) }));
       if (b.error) block.append(h("pre", { class: "rlm-error", text: String(b.error) }));
       if (b.spawned && b.spawned.length) {
-        block.append(h("div", { class: "rlm-d-links" }, "spawned: ", ...b.spawned.map((c) => this.agentLink(c))));
+        block.append(
+          h(
+            "div",
+            { class: "rlm-d-links" },
+            "spawned: ",
+            ...b.spawned.map((c) => this.agentLink(c)),
+          ),
+        );
       }
       d.append(block);
     }
@@ -751,7 +811,10 @@ class TreeView {
       for (const m of llm.matchAll(/```(?:python|py)?[ \t]*\n([\s\S]*?)```/g)) {
         d.append(
           h("div", { class: "rlm-label", text: "code (running)" }),
-          h("pre", { class: "rlm-code rlm-running-code", html: highlightPython(m[1].replace(/\n$/, "")) }),
+          h("pre", {
+            class: "rlm-code rlm-running-code",
+            html: highlightPython(m[1].replace(/\n$/, "")),
+          }),
         );
       }
     }
@@ -766,7 +829,15 @@ class TreeView {
       const table = h(
         "table",
         { class: "rlm-ns-table" },
-        h("thead", {}, h("tr", {}, ["name", "type", "repr", "size"].map((c) => h("th", { text: c })))),
+        h(
+          "thead",
+          {},
+          h(
+            "tr",
+            {},
+            ["name", "type", "repr", "size"].map((c) => h("th", { text: c })),
+          ),
+        ),
         h(
           "tbody",
           {},
@@ -782,9 +853,15 @@ class TreeView {
           ),
         ),
       );
-      const nsBox = h("details", { class: "rlm-ns" }, h("summary", { text: `namespace after this iteration (${ns.length})` }), table);
-      nsBox.open = last;
-      d.append(nsBox);
+      d.append(
+        this.fold(
+          `${key}:ns`,
+          last,
+          { class: "rlm-ns" },
+          `namespace after this iteration (${ns.length})`,
+          table,
+        ),
+      );
     }
     return d;
   }

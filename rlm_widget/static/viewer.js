@@ -62,7 +62,12 @@
       tr.append(
         cell(ICONS[r.status] || "?", "rlm-v-icon"),
         cell(started, "rlm-v-when"),
-        cell(String(r.task || "").split(/\s+/).join(" ") || r.run_id, "rlm-v-task"),
+        cell(
+          String(r.task || "")
+            .split(/\s+/)
+            .join(" ") || r.run_id,
+          "rlm-v-task",
+        ),
         cell(r.agents == null ? "" : String(r.agents), "rlm-v-num"),
         cell(r.elapsed_s == null ? "" : `${Number(r.elapsed_s).toFixed(1)} s`, "rlm-v-num"),
         cell(u.cost_usd ? `$${Number(u.cost_usd).toFixed(4)}` : "", "rlm-v-num"),
@@ -75,7 +80,12 @@
     }
     runsEl.replaceChildren(table);
     if (!index.length) {
-      runsEl.append(Object.assign(document.createElement("p"), { className: "rlm-v-note", textContent: "No runs in index.json yet." }));
+      runsEl.append(
+        Object.assign(document.createElement("p"), {
+          className: "rlm-v-note",
+          textContent: "No runs in index.json yet.",
+        }),
+      );
     }
   }
 
@@ -97,7 +107,12 @@
     if (location.hash !== `#run=${runId}`) history.replaceState(null, "", `#run=${runId}`);
     if (current) current.dispose();
     current = null;
-    treeEl.replaceChildren(Object.assign(document.createElement("p"), { className: "rlm-v-note", textContent: "loading…" }));
+    treeEl.replaceChildren(
+      Object.assign(document.createElement("p"), {
+        className: "rlm-v-note",
+        textContent: "loading…",
+      }),
+    );
     let rec;
     try {
       rec = await loadRecord(entry);

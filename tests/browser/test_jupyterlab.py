@@ -1,0 +1,343 @@
+"""The agent tree live in JupyterLab 4: a `%%rlm --step` cell on the `rlm` kernel, driven through
+the widget's buttons in headless Chromium (root, 4 children, 2 grandchildren)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlm_kernel.cli import main as rlm_main
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+MODEL = Path(__file__).parents[1] / "widget" / "models" / "tree7.py"
+SCREENSHOT = Path(__file__).parents[2] / "docs" / "images" / "agent-tree.png"
+LATENCY = "0.3"  # per LLM call: slow enough that Pause lands while agents are between gates
+
+
+def _display_shows_the_tree() -> bool:
+    """Whether the `%%rlm` outputs include the widget yet (rlm_kernel/display.py or magics.py)."""
+    from rlm_kernel import display, magics
+
+    return any("AgentTree" in inspect.getsource(m) for m in (display, magics))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Lab:
+    """A JupyterLab server started for the test (private Jupyter dirs, token, fixed port)."""
+
+    def __init__(self, root: Path, base: Path) -> None:
+        self.root = root
+        self.token = secrets.token_hex(16)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        settings = base / "lab-settings"
+        notif = settings / "@jupyterlab" / "apputils-extension"
+        notif.mkdir(parents=True)
+        # no news or update toasts over the notebook
+        (notif / "notification.jupyterlab-settings").write_text(
+            json.dumps({"fetchNews": "false", "checkForUpdates": False})
+        )
+        env = dict(os.environ)
+        env.update(
+            JUPYTER_PATH=str(base / "prefix" / "share" / "jupyter"),
+            JUPYTER_DATA_DIR=str(base / "data"),
+            JUPYTER_CONFIG_DIR=str(base / "config"),
+            JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+            IPYTHONDIR=str(base / "ipython"),
+            RLM_TREE7_LATENCY=LATENCY,
+        )
+        self.log = open(base / "jupyterlab.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyter",
+                "lab",
+                "--allow-root",
+                "--no-browser",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={self.port}",
+                "--ServerApp.port_retries=0",
+                f"--ServerApp.token={self.token}",
+                f"--ServerApp.root_dir={root}",
+                f"--LabApp.user_settings_dir={settings}",
+                f"--LabApp.workspaces_dir={base / 'workspaces'}",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_up()
+
+    def api(self, path: str, method: str = "GET") -> Any:
+        req = urllib.request.Request(
+            f"{self.url}api/{path}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def wait_up(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited: {self.log_text()}")
+            try:
+                self.api("status")
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"JupyterLab did not start: {self.log_text()}")
+
+    def wait_kernel_ready(self, timeout: float = 60) -> None:
+        """Cold-kernel trap: the page can look idle before the kernel is connected."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ks = self.api("kernels")
+            if any(k["execution_state"] == "idle" and k["connections"] >= 1 for k in ks):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"no idle, connected kernel: {self.api('kernels')}")
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-4000:]
+
+    def stop(self) -> None:
+        try:
+            for k in self.api("kernels"):
+                self.api(f"kernels/{k['id']}", method="DELETE")  # kernels remove their sandboxes
+        except OSError:
+            pass
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """JupyterLab with the `rlm` kernelspec installed into a private prefix."""
+    base = tmp_path / "jupyter"
+    assert rlm_main(["kernel", "install", "--prefix", str(base / "prefix")]) == 0
+    root = tmp_path / "root"
+    root.mkdir()
+    server = Lab(root, base)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _notebook(path: Path, source: str) -> None:
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": "rlm-step",
+                "metadata": {},
+                "outputs": [],
+                "source": source,
+            }
+        ],
+        "metadata": {
+            "kernelspec": {"name": "rlm", "display_name": "RLM (Python)", "language": "python"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb))
+
+
+def _wait(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _settle(read: Callable[[], Any], quiet: float, timeout: float) -> Any:
+    """The value of `read()` once it has not changed for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    value, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        new = read()
+        if new != value:
+            value, since = new, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return value
+    raise AssertionError(f"still changing after {timeout} s: {value}")
+
+
+def test_step_pause_continue_in_jupyterlab(lab: Lab, page: Any, tmp_path: Path) -> None:
+    if not _display_shows_the_tree():
+        pytest.skip(
+            "the %%rlm outputs do not show rlm_widget.AgentTree yet (rlm_kernel/display.py)"
+        )
+    try:
+        _drive(lab, page, tmp_path)
+    except Exception as exc:
+        shot = tmp_path / "failure.png"
+        page.screenshot(path=str(shot))
+        raise AssertionError(
+            f"{exc}\nscreenshot: {shot}\nJupyterLab log:\n{lab.log_text()}"
+        ) from exc
+
+
+def _drive(lab: Lab, page: Any, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    _notebook(
+        lab.root / "tree.ipynb",
+        f"%%rlm --step --model scripted/{MODEL} --results-dir {results} --max-sandboxes 20\n"
+        "survey the project",
+    )
+    page.goto(f"{lab.url}lab/tree/tree.ipynb?token={lab.token}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
+    lab.wait_kernel_ready()
+    page.locator(".jp-Cell .cm-content").first.click()
+    page.keyboard.press("Shift+Enter")
+
+    tree = page.locator(".rlm-agent-tree")
+    tree.wait_for(timeout=60_000)
+
+    def rows() -> dict[str, dict[str, str | None]]:
+        return dict(
+            page.evaluate(
+                """() => Object.fromEntries([...document.querySelectorAll('.rlm-row')].map(r =>
+                    [r.dataset.id, {status: r.dataset.status, executed: r.dataset.executed,
+                                    waiting: r.dataset.waiting ?? null}]))"""
+            )
+        )
+
+    def waiting() -> set[tuple[str, str]]:
+        return {(a, str(r["waiting"])) for a, r in rows().items() if r["waiting"] is not None}
+
+    def totals() -> tuple[str, str]:
+        return (
+            tree.locator('.rlm-total[data-k="iterations"] b').inner_text(),
+            tree.locator('.rlm-total[data-k="calls"] b').inner_text(),
+        )
+
+    def click(action: str) -> None:
+        tree.locator(f'.rlm-controls .rlm-btn[data-action="{action}"]').click()
+
+    # step mode: the root waits with its proposed code in the editor
+    _wait(lambda: ("root", "0") in waiting(), 60, "the root at the step gate")
+    assert "rlm_query_batched" in tree.locator(".rlm-step-code").input_value()
+    click("step")  # the root's code runs and starts four children, which stop at the gate
+    _wait(lambda: len(waiting()) == 4, 60, "four children at the gate")
+    assert page.locator('li[data-id="root"] > ul > li').count() == 4
+
+    # Pause: after Continue has let agents go, nothing new happens for 2 s
+    click("resume")
+    time.sleep(0.1)
+    click("pause")
+    # LLM calls, sandbox starts and code already running when Pause was pressed end at the gate
+    before = _settle(lambda: (rows(), totals(), waiting()), quiet=1.0, timeout=30)
+    assert before[2], "nothing is waiting at the gate after Pause"
+    time.sleep(2.0)
+    assert (rows(), totals(), waiting()) == before
+    assert tree.locator(".rlm-badge").first.get_attribute("data-status") == "running"
+
+    # Step: exactly one waiting iteration (the one shown in the editor) goes
+    label = tree.locator(".rlm-gate-label").inner_text()
+    m = re.search(r"‖ (\S+), iteration (\d+), waits", label)
+    assert m, label
+    head = (m.group(1), str(int(m.group(2)) - 1))
+    assert head in before[2]
+    click("step")
+    _wait(lambda: head not in waiting(), 10, f"{head} to pass the gate")
+    time.sleep(1.5)
+    # every other waiting iteration still waits (agents may join the queue: the stepped one's
+    # next iteration, or its sub-agents)
+    assert before[2] - {head} <= waiting(), "another agent passed the gate"
+
+    # Continue: the run finishes
+    click("resume")
+    _wait(
+        lambda: tree.locator(".rlm-badge").first.get_attribute("data-status") == "done",
+        90,
+        "the run to finish",
+    )
+    final = rows()
+    assert sorted(final) == [
+        "root",
+        "root.0",
+        "root.0.0",
+        "root.1",
+        "root.1.0",
+        "root.2",
+        "root.3",
+    ]
+    assert {r["status"] for r in final.values()} == {"done"}
+    for parent, kids in {
+        "root": ["root.0", "root.1", "root.2", "root.3"],
+        "root.0": ["root.0.0"],
+        "root.1": ["root.1.0"],
+        "root.2": [],
+    }.items():
+        got = page.evaluate(
+            "p => [...document.querySelectorAll(`li[data-id='${p}'] > ul > li`)]"
+            ".map(li => li.dataset.id)",
+            parent,
+        )
+        assert got == kids, (parent, got)
+    assert tree.locator(".rlm-controls").is_hidden()
+
+    # a child's code and output
+    tree.locator('.rlm-row[data-id="root.2"]').click()
+    detail = tree.locator(".rlm-detail")
+    _wait(lambda: detail.locator(".rlm-output").count() > 0, 10, "root.2's output")
+    assert "found = 16" in detail.locator(".rlm-code").first.inner_text()
+    assert "working on count lines in c: 16" in detail.locator(".rlm-output").first.inner_text()
+
+    # the picture for the README: the cell and its tree, the root selected
+    tree.locator('.rlm-row[data-id="root"]').click()
+    cell = page.locator(".jp-Cell").first
+    cell.scroll_into_view_if_needed()
+    page.mouse.move(0, 0)  # no hover highlight in the picture
+    top = cell.bounding_box()
+    box = tree.bounding_box()
+    assert top and box
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(
+        path=str(SCREENSHOT),
+        clip={
+            "x": top["x"],
+            "y": top["y"],
+            "width": top["width"],
+            "height": box["y"] + box["height"] - top["y"] + 2,
+        },
+    )
