@@ -40,9 +40,13 @@ def _need_chromium() -> None:
     pytest.skip(msg)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session (each test gets its own context and page)."""
+    """One headless Chromium for the browser tests (each test gets its own context and page).
+
+    Package scope, not session: playwright's sync API keeps an event loop running on the main
+    thread while it is open, which would break later in-process IPython tests.
+    """
     _need_chromium()
     from playwright.sync_api import sync_playwright
 
