@@ -97,10 +97,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "cleanup",
         help="remove sandboxes left behind by crashed runs",
         description="Remove leftover local sandboxes (worktrees, temporary files) of runs "
-        "that are no longer running.",
+        "that are no longer running; with --sandbox daytona, delete the Daytona sandboxes "
+        "labelled with an rlm run id (all, or --run ID's).",
     )
     c.add_argument(
-        "--sandbox", choices=["local"], default="local", help="backend to clean (default: local)"
+        "--sandbox",
+        choices=["local", "daytona"],
+        default="local",
+        help="backend to clean (default: local)",
     )
     c.add_argument("--run", metavar="ID", help="only this run")
 
@@ -279,9 +283,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """`rlm cleanup`: remove leftover local sandboxes of runs that are not running."""
+    from .sandbox.base import SandboxError
     from .sandbox.cleanup import cleanup_local
 
-    removed = cleanup_local(run_id=args.run)
+    if args.sandbox == "daytona":
+        from .sandbox.daytona import cleanup_daytona
+
+        try:
+            removed = cleanup_daytona(run_id=args.run)
+        except SandboxError as exc:
+            sys.stderr.write(f"rlm cleanup: {exc}\n")
+            return EXIT_USAGE
+    else:
+        removed = cleanup_local(run_id=args.run)
     for line in removed:
         sys.stderr.write(f"removed {line}\n")
     sys.stderr.write(f"{len(removed)} leftover sandbox(es) removed\n")

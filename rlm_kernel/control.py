@@ -167,6 +167,12 @@ class StepGate:
         with self._cond:
             return [{"agent_id": w.agent_id, "index": w.index, "code": w.code} for w in self._queue]
 
+    @property
+    def pending_steps(self) -> int:
+        """Steps granted (`step`) that no agent has taken yet."""
+        with self._cond:
+            return self._tokens
+
     def wait(self, agent_id: str, index: int, code: str, cancel: threading.Event) -> str | None:
         """Block while paused; return replacement code given with the step, if any."""
         with self._cond:

@@ -12,6 +12,8 @@ import argparse
 import os
 import re
 import shlex
+import textwrap
+import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from IPython.core.error import UsageError
@@ -84,6 +86,8 @@ SUBCOMMANDS: dict[str, str] = {
     "tree [RUN]": "the agent tree of a live or recorded run",
     "result [RUN]": "show a run's answer, patch and summary again",
     "step [--run RUN] [--code FILE_VAR_OR_CODE]": "let one iteration run (optionally your code)",
+    "wait [--gate] [--timeout S] [--run RUN]": "block until the run ends (--gate: or an agent "
+    "waits at the step gate, shown with its proposed code)",
     "continue [--run RUN]": "leave step mode: run freely",
     "pause [--run RUN]": "hold every agent before its next code",
     "cancel [AGENT] [--run RUN]": "cancel the run, or one agent and its sub-tree",
@@ -117,7 +121,10 @@ def line_parser() -> argparse.ArgumentParser:
             sp.add_argument("agent", nargs="?", metavar="AGENT")
         if name == "ns":
             sp.add_argument("--live", action="store_true", help="read the live namespace")
-        if name in ("step", "continue", "pause", "cancel", "ns", "attach"):
+        if name == "wait":
+            sp.add_argument("--gate", action="store_true", help="also return at the step gate")
+            sp.add_argument("--timeout", type=float, default=600.0, metavar="S")
+        if name in ("step", "wait", "continue", "pause", "cancel", "ns", "attach"):
             sp.add_argument("--run", metavar="RUN", help="a run id (default: the latest)")
     return p
 
@@ -139,6 +146,15 @@ def _split(line: str) -> list[str]:
         raise UsageError(f"cannot parse the options: {exc}") from None
 
 
+def _expand(session: RLMSession, tokens: list[str]) -> list[str]:
+    """`{var}` in an option or argument → `str(var)` from the namespace (`{{`/`}}`: braces).
+
+    Token by token, after splitting, so a value with spaces stays one argument. Tokens without
+    a brace are left alone (and never start the notebook's sandbox).
+    """
+    return [session.interpolate(t) if "{" in t or "}" in t else t for t in tokens]
+
+
 # -- %%rlm ----------------------------------------------------------------------------------------
 
 
@@ -153,7 +169,7 @@ def start_cell(
     from .signature import SignatureError
 
     try:
-        args = cell_parser().parse_args(_split(line))
+        args = cell_parser().parse_args(_expand(session, _split(line)))
     except _HelpShown:
         return None
     if args.out is not None and not args.out.isidentifier():
@@ -281,7 +297,7 @@ class RLMMagics(Magics):
             args = line_parser().parse_args(_split(head))
             return self._step(args.run, self._code(code.strip()))
         try:
-            args = line_parser().parse_args(_split(raw) or ["help"])
+            args = line_parser().parse_args(_expand(self.session, _split(raw)) or ["help"])
         except _HelpShown:
             return None
         getattr(self, f"_cmd_{args.cmd}")(args)
@@ -474,6 +490,28 @@ class RLMMagics(Magics):
 
     def _cmd_step(self, a: argparse.Namespace) -> None:
         self._step(a.run, None)
+
+    def _cmd_wait(self, a: argparse.Namespace) -> None:
+        """Block until the run ends (and bind its result), or with --gate until an agent waits
+        at the step gate with no step left to take; then show who waits with which code."""
+        h = self.session.find(a.run)
+        gate = h.run.gate
+        deadline = time.monotonic() + a.timeout
+        while not h.run.done:
+            if a.gate and gate.waiting and gate.pending_steps == 0:
+                for w in gate.waiting:
+                    code = textwrap.indent(str(w["code"]).rstrip(), "    ")
+                    print(f"{w['agent_id']}@{w['index']} waits at the step gate to run:\n{code}")
+                return
+            if time.monotonic() > deadline:
+                raise UsageError(
+                    f"%rlm wait: run {h.run_id} is still running after {a.timeout:g} s"
+                )
+            time.sleep(0.05)
+            h.view.refresh()
+        h.finish(bind=False)
+        h.bind()
+        print(f"{h.run_id}: {h.run.status}")
 
     def _cmd_continue(self, a: argparse.Namespace) -> None:
         h = self._live(a.run)

@@ -437,7 +437,7 @@ class Run:
         self.llm.check_ready(self.config.model.name)
         if self.config.model.sub_model:
             self.llm.check_ready(self.config.model.sub_model)
-        backend_class(self.config.sandbox.backend)
+        backend_class(self.config.sandbox.backend).check(self.config)
 
     def start(self) -> None:
         """Validate, then run in a background thread."""

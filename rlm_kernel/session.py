@@ -82,7 +82,7 @@ def interpolate(text: str, lookup: Callable[[str], Any]) -> str:
     if missing:
         names = ", ".join(dict.fromkeys(missing))
         raise UsageError(
-            f"%%rlm: no variable named {names} for {{…}} in the task "
+            f"%rlm: no variable named {names} for {{…}} "
             "(define it first, or write {{ and }} for literal braces)"
         )
     return out

@@ -146,6 +146,18 @@ def test_unknown_names_are_a_usage_error_naming_them(shell: Any) -> None:
     assert not (Path(session_for(shell).config().results_dir)).exists()  # nothing started
 
 
+def test_options_and_line_commands_interpolate_variables(shell: Any) -> None:
+    shell.user_ns["MODEL"] = "scripted/some model.py"
+    shell.user_ns["depth"] = 2
+    shell.run_line_magic("rlm", "config model.name={MODEL} max_depth={depth}")
+    cfg = session_for(shell).config()
+    assert (cfg.model.name, cfg.rlm.max_depth) == ("scripted/some model.py", 2)
+    with pytest.raises(UsageError, match="no variable named nope"):
+        shell.run_line_magic("rlm", "config model.name={nope}")
+    with pytest.raises(UsageError, match="no variable named nope"):
+        shell.run_cell_magic("rlm", "--repo {nope}", "a task")
+
+
 # -- configuration --------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ __all__ = ["BACKENDS", "backend_class"]
 # name -> "module:Class"; imported on first use so the local backend never loads the Daytona SDK.
 BACKENDS: dict[str, str] = {
     "local": "rlm_kernel.sandbox.local:LocalSandbox",
+    "daytona": "rlm_kernel.sandbox.daytona:DaytonaSandbox",
 }
 
 
@@ -22,11 +23,6 @@ def backend_class(name: str) -> type[Sandbox]:
 
     path = BACKENDS.get(name)
     if path is None:
-        if name == "daytona":
-            raise SandboxError(
-                "the daytona sandbox backend is not available in this version yet; "
-                "use --sandbox local (sandbox.backend: local)"
-            )
         raise SandboxError(
             f"unknown sandbox backend {name!r}; choose one of: {', '.join(BACKENDS)}"
         )

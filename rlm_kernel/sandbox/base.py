@@ -84,6 +84,14 @@ class Sandbox(abc.ABC):
         self.closed = False
         self._close_lock = threading.Lock()
 
+    @classmethod
+    def check(cls, config: Any = None) -> None:
+        """Check, before anything is created, that this backend can be used (e.g. credentials).
+
+        Raises SandboxError with a clear message; the default accepts.
+        """
+        return None
+
     def info(self) -> dict[str, Any]:
         """`{backend, id, path}` for records."""
         return {"backend": self.backend, "id": self.id, "path": self.path}

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[str, dict[str, Any]], Any]
 Deliver = Callable[[str, bytes], None]
+NOTICES = frozenset({"snapshot", "display", "cell_error"})  # ops that get no reply (run in order)
 
 
 class BridgeRefused(Exception):
@@ -138,7 +139,7 @@ class Bridge:
             return
         op = str(body.get("op"))
         args = body.get("args") or {}
-        if op == "snapshot":
+        if op in NOTICES:
             self._run(body, op, args, reply=False)
             return
         t = threading.Thread(

@@ -14,7 +14,9 @@ Bridge protocol (version 1), shared by every backend:
 - reply: the host writes ``<bridge_dir>/<id>.json`` = ``{"ok": true, "value": ...}`` or
   ``{"ok": false, "error": "..."}`` (atomically: written under another name, then renamed);
   the runtime polls for it.
-- notices (no reply): op ``snapshot`` carries the namespace summary after an iteration.
+- notices (no reply): op ``snapshot`` carries the namespace summary after an iteration;
+  ``display`` carries a rich-display bundle and ``cell_error`` a cell's exception (backends whose
+  REPL is not IPython, e.g. a Daytona code-interpreter context, see `Runtime.run_cell`).
 """
 
 from __future__ import annotations
@@ -159,8 +161,15 @@ class Runtime:
         while not os.path.exists(path):
             time.sleep(delay)
             delay = min(delay * 1.5, 0.01)
-        with open(path, encoding="utf-8") as fh:
-            reply = json.load(fh)
+        for _ in range(3000):  # a reply uploaded in place (Daytona) may be read half-written
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    reply = json.load(fh)
+                break
+            except ValueError:
+                time.sleep(0.01)
+        else:
+            raise BridgeError("the host's reply could not be read")
         with contextlib.suppress(OSError):
             os.unlink(path)
         if not reply.get("ok"):
@@ -190,6 +199,91 @@ class Runtime:
             if self.ns.get(name) is not value:
                 self.ns[name] = value
         self.exec_id = ""
+
+    def run_cell(self, code: str) -> None:
+        """Run a cell without IPython (Daytona): last expression shown, FINAL silent, errors sent.
+
+        The exception of a failing cell goes to the host as a ``cell_error`` notice with a
+        traceback of the cell's own frames; a FINAL/SUBMIT ends the cell without one.
+        """
+        import ast
+        import traceback
+
+        try:
+            tree = ast.parse(code, "<cell>", "exec")
+            last = None
+            tail = tree.body[-1] if tree.body else None
+            if isinstance(tail, ast.Expr):
+                tree.body.pop()
+                last = ast.Expression(tail.value)
+            exec(compile(tree, "<cell>", "exec"), self.ns)
+            if last is not None:
+                value = eval(compile(last, "<cell>", "eval"), self.ns)
+                if value is not None:
+                    self.ns["_"] = value
+                    self.display(value, result=True)
+        except FinalAnswer:
+            pass
+        except BaseException as exc:
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_frame.f_code.co_filename != "<cell>":
+                tb = tb.tb_next
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            self.notify("cell_error", ename=type(exc).__name__, evalue=str(exc), traceback=text)
+        finally:
+            self._show_figures()
+
+    def display(self, obj: Any, result: bool = False) -> None:
+        """Send a rich-display bundle (text/plain, html, markdown, png, ...) to the host."""
+        data: dict[str, Any] = {}
+        for meth, mime in (
+            ("_repr_html_", "text/html"),
+            ("_repr_markdown_", "text/markdown"),
+            ("_repr_svg_", "image/svg+xml"),
+            ("_repr_png_", "image/png"),
+            ("_repr_json_", "application/json"),
+        ):
+            fn = getattr(obj, meth, None)
+            if callable(fn) and not isinstance(obj, type):
+                try:
+                    value = fn()
+                except Exception:
+                    continue
+                if value is None:
+                    continue
+                if isinstance(value, tuple):
+                    value = value[0]
+                if isinstance(value, bytes):
+                    value = base64.b64encode(value).decode()
+                data[mime] = value
+        try:
+            data["text/plain"] = repr(obj)
+        except Exception as exc:
+            data["text/plain"] = f"<repr failed: {exc!r}>"
+        self.notify("display", data=data, result=result)
+
+    def _show_figures(self) -> None:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        try:
+            import io
+
+            for num in plt.get_fignums():
+                buf = io.BytesIO()
+                plt.figure(num).savefig(buf, format="png", bbox_inches="tight")
+                png = base64.b64encode(buf.getvalue()).decode()
+                self.notify(
+                    "display",
+                    data={"image/png": png, "text/plain": f"<Figure {num}>"},
+                    result=False,
+                )
+            plt.close("all")
+        except Exception:
+            pass
 
     def reset(self) -> None:
         """Forget a previous agent's ending (a new run's root agent takes over this REPL)."""
@@ -388,6 +482,15 @@ def install(target: Any, cfg: dict[str, Any]) -> Runtime:
     ns["__rlm__"] = rt
     rt.reserved = {k: ns[k] for k in RESERVED if k in ns}
     rt._baseline = set(ns) - set(RESERVED)
+    if shell is None:
+        # No IPython (a Daytona context): a display() that sends bundles through the bridge.
+        def display(*objs: Any) -> None:
+            """Show objects richly in the notebook (HTML, images, ...), like IPython's display()."""
+            for obj in objs:
+                rt.display(obj)
+
+        ns.setdefault("display", display)
+        os.environ.setdefault("MPLBACKEND", "Agg")
     if shell is not None:
 
         def _quiet(shell: Any, etype: Any, value: Any, tb: Any, tb_offset: Any = None) -> None:

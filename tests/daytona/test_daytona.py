@@ -1,0 +1,299 @@
+"""The Daytona backend against the local emulator (tests/daytona/emulator.py), real SDK unmodified."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# tests/daytona is on sys.path (it has no __init__.py: the name `daytona` is the SDK's)
+from emulator import DaytonaEmulator
+
+import rlm_kernel
+from rlm_kernel.config import RLMConfig
+from rlm_kernel.runner import Run
+from rlm_kernel.sandbox.base import SandboxError, SandboxSpec
+from rlm_kernel.sandbox.workspace import resolve_target
+
+
+@pytest.fixture(scope="module")
+def emulator_server() -> Iterator[DaytonaEmulator]:
+    emu = DaytonaEmulator(timeout_grace_s=0.5).start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def emulator(
+    emulator_server: DaytonaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DaytonaEmulator]:
+    """The emulator, with DAYTONA_* pointing at it and its fault knobs reset."""
+    emu = emulator_server
+    monkeypatch.setenv("DAYTONA_API_KEY", emu.api_key)
+    monkeypatch.setenv("DAYTONA_API_URL", emu.api_url)
+    monkeypatch.setenv("DAYTONA_TARGET", "emu")
+    emu.fail_creates = 0
+    emu.fail_agents = set()
+    emu.drop_next_ws = False
+    emu.created = emu.deleted = emu.create_requests = 0
+    yield emu
+    assert not emu.sandboxes, f"sandboxes left in the emulator: {list(emu.sandboxes)}"
+
+
+Config = Callable[..., RLMConfig]
+
+
+def nodes(tree: dict[str, Any] | None) -> list[dict[str, Any]]:
+    out, stack = [], [tree] if tree else []
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        stack.extend(n["children"])
+    return out
+
+
+def _sandbox(repo: Path | None = None, handler: Any = None) -> Any:
+    from rlm_kernel.sandbox.daytona import DaytonaSandbox
+
+    spec = SandboxSpec(
+        run_id="t-" + os.urandom(3).hex(),
+        agent_id="root",
+        target=resolve_target(repo),
+        handler=handler or (lambda op, args: ["reply:" + json.dumps(args)]),
+        runtime_cfg={"agent_id": "root", "depth": 0, "tools": []},
+    )
+    sb = DaytonaSandbox(spec)
+    sb.start()
+    return sb
+
+
+def test_three_level_demo_run_matches_the_local_backend(
+    tmp_path: Path, emulator: DaytonaEmulator
+) -> None:
+    from rlm_kernel.demo import prepare_demo
+
+    repo, model, prompt = prepare_demo(tmp_path)
+    flat = {"model.name": model, "model.retries": 0}
+    local = rlm_kernel.run(
+        prompt,
+        repo,
+        config=RLMConfig().with_overrides({**flat, "results_dir": str(tmp_path / "local")}),
+    )
+    res = rlm_kernel.run(
+        prompt,
+        repo,
+        config=RLMConfig().with_overrides(
+            {**flat, "results_dir": str(tmp_path / "dt"), "sandbox.backend": "daytona"}
+        ),
+    )
+    assert local.status == res.status == "done", res.error
+    assert res.patch == local.patch
+    assert "textkit/lines.py" in res.patch and "new file mode" in res.patch
+    assert res.answer == local.answer
+    record_text = Path(str(res.record_path)).read_text()
+    assert emulator.api_key not in record_text
+    record = json.loads(record_text)
+    local_record = json.loads(Path(str(local.record_path)).read_text())
+    got = {n["agent_id"]: n for n in nodes(record["root"])}
+    want = {n["agent_id"]: n for n in nodes(local_record["root"])}
+    assert len(got) == 7 and sorted(got) == sorted(want)
+    for aid, node in got.items():
+        assert node["status"] == want[aid]["status"] == "done"
+        assert node["sandbox"]["backend"] == "daytona"
+        assert node["usage"]["llm_calls"] == want[aid]["usage"]["llm_calls"]
+        outs = [b["output"] for it in node["iterations"] for b in it["code_blocks"]]
+        assert outs == [b["output"] for it in want[aid]["iterations"] for b in it["code_blocks"]]
+    assert emulator.created == 7 and emulator.deleted == 7
+
+
+def test_repl_basics_display_errors_push_pull_diff(
+    tmp_path: Path, make_repo: Any, emulator: DaytonaEmulator
+) -> None:
+    repo = make_repo()
+    sb = _sandbox(repo)
+    try:
+        assert sb.id in emulator.sandboxes
+        labels = emulator.sandboxes[sb.id].labels
+        assert labels["rlm-run"] == sb.spec.run_id and labels["rlm-agent"] == "root"
+        assert emulator.sandboxes[sb.id].auto_stop_interval == 0
+        r = sb.execute("x = 20\nprint('hi')\nx + 1", timeout=30)
+        assert r.status == "ok" and r.output == "hi\n21\n", r
+        r = sb.execute("print(llm_query('q'))", timeout=30)
+        assert r.output.startswith("reply:") and '"prompts": ["q"]' in r.output
+        r = sb.execute("def f():\n    raise ValueError('boom')\nf()", timeout=30)
+        assert r.status == "error" and "ValueError: boom" in (r.error or "")
+        assert "run_cell" not in (r.error or "") and 'File "<cell>"' in (r.error or "")
+        r = sb.execute("FINAL('done')\nprint('after')", timeout=30)
+        assert r.status == "ok" and "after" not in r.output and "Traceback" not in r.output
+        r = sb.execute(
+            "class H:\n    def _repr_html_(self):\n        return '<b>x</b>'\ndisplay(H())",
+            timeout=30,
+        )
+        assert r.outputs[0]["content"]["data"]["text/html"] == "<b>x</b>"
+        sb.push("pushed", {"a": [1, 2]})
+        assert sb.pull("pushed") == {"a": [1, 2]}
+        with pytest.raises(KeyError):
+            sb.pull("nope")
+        sb.execute(
+            "edit_file('pkg/mod.py', 'VALUE = 1', 'VALUE = 2')\nopen('new.txt','w').write('n')",
+            timeout=30,
+        )
+        patch = sb.diff()
+        assert "+VALUE = 2" in patch and "new.txt" in patch
+        names = {v["name"] for v in sb.snapshot()}
+        assert {"x", "pushed"} <= names
+    finally:
+        sb.close()
+        sb.close()  # idempotent
+    assert sb.id not in emulator.sandboxes
+
+
+def test_a_restarted_context_is_detected_and_reported(emulator: DaytonaEmulator) -> None:
+    sb = _sandbox()
+    try:
+        assert sb.execute("x = 1", timeout=30).status == "ok"
+        assert emulator.restart_contexts(sb.id) == 1
+        r = sb.execute("print(x)", timeout=30)
+        assert r.status == "restarted" and r.namespace_lost
+        assert "variables are lost" in (r.error or "")
+        r = sb.execute("print('x' in globals(), callable(llm_query))", timeout=30)
+        assert r.status == "ok" and r.output == "False True\n"  # the runtime is back
+    finally:
+        sb.close()
+
+
+def test_a_timeout_restart_is_reported_to_the_model(
+    config: Config, emulator: DaytonaEmulator
+) -> None:
+    res = rlm_kernel.run(
+        "restart",
+        config=config(
+            str(Path(__file__).parent / "scripted_restart.py"),
+            sandbox__backend="daytona",
+            rlm__exec_timeout=1,
+        ),
+    )
+    assert res.status == "done", res.error
+    assert res.answer == "x_survived=False told=True"
+    block = res.tree["iterations"][1]["code_blocks"][0]
+    assert "variables are lost" in block["output"]
+
+
+def test_a_dropped_websocket_does_not_rerun_the_cell(emulator: DaytonaEmulator) -> None:
+    sb = _sandbox()
+    try:
+        emulator.drop_next_ws = True
+        code = "import time\nprint('start', flush=True)\ntime.sleep(0.3)\nopen('runs.txt', 'a').write('x')"
+        r = sb.execute(code, timeout=30)
+        assert r.status == "error" and "NOT run again" in (r.error or "")
+        r = sb.execute("print(open('runs.txt').read())", timeout=30)
+        assert r.output == "x\n", r  # it ran exactly once
+    finally:
+        sb.close()
+
+
+def test_a_failed_creation_fails_that_agent_and_the_run_goes_on(
+    config: Config, emulator: DaytonaEmulator
+) -> None:
+    emulator.fail_agents = {"root.1"}
+    res = rlm_kernel.run("sandboxes", config=config("limits.py", sandbox__backend="daytona"))
+    assert res.status == "done", res.error
+    got = json.loads(res.answer)
+    assert [g[1] for g in got] == ["done", "error", "done"]
+    assert "500" in got[1][0] or "could not create" in got[1][0], got[1][0]
+    failed = next(n for n in nodes(res.tree) if n["agent_id"] == "root.1")
+    assert failed["status"] == "error" and "Daytona could not create" in failed["error"]
+    assert emulator.created == emulator.deleted == 3
+
+
+def test_cancel_in_the_middle_removes_every_sandbox(
+    config: Config, emulator: DaytonaEmulator
+) -> None:
+    run = Run("timeout", config=config("limits.py", sandbox__backend="daytona"))
+    run.start()
+    deadline = time.monotonic() + 30
+    while len(emulator.sandboxes) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert len(emulator.sandboxes) == 3
+    t0 = time.monotonic()
+    run.cancel()
+    res = run.wait(30)
+    assert time.monotonic() - t0 < 10
+    assert res.status == "cancelled"
+    assert not emulator.sandboxes and emulator.created == emulator.deleted == 3
+
+
+def test_global_timeout_removes_every_sandbox(config: Config, emulator: DaytonaEmulator) -> None:
+    res = rlm_kernel.run(
+        "timeout", config=config("limits.py", sandbox__backend="daytona", rlm__global_timeout=4)
+    )
+    assert res.status == "timeout"
+    assert {n["status"] for n in nodes(res.tree)} == {"timeout"}
+    assert not emulator.sandboxes and emulator.created == emulator.deleted == 3
+
+
+@pytest.mark.parametrize("key", ["wrong-key", ""])
+def test_a_wrong_or_missing_key_is_a_clear_error_before_anything_is_created(
+    config: Config,
+    emulator: DaytonaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    key: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.setenv("DAYTONA_API_KEY", key)
+    run = Run("x", config=config("limits.py", sandbox__backend="daytona"))
+    with pytest.raises(SandboxError, match="DAYTONA_API_KEY") as info:
+        run.prepare()
+    if key:
+        assert key not in str(info.value) and "rejected" in str(info.value)
+    assert emulator.create_requests == 0
+
+
+def test_cleanup_deletes_labelled_leftovers(emulator: DaytonaEmulator) -> None:
+    import subprocess
+    import sys
+
+    a, b = _sandbox(), _sandbox()
+    try:
+        env = dict(os.environ)
+        rlm = str(Path(sys.executable).parent / "rlm")
+        proc = subprocess.run(
+            [rlm, "cleanup", "--sandbox", "daytona", "--run", a.spec.run_id],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "1 leftover" in proc.stderr
+        assert a.id not in emulator.sandboxes and b.id in emulator.sandboxes
+        proc = subprocess.run(
+            [rlm, "cleanup", "--sandbox", "daytona"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 0 and not emulator.sandboxes
+    finally:
+        a.close()
+        b.close()
+
+
+def test_parallel_creation(config: Config, emulator: DaytonaEmulator) -> None:
+    emulator.create_delay_s = 0.5
+    try:
+        t0 = time.monotonic()
+        res = rlm_kernel.run("sandboxes", config=config("limits.py", sandbox__backend="daytona"))
+        elapsed = time.monotonic() - t0
+    finally:
+        emulator.create_delay_s = 0.0
+    assert res.status == "done", res.error
+    assert elapsed < 0.5 * 4 + 2.5, elapsed  # root, then the three children at once

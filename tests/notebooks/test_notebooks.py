@@ -1,0 +1,129 @@
+"""The teaching notebooks, executed headless by nbclient on the `rlm` kernel with their scripted
+models, and their key outputs checked: the answer, a patch that applies, the recorded tree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def execute(work: Path, name: str, timeout: int = 300) -> Any:
+    """Execute `work/name` in place (cwd `work`), saving widget state; return the notebook."""
+    nb = nbformat.read(work / name, as_version=4)
+    km = KernelManager(kernel_name="rlm", transport="ipc", ip=str(work / "ipc"))
+    client = NotebookClient(
+        nb,
+        km=km,
+        timeout=timeout,
+        store_widget_state=True,
+        resources={"metadata": {"path": str(work)}},
+    )
+    try:
+        client.execute(cwd=str(work))
+    finally:
+        if client.kc is not None:
+            client.kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)  # the client leaves a kernel it was given running
+        nbformat.write(nb, work / f"executed-{name}")
+    return nb
+
+
+def cell(nb: Any, starts: str) -> Any:
+    """The (first) code cell whose source starts with `starts`."""
+    return next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(starts))
+
+
+def stdout(c: Any) -> str:
+    return "".join(o.text for o in c.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def data(c: Any, mime: str) -> list[Any]:
+    return [o.data[mime] for o in c.outputs if "data" in o and mime in o.data]
+
+
+def only_record(work: Path) -> dict[str, Any]:
+    (path,) = (work / "results").glob("*.detail.json")
+    rec: dict[str, Any] = json.loads(path.read_text())
+    return rec
+
+
+def walk(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for c in node["children"] for n in walk(c))]
+
+
+def test_01_quickstart(notebook_dir: Path) -> None:
+    nb = execute(notebook_dir, "01-quickstart.ipynb")
+    run = cell(nb, "%%rlm")
+    assert WIDGET in run.outputs[0].data  # the live agent tree comes first
+    (answer,) = data(run, "text/markdown")
+    assert "Fixed the easiest one (textkit/lines.py" in answer
+    (diff,) = data(run, "text/x-diff")
+    assert "+    return len(text.splitlines())" in diff and "tests/test_lines.py" in diff
+    applied = stdout(cell(nb, "import sys"))
+    assert " M textkit/lines.py" in applied and "test passes" in applied
+    assert "root.2.0: done" in stdout(cell(nb, "def agents"))
+    rec = only_record(notebook_dir)
+    assert rec["status"] == "done" and rec["patch"] == diff
+    assert len(walk(rec["root"])) == 7
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert any("AgentTree" in json.dumps(s) or "anywidget" in json.dumps(s) for s in state.values())
+
+
+def test_02_stepping(notebook_dir: Path) -> None:
+    nb = execute(notebook_dir, "02-stepping.ipynb")
+    gates = [
+        stdout(c) for c in nb.cells if c.cell_type == "code" and c.source == "%rlm wait --gate"
+    ]
+    assert [g.split(" ", 1)[0] for g in gates] == ["root@0", "root@1", "root@2", "root.0@0"]
+    assert "len(open(f).read().splitlines())" in gates[1]  # the model's code, replaced by ours
+    assert "step with your code" in stdout(cell(nb, "%rlm step --code"))
+    answer = stdout(cell(nb, "print(run.status)"))
+    assert answer.startswith("done\nThe largest module is textkit/words.py (9 by my measure).")
+    assert "longest_word(): The longest word of the text." in answer
+    rec = only_record(notebook_dir)
+    code = rec["root"]["iterations"][1]["code_blocks"][0]
+    assert "non-blank lines:" in code["output"] and "line.strip()" in code["code"]
+    attached = stdout(cell(nb, "import os"))
+    assert attached.splitlines()[0].endswith("/root.0/work")
+    assert "count_words(): Number of whitespace-separated words." in attached
+    assert stdout(cell(nb, 'print("functions"')).startswith("False {")
+    assert stdout(cell(nb, "%rlm release")) == "released 1 kept sandbox\n"
+
+
+def test_03_repo_todos(notebook_dir: Path) -> None:
+    nb = execute(notebook_dir, "03-repo-todos.ipynb")
+    assert stdout(cell(nb, "import os")) == "622 Python files, 358 TODO lines\n"
+    run = cell(nb, "%%rlm")
+    (answer,) = data(run, "text/markdown")
+    assert "194 TODO comments" in answer and "`# TODO: complete __all__`" in answer
+    (diff,) = data(run, "text/x-diff")
+    assert "-# TODO: complete __all__" in diff and '+    "get_namespace",' in diff
+    checked = stdout(cell(nb, "import tempfile"))
+    assert "1 file changed" in checked and "the patched module compiles" in checked
+    rec = only_record(notebook_dir)
+    depths = [n["depth"] for n in walk(rec["root"])]
+    assert (depths.count(1), depths.count(2), len(depths)) == (18, 4, 23)
+    assert {n["status"] for n in walk(rec["root"])} == {"done"}
+    assert "agents per depth: {0: 1, 1: 18, 2: 4}" in stdout(cell(nb, "import collections"))
+    repo = notebook_dir / "check"
+    subprocess.run(["git", "clone", "-q", _sklearn_repo(nb), str(repo)], check=True)
+    subprocess.run(["git", "apply", "--check", "-"], input=diff, text=True, cwd=repo, check=True)
+
+
+def _sklearn_repo(nb: Any) -> str:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "rlm-kernel", "scikit-learn-1.7.2")
