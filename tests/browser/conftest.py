@@ -106,3 +106,12 @@ def harness_url(serve: Any, tmp_path: Path) -> str:
         shutil.copy(STATIC / name, site / name)
     shutil.copy(HERE / "harness.html", site / "index.html")
     return str(serve(site)) + "index.html"
+
+
+@pytest.fixture(autouse=True)
+def plain_comms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Widgets here run without a kernel: use comm's own DummyComm even when an earlier test
+    imported ipykernel (which swaps in kernel comms that drop state updates without a kernel)."""
+    import comm
+
+    monkeypatch.setattr(comm, "create_comm", lambda *a, **k: comm.DummyComm(*a, **k))
