@@ -330,7 +330,9 @@ class RLMKernel(IPythonKernel):
                 stdin_hook=ask,
             )
         except Exception as exc:  # e.g. the kernel shut the sandbox down under the cell
+            publish.finish()
             return publish.error("SandboxError", f"the cell could not run in the sandbox: {exc}")
+        publish.finish()
         return self._reply(sb, res, publish)
 
     def _reply(self, sb: Sandbox, res: CellResult, publish: OutputRelay) -> dict[str, Any]:

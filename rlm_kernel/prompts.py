@@ -135,13 +135,18 @@ def no_code_prompt() -> str:
     )
 
 
+_OMITTED = re.compile(r"\n\.\.\. \[(\d+) characters omitted\] \.\.\.\n")
+
+
 def truncate_middle(text: str, limit: int) -> str:
     """Keep the head and the tail of `text`, saying how many characters were omitted."""
     if len(text) <= limit:
         return text
     head = limit * 2 // 3
     tail = limit - head
-    omitted = len(text) - head - tail
+    middle = text[head : len(text) - tail]
+    # The sandbox may have cut the output already: count what its notes say was dropped too.
+    omitted = len(middle) + sum(int(m[1]) - len(m[0]) for m in _OMITTED.finditer(middle))
     return f"{text[:head]}\n... [{omitted} characters omitted] ...\n{text[len(text) - tail :]}"
 
 

@@ -8,6 +8,7 @@ the worker thread that drives the sandbox; see the `rlm_kernel.kernel` docstring
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import signal
 import sys
@@ -34,6 +35,11 @@ FORWARDED = frozenset(
     {"stream", "display_data", "execute_result", "error", "clear_output", "update_display_data"}
 )
 """Output message types re-published from a sandbox cell (not execute_input, status or comms)."""
+
+NOTEBOOK_STREAM_CAP = 1_000_000
+"""Characters of a cell's stdout/stderr the notebook gets; beyond that, a note and the last
+`NOTEBOOK_STREAM_TAIL` characters (a browser tab chokes on megabytes of text in one output)."""
+NOTEBOOK_STREAM_TAIL = 10_000
 
 # Show `obj?` help inline: the pager's payload would be lost on the way through the host.
 _PAGER_SETUP = (
@@ -69,6 +75,10 @@ class OutputRelay:
         self.parent = parent
         self.count = count
         self.silent = silent
+        self.streamed = 0  # stream characters forwarded
+        self.dropped = 0  # stream bytes held back since the last note
+        self._tail: collections.deque[tuple[str, str]] = collections.deque()
+        self._tail_len = 0
 
     def __call__(self, msg: dict[str, Any]) -> None:
         """The sandbox's on_output hook: forward one output message, renumbering results."""
@@ -76,11 +86,53 @@ class OutputRelay:
         if mtype not in FORWARDED:
             return
         content = dict(msg.get("content") or {})
+        if mtype == "stream":
+            self._stream(str(content.get("name", "stdout")), str(content.get("text", "")))
+            return
+        self.finish()  # the note and the tail go before what came after them
         if mtype == "execute_result":
             if self.silent:
                 return
             content["execution_count"] = self.count
         self.send(mtype, content)
+
+    def _stream(self, name: str, text: str) -> None:
+        room = NOTEBOOK_STREAM_CAP - self.streamed
+        if room > 0:
+            head = text[:room]
+            self.streamed += len(head)
+            self.send("stream", {"name": name, "text": head})
+            text = text[room:]
+        if not text:
+            return
+        self.dropped += len(text.encode("utf-8", "replace"))
+        text = text[-NOTEBOOK_STREAM_TAIL:]
+        self._tail.append((name, text))
+        self._tail_len += len(text)
+        while self._tail_len - len(self._tail[0][1]) >= NOTEBOOK_STREAM_TAIL:
+            self._tail_len -= len(self._tail.popleft()[1])
+
+    def finish(self) -> None:
+        """Publish the note about held-back output and its tail (call when the cell ends)."""
+        if not self._tail:
+            return
+        tail = list(self._tail)
+        kept = sum(len(t) for _, t in tail)
+        if kept > NOTEBOOK_STREAM_TAIL:
+            cut = kept - NOTEBOOK_STREAM_TAIL
+            tail[0] = (tail[0][0], tail[0][1][cut:])
+            kept = NOTEBOOK_STREAM_TAIL
+        more = max(0, self.dropped - kept)
+        note = (
+            f"\n[output truncated: {more / 1e6:.1f} MB more not shown; the last {kept} "
+            "characters follow. Print less, or write large output to a file]\n"
+        )
+        self.send("stream", {"name": "stderr", "text": note})
+        for name, text in tail:
+            self.send("stream", {"name": name, "text": text})
+        self._tail.clear()
+        self._tail_len = 0
+        self.dropped = 0
 
     def send(self, mtype: str, content: dict[str, Any]) -> None:
         """Publish one message with the cell's request as parent."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import collections
 import re
 import threading
 from collections.abc import Callable
@@ -12,8 +13,10 @@ from typing import Any
 from .workspace import Target
 
 __all__ = [
+    "MAX_CELL_OUTPUT_CHARS",
     "NO_CONTEXT",
     "CellResult",
+    "OutputBuffer",
     "Sandbox",
     "SandboxError",
     "SandboxSpec",
@@ -34,6 +37,54 @@ StdinHook = Callable[[str, bool], str]
 def strip_ansi(text: str) -> str:
     """Text without terminal colour codes."""
     return _ANSI.sub("", text)
+
+
+MAX_CELL_OUTPUT_CHARS = 1_000_000
+"""Characters of one cell's text output the host keeps (head and tail; the rest is counted).
+
+The model sees at most `rlm.output_truncation_limit` of them; records and events get the rest, so
+a cell that prints gigabytes costs the host a bounded amount of memory."""
+
+
+class OutputBuffer:
+    """A cell's text output, bounded: its head and its tail, and how many characters fell between."""
+
+    def __init__(self, limit: int = MAX_CELL_OUTPUT_CHARS) -> None:
+        self.head_limit = limit * 2 // 3
+        self.tail_limit = limit - self.head_limit
+        self.total = 0
+        self._head: list[str] = []
+        self._head_len = 0
+        self._tail: collections.deque[str] = collections.deque()
+        self._tail_len = 0
+
+    def append(self, text: str) -> None:
+        """Add output text."""
+        self.total += len(text)
+        if self._head_len < self.head_limit:
+            take = text[: self.head_limit - self._head_len]
+            self._head.append(take)
+            self._head_len += len(take)
+            text = text[len(take) :]
+        if not text:
+            return
+        if len(text) > self.tail_limit:
+            text = text[-self.tail_limit :]
+        self._tail.append(text)
+        self._tail_len += len(text)
+        while self._tail_len - len(self._tail[0]) >= self.tail_limit:
+            self._tail_len -= len(self._tail.popleft())
+
+    def getvalue(self) -> str:
+        """The output, with `... [N characters omitted] ...` in place of the dropped middle."""
+        head = "".join(self._head)
+        tail = "".join(self._tail)
+        if len(tail) > self.tail_limit:
+            tail = tail[-self.tail_limit :]
+        omitted = self.total - len(head) - len(tail)
+        if omitted <= 0:
+            return head + tail
+        return f"{head}\n... [{omitted} characters omitted] ...\n{tail}"
 
 
 class SandboxError(RuntimeError):

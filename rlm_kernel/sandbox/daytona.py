@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import workspace
-from .base import NO_CONTEXT, CellResult, OutputHook, Sandbox, SandboxError, SandboxSpec, StdinHook
+from .base import (
+    NO_CONTEXT,
+    CellResult,
+    OutputBuffer,
+    OutputHook,
+    Sandbox,
+    SandboxError,
+    SandboxSpec,
+    StdinHook,
+)
 from .bridge import Bridge, FrameParser, new_secret
 
 if TYPE_CHECKING:
@@ -364,7 +373,7 @@ class DaytonaSandbox(Sandbox):
             marker = f"RLM-RESTARTED-{exec_id}"
             source = self._wrapped(exec_id, code) if wrap else code
             parser = FrameParser()
-            parts: list[str] = []
+            parts = OutputBuffer()
             res = CellResult()
             cell: dict[str, Any] = {"events": [], "on_output": on_output}
             self._cell = cell
@@ -412,7 +421,7 @@ class DaytonaSandbox(Sandbox):
             rest = parser.flush()
             if rest:
                 parts.append(rest)
-            output = "".join(parts)
+            output = parts.getvalue()
             if res.status in ("cancelled", "timeout"):
                 # Let requests in flight (e.g. rlm_query waiting for cancelled children) end first,
                 # so the children are finished and recorded before this agent.

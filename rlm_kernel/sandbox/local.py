@@ -24,6 +24,7 @@ from . import workspace
 from .base import (
     NO_CONTEXT,
     CellResult,
+    OutputBuffer,
     OutputHook,
     Sandbox,
     SandboxError,
@@ -349,7 +350,7 @@ class LocalSandbox(Sandbox):
     ) -> CellResult:
         kc = kernel.client
         parser = FrameParser()
-        parts: list[str] = []
+        parts = OutputBuffer()
         res = CellResult()
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -449,7 +450,7 @@ class LocalSandbox(Sandbox):
         rest = parser.flush()
         if rest:
             parts.append(rest)
-        res.output = "".join(parts)
+        res.output = parts.getvalue()
         res.elapsed_s = time.monotonic() - t0
         if res.status == "died":
             res.error = (
