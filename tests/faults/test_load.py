@@ -1,0 +1,87 @@
+"""Load: 100 agents alive at once (max_concurrency = 100) for 60 s; nothing leaks.
+
+RLM_LOAD_SECONDS shortens the hold for local iteration; CI runs the full 60 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import rlm_kernel
+from rlm_kernel.config import RLMConfig
+from rlm_kernel.sandbox.kernels import live_kernel_pids
+
+from .sandbox_helpers import child_pids
+
+Config = Callable[..., RLMConfig]
+AGENTS = 100
+HOLD_S = float(os.environ.get("RLM_LOAD_SECONDS", "60"))
+
+
+def _resources() -> dict[str, object]:
+    # litellm's logging pool is process-wide and grows lazily up to 100 threads; it is no leak of
+    # ours, so it is counted apart (and bounded below).
+    names = [t.name for t in threading.enumerate()]
+    return {
+        "threads": sorted(n for n in names if not n.startswith("litellm-logging")),
+        "child processes": child_pids(),
+        "fds": len(os.listdir("/proc/self/fd")),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(HOLD_S + 600)
+def test_100_agents_alive_at_once_without_deadlock_or_leaks(
+    config: Config, tmp_path: Path
+) -> None:
+    cfg = config(
+        "load.py",
+        rlm__max_concurrency=AGENTS,
+        rlm__max_sandboxes=AGENTS + 1,
+        rlm__global_timeout=HOLD_S + 400,
+    )
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    assert rlm_kernel.run(f"load 2 0 {warm}", config=cfg).status == "done"  # fork server, litellm
+    before = _resources()
+
+    where = tmp_path / "alive"
+    where.mkdir()
+    peak: list[int] = []
+
+    def sample() -> None:  # kernels alive while the children hold
+        while not done.is_set():
+            if len(os.listdir(where)) >= AGENTS:
+                peak.append(len(live_kernel_pids()))
+            done.wait(1.0)
+
+    done = threading.Event()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.monotonic()
+    try:
+        res = rlm_kernel.run(f"load {AGENTS} {HOLD_S} {where}", config=cfg)
+    finally:
+        done.set()
+        sampler.join()
+    elapsed = time.monotonic() - t0
+    assert res.status == "done", res.error
+    got = json.loads(res.answer)
+    assert len(got) == AGENTS and {status for status, _ in got} == {"done"}
+    held = [tuple(map(float, text.split())) for _, text in got]
+    together = min(end for _, end in held) - max(start for start, _ in held)
+    assert together >= HOLD_S * 0.9, f"all {AGENTS} agents were alive together for {together} s"
+    assert peak and max(peak) == AGENTS + 1  # the root's kernel and its 100 children's
+    print(f"\n{AGENTS} agents: run {elapsed:.1f} s, all alive together {together:.1f} s")
+
+    after = _resources()
+    assert after == before
+    pool = [t for t in threading.enumerate() if t.name.startswith("litellm-logging")]
+    assert len(pool) <= 100
