@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Agent", "AgentOutcome"]
 
+CHILDREN_GRACE_S = 30.0
+"""How long an ending agent waits for its cancelled children to finish (and be recorded) first."""
+
 
 class AgentOutcome:
     """How an agent ended: its answer (always set), status, patch and error."""
@@ -80,6 +83,7 @@ class Agent:
         self._child_count = 0
         self._lock = threading.Lock()
         self._spawned: list[str] = []
+        self.child_threads: list[threading.Thread] = []  # the loops of its rlm_query children
 
     # -- ids and events ---------------------------------------------------------------------------
     def next_child_id(self) -> str:
@@ -312,6 +316,11 @@ class Agent:
         elif sandbox is None:
             future.cancel()
         self.cell_scope.cancel("the agent ended")
+        # Children end before their parent, so a cancelled tree is recorded whole (a child still
+        # running when the run's record is finished would stay "running" in it for ever).
+        deadline = time.monotonic() + CHILDREN_GRACE_S
+        for t in list(self.child_threads):
+            t.join(max(0.0, deadline - time.monotonic()))
         patch = ""
         if sandbox is not None:
             try:

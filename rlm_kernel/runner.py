@@ -321,6 +321,7 @@ class Run:
             threading.Thread(target=work, args=(i, c), name=f"rlm-agent-{c.agent_id}", daemon=True)
             for i, c in children
         ]
+        parent.child_threads.extend(threads)
         with self.parked(parent):
             for t in threads:
                 t.start()

@@ -7,12 +7,14 @@ target, every agent gets an empty directory with a git repository, so patches wo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,52 @@ __all__ = ["Target", "TargetError", "create_workspace", "git", "remove_workspace
 _GIT_ID = ["-c", "user.name=rlm", "-c", "user.email=rlm@localhost", "-c", "commit.gpgsign=false"]
 _clone_locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
+
+
+class _AddOrPrune:
+    """Any number of `git worktree add` at once, or one `git worktree prune`: a prune deletes
+    the half-written entry of an add in progress ("failed to read .git/worktrees/…/commondir")."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._adding = 0
+        self._pruning = False
+
+    @contextlib.contextmanager
+    def adding(self) -> Iterator[None]:
+        """Hold while adding a worktree."""
+        with self._cond:
+            while self._pruning:
+                self._cond.wait()
+            self._adding += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._adding -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def pruning(self) -> Iterator[None]:
+        """Hold while pruning worktree entries."""
+        with self._cond:
+            while self._pruning or self._adding:
+                self._cond.wait()
+            self._pruning = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._pruning = False
+                self._cond.notify_all()
+
+
+_worktree_locks: dict[str, _AddOrPrune] = {}
+
+
+def _worktree_lock(git_dir: str) -> _AddOrPrune:
+    with _locks_guard:
+        return _worktree_locks.setdefault(os.path.realpath(git_dir), _AddOrPrune())
 
 
 class TargetError(ValueError):
@@ -164,31 +212,39 @@ def create_workspace(target: Target, dest: str) -> str:
         git("commit", "-q", "--allow-empty", "-m", "rlm: empty workspace", cwd=dest)
         return git("rev-parse", "HEAD", cwd=dest).strip()
     for attempt in range(5):
-        proc = subprocess.run(
-            ["git", "worktree", "add", "-q", "--detach", dest, target.commit],
-            cwd=target.git_dir,
-            capture_output=True,
-            text=True,
-        )
+        with _worktree_lock(target.git_dir).adding():
+            proc = subprocess.run(
+                ["git", "worktree", "add", "-q", "--detach", dest, target.commit],
+                cwd=target.git_dir,
+                capture_output=True,
+                text=True,
+            )
         if proc.returncode == 0:
             return target.commit
-        if "lock" not in proc.stderr or attempt == 4:
+        # Lock contention, or a prune by another process (e.g. `rlm cleanup`) mid-add: retry.
+        if not ("lock" in proc.stderr or "failed to read" in proc.stderr) or attempt == 4:
             raise TargetError(f"git worktree add failed: {proc.stderr.strip()}")
+        shutil.rmtree(dest, ignore_errors=True)
         time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
 def remove_workspace(target: Target, dest: str) -> None:
     """Delete the workspace (and its worktree registration); never raises."""
+    removed = False
     if target.git_dir is not None and os.path.isdir(dest):
-        subprocess.run(
-            ["git", "worktree", "remove", "--force", "--force", dest],
-            cwd=target.git_dir,
-            capture_output=True,
+        removed = (
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", "--force", dest],
+                cwd=target.git_dir,
+                capture_output=True,
+            ).returncode
+            == 0
         )
     shutil.rmtree(dest, ignore_errors=True)
-    if target.git_dir is not None:
-        subprocess.run(["git", "worktree", "prune"], cwd=target.git_dir, capture_output=True)
+    if target.git_dir is not None and not removed:  # e.g. the worktree was deleted under us
+        with _worktree_lock(target.git_dir).pruning():
+            subprocess.run(["git", "worktree", "prune"], cwd=target.git_dir, capture_output=True)
 
 
 def diff(workdir: str, base: str) -> str:

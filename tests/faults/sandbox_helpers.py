@@ -16,6 +16,10 @@ RLM = str(Path(sys.executable).parent / "rlm")
 if str(TESTS / "daytona") not in sys.path:  # the emulator module (tests/daytona has no package)
     sys.path.insert(0, str(TESTS / "daytona"))
 
+from emulator import DaytonaEmulator  # noqa: E402
+
+__all__ = ["DaytonaEmulator"]  # re-exported for the tests
+
 
 def nodes(tree: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Every agent node of a record's tree."""
@@ -73,8 +77,8 @@ def processes_in(directory: Path) -> list[int]:
     return found
 
 
-def child_pids() -> list[int]:
-    """Live child processes of this process."""
+def child_pids(*, fork_server: bool = True) -> list[int]:
+    """Live child processes of this process (without the kernels' fork server if asked)."""
     me = str(os.getpid())
     out = []
     for entry in os.listdir("/proc"):
@@ -85,9 +89,20 @@ def child_pids() -> list[int]:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[1] == me and fields[0] not in ("Z", "X"):
-            out.append(int(entry))
+        if fields[1] != me or fields[0] in ("Z", "X"):
+            continue
+        if not fork_server and _is_fork_server(int(entry)):
+            continue  # a long-lived singleton, started by the first run of the session
+        out.append(int(entry))
     return sorted(out)
+
+
+def _is_fork_server(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"rlm_kernel.sandbox.forkserver" in fh.read()
+    except OSError:
+        return False
 
 
 def install_kernelspec(base: Path) -> dict[str, str]:

@@ -38,9 +38,7 @@ def _resources() -> dict[str, object]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(HOLD_S + 600)
-def test_100_agents_alive_at_once_without_deadlock_or_leaks(
-    config: Config, tmp_path: Path
-) -> None:
+def test_100_agents_alive_at_once_without_deadlock_or_leaks(config: Config, tmp_path: Path) -> None:
     cfg = config(
         "load.py",
         rlm__max_concurrency=AGENTS,

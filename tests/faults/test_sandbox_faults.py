@@ -174,3 +174,25 @@ def test_a_notebook_sandbox_sigkilled_mid_cell_is_replaced(notebook_kernel: Any)
     assert cell.content["status"] == "error" and cell.content["ename"] == "SandboxDied"
     assert "next cell starts a fresh one" in cell.content["evalue"]
     assert notebook_kernel.sandbox_pid() != pid
+
+
+def test_worktrees_added_while_deleted_ones_are_pruned(
+    make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Siblings start while others end: `git worktree prune` must not break an add in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlm_kernel.sandbox.workspace import create_workspace, remove_workspace, resolve_target
+
+    target = resolve_target(make_repo())
+
+    def cycle(i: int) -> None:
+        for j in range(6):
+            dest = str(tmp_path / f"wt-{i}-{j}")
+            create_workspace(target, dest)
+            shutil.rmtree(dest)  # deleted under its agent: the removal has to prune
+            remove_workspace(target, dest)
+
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(cycle, range(8)))
+    assert worktrees(Path(target.git_dir or "")) == []

@@ -1,0 +1,175 @@
+"""Cancellation at random points: Run.cancel() and Ctrl-C (SIGINT to `rlm run`) on the local
+backend, Run.cancel() on the Daytona backend (tests/daytona/emulator.py). Every time: no kernel
+or other process, worktree, temporary directory or emulator sandbox is left.
+
+The points are drawn from a seeded generator (RLM_FAULTS_SEED, default 8): a failure names its
+seed and delay, and reruns the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlm_kernel.config import RLMConfig
+from rlm_kernel.paths import tmp_root
+from rlm_kernel.runner import Run
+
+from .sandbox_helpers import (
+    MODELS,
+    RLM,
+    DaytonaEmulator,
+    child_pids,
+    nodes,
+    processes_in,
+    worktrees,
+)
+
+Config = Callable[..., RLMConfig]
+SEED = int(os.environ.get("RLM_FAULTS_SEED", "8"))
+RUN_S = 3.0  # about how long a cancel_tree.py run takes when nobody stops it
+ENDINGS = {"cancelled", "done"}
+
+
+def _delays(kind: str, n: int, top: float) -> list[float]:
+    rng = random.Random(f"{SEED}-{kind}")
+    return [round(rng.uniform(0.0, top), 3) for _ in range(n)]
+
+
+class Leftovers:
+    """What a run may leave: temporary entries, sandboxes, processes, worktrees."""
+
+    def __init__(self, repo: Path | None) -> None:
+        self.repo = repo
+        self.tmp = set(os.listdir(tempfile.gettempdir()))
+        self.sandboxes = set(os.listdir(tmp_root()))
+        self.children = child_pids(fork_server=False)
+
+    def assert_none(self, what: str) -> None:
+        left_tmp = set(os.listdir(tempfile.gettempdir())) - self.tmp
+        assert not left_tmp, f"{what}: temporary entries left: {sorted(left_tmp)}"
+        left_sb = set(os.listdir(tmp_root())) - self.sandboxes
+        assert not left_sb, f"{what}: sandbox directories left: {sorted(left_sb)}"
+        procs = processes_in(tmp_root())
+        assert not procs, f"{what}: processes left in sandboxes: {procs}"
+        kids = [p for p in child_pids(fork_server=False) if p not in self.children]
+        assert not kids, f"{what}: child processes left: {kids}"
+        if self.repo is not None:
+            assert not worktrees(self.repo), f"{what}: worktrees left: {worktrees(self.repo)}"
+
+
+def _check_record(record: dict[str, Any], what: str) -> None:
+    statuses = {n["agent_id"]: n["status"] for n in nodes(record["root"])}
+    errors = {n["agent_id"]: n["error"] for n in nodes(record["root"]) if n["error"]}
+    assert record["status"] in ENDINGS, (what, record["status"])
+    assert set(statuses.values()) <= ENDINGS, (what, statuses, errors)
+    if record["status"] == "cancelled":
+        assert statuses["root"] == "cancelled", (what, statuses)
+
+
+@pytest.mark.parametrize("delay", _delays("run", 20, RUN_S))
+def test_run_cancel_at_a_random_point_leaves_nothing(
+    delay: float, make_repo: Callable[..., Path], config: Config
+) -> None:
+    repo = make_repo()
+    what = f"seed {SEED}, Run.cancel() after {delay} s"
+    left = Leftovers(repo)
+    run = Run("go", repo, config=config("cancel_tree.py"))
+    run.start()
+    time.sleep(delay)
+    t0 = time.monotonic()
+    run.cancel()
+    res = run.wait(60)
+    assert time.monotonic() - t0 < 30, what
+    assert res.status in ENDINGS, (what, res.status, res.error)
+    _check_record(json.loads(Path(res.record_path).read_text()), what)
+    left.assert_none(what)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", _delays("cli", 5, 8.0))
+def test_ctrl_c_of_the_cli_at_a_random_point_leaves_nothing(
+    delay: float, make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    repo = make_repo()
+    what = f"seed {SEED}, SIGINT to rlm run after {delay} s"
+    left = Leftovers(repo)
+    results = tmp_path / "results"
+    proc = subprocess.Popen(
+        [
+            RLM,
+            "run",
+            str(repo),
+            "-p",
+            "go",
+            "--model",
+            f"scripted/{MODELS / 'cancel_tree.py'}",
+            "--results-dir",
+            str(results),
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # it had finished before the signal came
+        assert "Traceback" not in err, (what, err)
+    else:
+        assert proc.returncode == 130, (what, proc.returncode, err)
+        assert "Traceback" not in err, (what, err)
+        assert err.startswith("rlm: ") and "interrupted" in err, (what, err)
+    for path in results.glob("*.detail.json"):
+        _check_record(json.loads(path.read_text()), what)
+    left.assert_none(what)
+
+
+@pytest.fixture(scope="module")
+def emulator_server() -> Iterator[DaytonaEmulator]:
+    emu = DaytonaEmulator(timeout_grace_s=0.5).start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def emulator(
+    emulator_server: DaytonaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DaytonaEmulator]:
+    """The emulator with DAYTONA_* pointing at it."""
+    emu = emulator_server
+    monkeypatch.setenv("DAYTONA_API_KEY", emu.api_key)
+    monkeypatch.setenv("DAYTONA_API_URL", emu.api_url)
+    monkeypatch.setenv("DAYTONA_TARGET", "emu")
+    yield emu
+    assert not emu.sandboxes, f"sandboxes left in the emulator: {list(emu.sandboxes)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", _delays("daytona", 8, 6.0))
+def test_daytona_cancel_at_a_random_point_leaves_nothing(
+    delay: float, make_repo: Callable[..., Path], config: Config, emulator: DaytonaEmulator
+) -> None:
+    repo = make_repo()
+    what = f"seed {SEED}, Daytona Run.cancel() after {delay} s"
+    left = Leftovers(repo)
+    run = Run("go", repo, config=config("cancel_tree.py", sandbox__backend="daytona"))
+    run.start()
+    time.sleep(delay)
+    run.cancel()
+    res = run.wait(60)
+    assert res.status in ENDINGS, (what, res.status, res.error)
+    _check_record(json.loads(Path(res.record_path).read_text()), what)
+    assert not emulator.sandboxes, (what, list(emulator.sandboxes))
+    left.assert_none(what)
