@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -214,6 +215,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         run.start()
         result = run.wait()
     except KeyboardInterrupt:
+        if run.started:  # Ctrl-C inside start() comes before wait() could cancel the run
+            run.cancel(reason="interrupted (Ctrl-C)")
+            with contextlib.suppress(TimeoutError, KeyboardInterrupt):
+                run.wait(30)
         run.release_kept()
         return _fail(
             f"interrupted; run {run.run_id} cancelled and its sandboxes removed", EXIT_INTERRUPTED
@@ -354,7 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kernel": cmd_kernel,
         "view": cmd_view,
     }
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:  # before a run started (cmd_run handles the rest): nothing to undo
+        return _fail("interrupted", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

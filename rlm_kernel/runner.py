@@ -466,6 +466,11 @@ class Run:
         return self.wait()
 
     @property
+    def started(self) -> bool:
+        """True once start() has launched the run's thread."""
+        return self._thread is not None
+
+    @property
     def done(self) -> bool:
         """True once the run has finished."""
         return self._done.is_set()
