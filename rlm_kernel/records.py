@@ -153,10 +153,14 @@ class Recorder:
         self.min_interval_s = min_interval_s
         self._last = 0.0
         self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None  # the write of events the throttle held back
         self.path: Path | None = None
 
     def __call__(self, ev: Event) -> None:
-        """Apply an event; write now for milestones, otherwise at most every `min_interval_s`."""
+        """Apply an event; write now for milestones, otherwise at most every `min_interval_s`
+        (and `min_interval_s` after a held-back event at the latest, so a host killed while its
+        agents are quiet leaves a record with everything up to then)."""
+        stopped: threading.Timer | None = None
         with self._lock:
             self.state.apply(ev)
             if self.path is None:
@@ -171,8 +175,25 @@ class Recorder:
             if milestone or now - self._last >= self.min_interval_s:
                 self._last = now
                 write_json_atomic(self.path, self.state.to_dict())
+            elif self._timer is None:
+                self._timer = threading.Timer(self._last + self.min_interval_s - now, self._flush)
+                self._timer.daemon = True
+                self._timer.start()
             if ev.type in (EventType.RUN_STARTED, EventType.RUN_FINISHED):
                 self._update_index()
+            if ev.type is EventType.RUN_FINISHED and self._timer is not None:
+                stopped, self._timer = self._timer, None
+                stopped.cancel()
+        if stopped is not None:
+            stopped.join()  # no thread outlives the run
+
+    def _flush(self) -> None:
+        with self._lock:
+            if self._timer is not threading.current_thread() or self.path is None:
+                return  # the run finished meanwhile
+            self._timer = None
+            self._last = time.monotonic()
+            write_json_atomic(self.path, self.state.to_dict())
 
     def _update_index(self) -> None:
         rec = self.state.to_dict()
