@@ -1,6 +1,7 @@
-"""Cancellation at random points: Run.cancel() and Ctrl-C (SIGINT to `rlm run`) on the local
-backend, Run.cancel() on the Daytona backend (tests/daytona/emulator.py). Every time: no kernel
-or other process, worktree, temporary directory or emulator sandbox is left.
+"""Cancellation at random points: Run.cancel(), Ctrl-C (SIGINT to `rlm run`) and the notebook's
+Stop button (an interrupt of a `%%rlm` cell in the RLM kernel) on the local backend, Run.cancel()
+on the Daytona backend (tests/daytona/emulator.py). Every time: no kernel or other process,
+worktree, temporary directory or emulator sandbox is left.
 
 The points are drawn from a seeded generator (RLM_FAULTS_SEED, default 8): a failure names its
 seed and delay, and reruns the same way.
@@ -30,6 +31,7 @@ from .sandbox_helpers import (
     RLM,
     DaytonaEmulator,
     child_pids,
+    install_kernelspec,
     nodes,
     processes_in,
     worktrees,
@@ -175,3 +177,45 @@ def test_daytona_cancel_at_a_random_point_leaves_nothing(
     _check_record(json.loads(Path(res.record_path).read_text()), what)
     assert not emulator.sandboxes, (what, list(emulator.sandboxes))
     left.assert_none(what)
+
+
+@pytest.fixture(scope="module")
+def notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An RLM kernel (over the Jupyter protocol) whose notebook sandbox already runs."""
+    from kernel.harness import RLMKernelProcess
+
+    base = tmp_path_factory.mktemp("jupyter")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in install_kernelspec(base).items():
+            mp.setenv(k, v)
+        work = tmp_path_factory.mktemp("rlm-kernel")
+        k = RLMKernelProcess(work, f"--RLMKernel.model=scripted/{MODELS / 'cancel_tree.py'}")
+        try:
+            cell = k.execute("%rlm config results_dir=results model.retries=0")
+            assert cell.content["status"] == "ok", cell.content
+            assert k.execute("1").content["status"] == "ok"  # the notebook's own sandbox
+            yield k
+        finally:
+            k.shutdown()
+    assert not list(k.sandbox_root.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", _delays("notebook", 5, RUN_S))
+def test_stop_of_an_rlm_cell_at_a_random_point_leaves_nothing(delay: float, notebook: Any) -> None:
+    what = f"seed {SEED}, Stop (interrupt) of a %%rlm cell after {delay} s"
+    sandboxes = set(os.listdir(notebook.sandbox_root))
+    kernels = processes_in(notebook.sandbox_root)  # the notebook's own sandbox
+    records = set((notebook.workdir / "results").glob("*.detail.json"))
+    msg_id = notebook.send("%%rlm --quiet\ngo")
+    time.sleep(delay)
+    notebook.km.interrupt_kernel()
+    cell = notebook.collect(msg_id, timeout=60)
+    print(f"{what}: {cell.content['status']}")
+    if cell.content["status"] == "error":
+        assert cell.content["ename"] == "KeyboardInterrupt", (what, cell.content)
+    (record,) = set((notebook.workdir / "results").glob("*.detail.json")) - records
+    _check_record(json.loads(record.read_text()), what)
+    assert set(os.listdir(notebook.sandbox_root)) == sandboxes, what
+    assert processes_in(notebook.sandbox_root) == kernels, what
+    assert notebook.execute("print('still here')").stdout == "still here\n", what

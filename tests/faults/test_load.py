@@ -36,6 +36,14 @@ def _resources() -> dict[str, object]:
     }
 
 
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            return next(int(ln.split()[1]) for ln in fh if ln.startswith("Pss:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(HOLD_S + 600)
 def test_100_agents_alive_at_once_without_deadlock_or_leaks(config: Config, tmp_path: Path) -> None:
@@ -53,11 +61,14 @@ def test_100_agents_alive_at_once_without_deadlock_or_leaks(config: Config, tmp_
     where = tmp_path / "alive"
     where.mkdir()
     peak: list[int] = []
+    pss: list[int] = []
 
-    def sample() -> None:  # kernels alive while the children hold
+    def sample() -> None:  # kernels alive (and their memory) while the children hold
         while not done.is_set():
             if len(os.listdir(where)) >= AGENTS:
-                peak.append(len(live_kernel_pids()))
+                pids = live_kernel_pids()
+                peak.append(len(pids))
+                pss.append(sum(_pss_kb(p) for p in pids))
             done.wait(1.0)
 
     done = threading.Event()
@@ -77,7 +88,10 @@ def test_100_agents_alive_at_once_without_deadlock_or_leaks(config: Config, tmp_
     together = min(end for _, end in held) - max(start for start, _ in held)
     assert together >= HOLD_S * 0.9, f"all {AGENTS} agents were alive together for {together} s"
     assert peak and max(peak) == AGENTS + 1  # the root's kernel and its 100 children's
-    print(f"\n{AGENTS} agents: run {elapsed:.1f} s, all alive together {together:.1f} s")
+    print(
+        f"\n{AGENTS} agents: run {elapsed:.1f} s, all alive together {together:.1f} s, "
+        f"kernels' memory (PSS) {max(pss) / 1024:.0f} MB"
+    )
 
     after = _resources()
     assert after == before
