@@ -40,6 +40,7 @@ from .sandbox_helpers import (
 Config = Callable[..., RLMConfig]
 SEED = int(os.environ.get("RLM_FAULTS_SEED", "8"))
 RUN_S = 3.0  # about how long a cancel_tree.py run takes when nobody stops it
+NOTEBOOK_RUN_S = 1.5  # the same in the RLM kernel, whose root agent uses the notebook's sandbox
 ENDINGS = {"cancelled", "done"}
 
 
@@ -194,6 +195,8 @@ def notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             cell = k.execute("%rlm config results_dir=results model.retries=0")
             assert cell.content["status"] == "ok", cell.content
             assert k.execute("1").content["status"] == "ok"  # the notebook's own sandbox
+            warm = k.execute("%%rlm --quiet\ngo", timeout=120)  # the run path's first imports
+            assert warm.content["status"] == "ok", warm.content
             yield k
         finally:
             k.shutdown()
@@ -201,7 +204,7 @@ def notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", _delays("notebook", 5, RUN_S))
+@pytest.mark.parametrize("delay", _delays("notebook", 5, NOTEBOOK_RUN_S))
 def test_stop_of_an_rlm_cell_at_a_random_point_leaves_nothing(delay: float, notebook: Any) -> None:
     what = f"seed {SEED}, Stop (interrupt) of a %%rlm cell after {delay} s"
     sandboxes = set(os.listdir(notebook.sandbox_root))
