@@ -350,8 +350,6 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rlm` command."""
-    args = _build_parser().parse_args(argv)
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     handlers = {
         "run": cmd_run,
         "demo": cmd_demo,
@@ -360,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "view": cmd_view,
     }
     try:
+        args = _build_parser().parse_args(argv)
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         return handlers[args.command](args)
     except KeyboardInterrupt:  # before a run started (cmd_run handles the rest): nothing to undo
         return _fail("interrupted", EXIT_INTERRUPTED)

@@ -12,7 +12,8 @@ import re
 
 _WAIT = """```python
 import os, time
-open({path!r}, "w").write(f"{{os.getpid()}} {{os.getcwd()}}")
+open({path!r} + ".tmp", "w").write(f"{{os.getpid()}} {{os.getcwd()}}")
+os.replace({path!r} + ".tmp", {path!r})  # the test never reads half a line
 {until}
 ```"""
 
