@@ -185,7 +185,9 @@ def merge_matches(
 
 
 def prepare_repl(sb: Sandbox) -> None:
-    """One-time setup of a sandbox REPL for notebook use (help shown inline)."""
+    """One-time setup of a sandbox REPL for notebook use (help shown inline; IPython REPLs)."""
+    if sb.backend != "local":
+        return  # a Daytona context is plain Python: `obj?` is not IPython syntax there
     res = sb.execute(_PAGER_SETUP, timeout=30, store_history=False)
     if res.error:
         log.warning("could not set up the sandbox's pager: %s", res.error)
