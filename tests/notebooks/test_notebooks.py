@@ -1,5 +1,6 @@
 """The teaching notebooks, executed headless by nbclient on the `rlm` kernel with their scripted
-models, and their key outputs checked: the answer, a patch that applies, the recorded tree."""
+models, and their key outputs checked: the answer, a patch that applies, the plot's image, the
+recorded tree. 05 runs its sub-agents on the Daytona emulator (tests/daytona/emulator.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,10 @@ import nbformat
 import pytest
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
+
+# tests/daytona is no package (the name `daytona` is the SDK's): import its emulator by path.
+sys.path.insert(0, str(Path(__file__).parents[1] / "daytona"))
+from emulator import DaytonaEmulator
 
 pytestmark = pytest.mark.slow
 
@@ -158,3 +164,29 @@ def test_04_long_context(notebook_dir: Path) -> None:
     checked = stdout(cell(nb, "import re"))
     assert checked.endswith("agree\n") and "[0, 0, 0, 0, 0, 2, 33, 0, 0, 0, 20, 0]" in checked
     assert "✓ root [done, 4 it]" in stdout(cell(nb, "%rlm tree"))
+
+
+def test_05_daytona(notebook_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    emu = DaytonaEmulator(timeout_grace_s=0.5).start()
+    try:
+        # The notebook's kernel inherits these (as it would from the shell Jupyter starts in).
+        monkeypatch.setenv("DAYTONA_API_KEY", emu.api_key)
+        monkeypatch.setenv("DAYTONA_API_URL", emu.api_url)
+        monkeypatch.setenv("DAYTONA_TARGET", "emu")
+        nb = execute(notebook_dir, "05-daytona.ipynb")
+        assert emu.created == 6 and not emu.sandboxes  # one per sub-agent, all deleted
+    finally:
+        emu.stop()
+    run = cell(nb, "%%rlm")
+    (answer,) = data(run, "text/markdown")
+    assert "Fixed the easiest one (textkit/lines.py" in answer
+    (diff,) = data(run, "text/x-diff")
+    assert "+    return len(text.splitlines())" in diff
+    where = stdout(cell(nb, "def agents"))
+    assert where.count(" done  daytona") == 6 and "root       done  local" in where
+    applied = stdout(cell(nb, "import sys"))
+    assert " M textkit/lines.py" in applied and "test passes" in applied
+    rec = only_record(notebook_dir)
+    assert rec["status"] == "done" and rec["patch"] == diff
+    assert len(walk(rec["root"])) == 7
+    assert emu.api_key not in json.dumps(rec) and emu.api_key not in json.dumps(nb)
