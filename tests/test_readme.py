@@ -19,7 +19,7 @@ ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 # How the table writes a default of None, per key (every other default is a YAML literal).
-NONE_WORDS = {"provider default", "unlimited", "same as `model.name`"}
+NONE_WORDS = {"provider default", "unlimited", "same as `model.name`", "Daytona's default"}
 
 
 def section(title: str) -> str:
