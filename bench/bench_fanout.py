@@ -91,7 +91,49 @@ class KernelMemory:
                 self.best = (n, pss / n / MB, rss / n / MB, uss / n / MB)
 
 
-def run_once(name: str, results: str) -> float:
+def breakdown(events: list[Any], k: int, latency: float) -> list[list[str]]:
+    """Where a run's time went, from its events (children only, seconds)."""
+    by: dict[str, dict[str, list[float]]] = {}
+    for e in events:
+        by.setdefault(e.agent_id or "", {}).setdefault(e.type.value, []).append(e.ts)
+    root = min((a for a in by if a), key=len)
+    kids = [a for a in by if a and a != root]
+    if not kids:
+        return []
+
+    def stat(xs: list[float]) -> str:
+        return f"{median(xs):.2f} / {max(xs):.2f}" if xs else "-"
+
+    started = [by[a]["agent_started"][0] for a in kids]
+    ready = [by[a]["sandbox_ready"][0] - by[a]["agent_started"][0] for a in kids]
+    turns = [
+        r - s
+        for a in kids
+        for s, r in zip(by[a]["iteration_started"], by[a].get("llm_response", []), strict=False)
+    ]
+    gaps = [
+        s - r
+        for a in kids
+        for r, s in zip(by[a].get("llm_response", []), by[a]["iteration_started"][1:], strict=False)
+    ]
+    life = [by[a]["agent_finished"][0] - by[a]["agent_started"][0] for a in kids]
+    finished = [by[a]["agent_finished"][0] for a in kids]
+    root_next = [t for t in by[root]["iteration_started"] if t > max(finished)]
+    return [
+        ["children started: last − first", f"{max(started) - min(started):.2f}"],
+        ["sandbox ready after agent start (median / max)", stat(ready)],
+        [f"child LLM turn (ideal {latency:.2f}; median / max)", stat(turns)],
+        ["child gap between turns: code, snapshot, events (median / max)", stat(gaps)],
+        [f"child lifetime (ideal {k * latency:.2f}; median / max)", stat(life)],
+        ["children finished: last − first", f"{max(finished) - min(finished):.2f}"],
+        [
+            "last child finished → root's next turn",
+            stat([root_next[0] - max(finished)] if root_next else []),
+        ],
+    ]
+
+
+def run_once(name: str, results: str, events: list[Any] | None = None) -> float:
     cfg = RLMConfig().with_overrides(
         {
             "model.name": name,
@@ -102,7 +144,8 @@ def run_once(name: str, results: str) -> float:
         }
     )
     t0 = time.perf_counter()
-    res = Run("fan out", None, config=cfg).execute()
+    sink = events.append if events is not None else None
+    res = Run("fan out", None, config=cfg, on_event=sink).execute()
     wall = time.perf_counter() - t0
     if res.status != "done":
         raise RuntimeError(f"run ended {res.status}: {res.error}")
@@ -124,13 +167,15 @@ def main() -> None:
     results = tempfile.mkdtemp(prefix="rlm-bench-fanout-")
     run_once(model(2, 2, 0.0), results)  # warm: fork server, caches
     print(f"latency per LLM call L = {L} s, {args.reps} repetitions, medians\n")
-    rows, mem_rows = [], []
+    rows, mem_rows, profiles = [], [], []
     for n, k in sizes:
         name = model(n, k, L)
         crit = (2 + k) * L
         rss0 = psutil.Process().memory_info().rss
+        events: list[Any] = []
         with KernelMemory() as mem:
-            walls = [run_once(name, results)]
+            walls = [run_once(name, results, events)]
+        profiles.append((f"{n} children x {k} iterations (first run)", breakdown(events, k, L)))
         host_per_agent = (mem.host_peak - rss0) / MB / (n + 1)
         walls += [run_once(name, results) for _ in range(args.reps - 1)]
         wall = median(walls)
@@ -188,6 +233,9 @@ def main() -> None:
             mem_rows,
         )
     )
+    for title, prof in profiles:
+        print(f"\nWhere the time goes: {title}\n")
+        print(table(["phase", "seconds"], prof))
 
 
 if __name__ == "__main__":
