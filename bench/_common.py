@@ -54,8 +54,9 @@ class TreeMonitor:
     over the tree seen in one sample.
     """
 
-    def __init__(self, interval: float = 0.05) -> None:
+    def __init__(self, interval: float = 0.05, memory: bool = True) -> None:
         self.me = psutil.Process()
+        self.memory = memory
         self.interval = interval
         self.peak_rss = 0
         self.peak_pss = 0
@@ -110,9 +111,10 @@ class TreeMonitor:
             try:
                 key = (p.pid, p.create_time())
                 p = self._procs.setdefault(key, p)
-                r, s = pss_or_rss(p)
-                rss += r
-                pss += s
+                if self.memory:
+                    r, s = pss_or_rss(p)
+                    rss += r
+                    pss += s
                 if p.pid != self.me.pid:
                     t = p.cpu_times()
                     self._last[key] = (t.user + t.system, p.pid in direct)

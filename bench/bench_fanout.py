@@ -30,7 +30,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MB, median, table
+from _common import MB, TreeMonitor, median, table
 
 from rlm_kernel import llm
 from rlm_kernel.config import RLMConfig
@@ -173,7 +173,7 @@ def main() -> None:
         crit = (2 + k) * L
         rss0 = psutil.Process().memory_info().rss
         events: list[Any] = []
-        with KernelMemory() as mem:
+        with KernelMemory() as mem, TreeMonitor(interval=0.2, memory=False) as cpu:
             walls = [run_once(name, results, events)]
         profiles.append((f"{n} children x {k} iterations (first run)", breakdown(events, k, L)))
         host_per_agent = (mem.host_peak - rss0) / MB / (n + 1)
@@ -201,6 +201,7 @@ def main() -> None:
                 f"{rss:.1f}",
                 f"{uss:.1f}",
                 f"{host_per_agent:.2f}",
+                f"{cpu.cpu_s / n:.2f}",
             ]
         )
     shutil.rmtree(results, ignore_errors=True)
@@ -229,6 +230,7 @@ def main() -> None:
                 "RSS per child kernel (MB)",
                 "USS per child kernel (MB)",
                 "host growth per agent (MB)",
+                "CPU per child, host + kernels (s)",
             ],
             mem_rows,
         )
