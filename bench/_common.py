@@ -161,3 +161,77 @@ def wait_for(pred: Any, timeout: float, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return bool(pred())
+
+
+def breakdown(
+    events: list[Any], depth: int, ideal_life: float | None, latency: float
+) -> list[list[str]]:
+    """Where the time of a run's agents at `depth` went, from the run's events (seconds)."""
+    by: dict[str, dict[str, list[float]]] = {}
+    depths: dict[str, int] = {}
+    parents: dict[str, str] = {}
+    for e in events:
+        if not e.agent_id:
+            continue
+        by.setdefault(e.agent_id, {}).setdefault(e.type.value, []).append(e.ts)
+        if e.type.value == "agent_started":
+            depths[e.agent_id] = int(e.data.get("depth", 0))
+            parents[e.agent_id] = str(e.data.get("parent_id") or "")
+    agents = [a for a, d in depths.items() if d == depth and "agent_finished" in by[a]]
+    if not agents:
+        return []
+
+    def stat(xs: list[float]) -> str:
+        return f"{median(xs):.2f} / {max(xs):.2f}" if xs else "-"
+
+    def pairs(a: str, first: str, second: str, skip: int) -> list[float]:
+        xs, ys = by[a].get(first, []), by[a].get(second, [])[skip:]
+        return [y - x for x, y in zip(xs, ys, strict=False)]
+
+    started = [by[a]["agent_started"][0] for a in agents]
+    finished = [by[a]["agent_finished"][0] for a in agents]
+    resume = []
+    for p in {parents[a] for a in agents}:
+        done = max(by[a]["agent_finished"][0] for a in agents if parents[a] == p)
+        nxt = [t for t in by.get(p, {}).get("iteration_started", []) if t > done]
+        if nxt:
+            resume.append(nxt[0] - done)
+    ideal = f"ideal {ideal_life:.2f}; " if ideal_life is not None else ""
+    return [
+        ["agents", str(len(agents))],
+        ["started: last − first", f"{max(started) - min(started):.2f}"],
+        [
+            "sandbox ready after agent start (median / max)",
+            stat(
+                [
+                    by[a]["sandbox_ready"][0] - by[a]["agent_started"][0]
+                    for a in agents
+                    if "sandbox_ready" in by[a]
+                ]
+            ),
+        ],
+        [
+            f"LLM turn (ideal {latency:.2f}; median / max)",
+            stat([x for a in agents for x in pairs(a, "iteration_started", "llm_response", 0)]),
+        ],
+        [
+            "gap between turns: code (with any sub-agents it waits for), snapshot, events (median / max)",
+            stat([x for a in agents for x in pairs(a, "llm_response", "iteration_started", 1)]),
+        ],
+        [
+            "last turn's reply → agent finished (median / max)",
+            stat(
+                [
+                    by[a]["agent_finished"][0] - by[a]["llm_response"][-1]
+                    for a in agents
+                    if "llm_response" in by[a]
+                ]
+            ),
+        ],
+        [
+            f"lifetime ({ideal}median / max)",
+            stat([f - s for s, f in zip(started, finished, strict=False)]),
+        ],
+        ["finished: last − first", f"{max(finished) - min(finished):.2f}"],
+        ["last one finished → its parent's next turn (median / max)", stat(resume)],
+    ]

@@ -30,7 +30,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MB, TreeMonitor, median, table
+from _common import MB, TreeMonitor, breakdown, median, table
 
 from rlm_kernel import llm
 from rlm_kernel.config import RLMConfig
@@ -91,48 +91,6 @@ class KernelMemory:
                 self.best = (n, pss / n / MB, rss / n / MB, uss / n / MB)
 
 
-def breakdown(events: list[Any], k: int, latency: float) -> list[list[str]]:
-    """Where a run's time went, from its events (children only, seconds)."""
-    by: dict[str, dict[str, list[float]]] = {}
-    for e in events:
-        by.setdefault(e.agent_id or "", {}).setdefault(e.type.value, []).append(e.ts)
-    root = min((a for a in by if a), key=len)
-    kids = [a for a in by if a and a != root]
-    if not kids:
-        return []
-
-    def stat(xs: list[float]) -> str:
-        return f"{median(xs):.2f} / {max(xs):.2f}" if xs else "-"
-
-    started = [by[a]["agent_started"][0] for a in kids]
-    ready = [by[a]["sandbox_ready"][0] - by[a]["agent_started"][0] for a in kids]
-    turns = [
-        r - s
-        for a in kids
-        for s, r in zip(by[a]["iteration_started"], by[a].get("llm_response", []), strict=False)
-    ]
-    gaps = [
-        s - r
-        for a in kids
-        for r, s in zip(by[a].get("llm_response", []), by[a]["iteration_started"][1:], strict=False)
-    ]
-    life = [by[a]["agent_finished"][0] - by[a]["agent_started"][0] for a in kids]
-    finished = [by[a]["agent_finished"][0] for a in kids]
-    root_next = [t for t in by[root]["iteration_started"] if t > max(finished)]
-    return [
-        ["children started: last − first", f"{max(started) - min(started):.2f}"],
-        ["sandbox ready after agent start (median / max)", stat(ready)],
-        [f"child LLM turn (ideal {latency:.2f}; median / max)", stat(turns)],
-        ["child gap between turns: code, snapshot, events (median / max)", stat(gaps)],
-        [f"child lifetime (ideal {k * latency:.2f}; median / max)", stat(life)],
-        ["children finished: last − first", f"{max(finished) - min(finished):.2f}"],
-        [
-            "last child finished → root's next turn",
-            stat([root_next[0] - max(finished)] if root_next else []),
-        ],
-    ]
-
-
 def run_once(name: str, results: str, events: list[Any] | None = None) -> float:
     cfg = RLMConfig().with_overrides(
         {
@@ -175,7 +133,9 @@ def main() -> None:
         events: list[Any] = []
         with KernelMemory() as mem, TreeMonitor(interval=0.2, memory=False) as cpu:
             walls = [run_once(name, results, events)]
-        profiles.append((f"{n} children x {k} iterations (first run)", breakdown(events, k, L)))
+        profiles.append(
+            (f"{n} children x {k} iterations (first run)", breakdown(events, 1, k * L, L))
+        )
         host_per_agent = (mem.host_peak - rss0) / MB / (n + 1)
         walls += [run_once(name, results) for _ in range(args.reps - 1)]
         wall = median(walls)

@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, median, table
+from _common import ROOT, breakdown, median, table
 
 from rlm_kernel import llm
 from rlm_kernel.config import RLMConfig
@@ -108,7 +108,9 @@ def critical_turns(node: dict[str, Any]) -> int:
     return len(node.get("iterations") or []) + max((critical_turns(c) for c in kids), default=0)
 
 
-def run_once(model: str, repo: Path, results: str) -> tuple[float, Any]:
+def run_once(
+    model: str, repo: Path, results: str, events: list[Any] | None = None
+) -> tuple[float, Any]:
     cfg = RLMConfig().with_overrides(
         {
             "model.name": model,
@@ -119,7 +121,9 @@ def run_once(model: str, repo: Path, results: str) -> tuple[float, Any]:
         }
     )
     t0 = time.perf_counter()
-    res = Run(PROMPT, repo, config=cfg).execute()
+    res = Run(
+        PROMPT, repo, config=cfg, on_event=events.append if events is not None else None
+    ).execute()
     wall = time.perf_counter() - t0
     if res.status != "done" or "sklearn/utils/_array_api.py" not in (res.patch or ""):
         raise RuntimeError(f"run ended {res.status} without the expected patch: {res.error}")
@@ -150,7 +154,9 @@ def main() -> None:
         model = load_model(L, args.large)
         results = str(work / "results")
         run_once(load_model(0.0, args.large), repo, results)  # warm: fork server, git caches
-        runs = [run_once(model, repo, results) for _ in range(args.reps)]
+        events: list[Any] = []
+        runs = [run_once(model, repo, results, events)]
+        runs += [run_once(model, repo, results) for _ in range(args.reps - 1)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     walls = [w for w, _ in runs]
@@ -180,6 +186,11 @@ def main() -> None:
             ],
         )
     )
+    for depth in sorted(by_depth):
+        prof = breakdown(events, depth, None, L)
+        if prof:
+            print(f"\nWhere the time goes, depth {depth} (first run)\n")
+            print(table(["phase", "seconds"], prof))
 
 
 if __name__ == "__main__":

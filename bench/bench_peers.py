@@ -40,7 +40,6 @@ from openai_server import Server
 QUESTION = "How many words are there in the chunks?"
 # Concurrent sub-LLM calls of one llm_query_batched, per system, at the settings used here.
 WIDTH = {
-    "rlm-kernel": 64,  # 4 * rlm.max_concurrency (16, the default)
     "rlms": 16,  # LMHandler.batch_max_concurrent, fixed in rlms 0.1.3
     "dspy": 8,  # RLM._make_llm_tools(max_workers=8), fixed in dspy 3.4.1
 }
@@ -59,14 +58,19 @@ def expected(n: int) -> str:
 # -- workers: one system, one run, in this process --------------------------------------------
 
 
-def _run_rlm_kernel(url: str, ctx: list[str], results: str) -> str:
+def _run_rlm_kernel(url: str, ctx: list[str], results: str, concurrency: int) -> str:
     os.environ["OPENAI_API_BASE"] = url
     os.environ["OPENAI_API_KEY"] = "bench"
     from rlm_kernel.config import RLMConfig
     from rlm_kernel.runner import Run
 
     cfg = RLMConfig().with_overrides(
-        {"model.name": "openai/bench", "results_dir": results, "model.retries": 0}
+        {
+            "model.name": "openai/bench",
+            "results_dir": results,
+            "model.retries": 0,
+            "rlm.max_concurrency": concurrency,
+        }
     )
     t0 = time.perf_counter()
     res = Run(QUESTION, None, config=cfg, context=ctx).execute()
@@ -125,8 +129,8 @@ def worker(system: str, url: str, n: int) -> None:
         for size in (2, n):
             ctx = chunks(size)
             with TreeMonitor() as mon:
-                if system == "rlm-kernel":
-                    answer = _run_rlm_kernel(url, ctx, results)
+                if system.startswith("rlm-kernel"):
+                    answer = _run_rlm_kernel(url, ctx, results, _concurrency(system))
                 elif system == "rlms":
                     answer = _run_rlms(url, ctx)
                 else:
@@ -137,8 +141,19 @@ def worker(system: str, url: str, n: int) -> None:
 # -- the parent ---------------------------------------------------------------------------------
 
 
+def _concurrency(system: str) -> int:
+    """rlm.max_concurrency of `rlm-kernel` (16, the default) or `rlm-kernel:N`."""
+    return int(system.split(":")[1]) if ":" in system else 16
+
+
+def width(system: str) -> int:
+    if system.startswith("rlm-kernel"):
+        return 4 * _concurrency(system)  # llm_query_batched's width: 4 * rlm.max_concurrency
+    return WIDTH[system]
+
+
 def available(system: str) -> bool:
-    return importlib.util.find_spec(MODULE[system]) is not None
+    return importlib.util.find_spec(MODULE[system.split(":")[0]]) is not None
 
 
 def measure(system: str, url: str, n: int) -> dict[str, Any]:
@@ -154,7 +169,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--latency", type=float, default=1.0)
     ap.add_argument("--chunks", type=int, default=100)
-    ap.add_argument("--systems", default="rlm-kernel,rlms,dspy")
+    ap.add_argument(
+        "--systems",
+        default="rlm-kernel,rlm-kernel:25,rlms,dspy",
+        help="rlm-kernel:N sets rlm.max_concurrency = N (batch width 4N; default 16)",
+    )
     ap.add_argument("--smoke", action="store_true", help="10 chunks, L = 0.05 s, 1 repetition")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -177,13 +196,13 @@ def main() -> None:
                 )
                 continue
             runs = [measure(system, srv.url, n) for _ in range(args.reps)]
-            width = min(n, WIDTH[system])
-            crit = (3 + math.ceil(n / width)) * L
+            w = min(n, width(system))
+            crit = (3 + math.ceil(n / w)) * L
             wall = median([r["wall"] for r in runs])
             rows.append(
                 [
                     system,
-                    width,
+                    w,
                     f"{crit:.2f}",
                     f"{wall:.2f}",
                     f"{wall / crit:.2f}",
