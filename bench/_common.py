@@ -20,6 +20,11 @@ ROOT = BENCH.parent
 MB = 1024 * 1024
 
 
+def machine() -> str:
+    """CPUs and the 1-minute load average, for the caveat line of every table."""
+    return f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

@@ -30,7 +30,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MB, TreeMonitor, breakdown, median, table
+from _common import MB, TreeMonitor, breakdown, machine, median, table
 
 from rlm_kernel import llm
 from rlm_kernel.config import RLMConfig
@@ -124,7 +124,7 @@ def main() -> None:
     llm._litellm()  # the one-time import is not engine overhead
     results = tempfile.mkdtemp(prefix="rlm-bench-fanout-")
     run_once(model(2, 2, 0.0), results)  # warm: fork server, caches
-    print(f"latency per LLM call L = {L} s, {args.reps} repetitions, medians\n")
+    print(f"latency per LLM call L = {L} s, {args.reps} repetitions, medians; {machine()}")
     rows, mem_rows, profiles = [], [], []
     for n, k in sizes:
         name = model(n, k, L)
@@ -165,6 +165,7 @@ def main() -> None:
             ]
         )
     shutil.rmtree(results, ignore_errors=True)
+    print(f"at the end: {machine()}\n")
     print(
         table(
             [

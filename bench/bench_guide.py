@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, breakdown, median, table
+from _common import ROOT, breakdown, machine, median, table
 
 from rlm_kernel import llm
 from rlm_kernel.config import RLMConfig
@@ -170,7 +170,8 @@ def main() -> None:
     wall = median(walls)
     print(
         f"scikit-learn {VERSION} sources{' (4 subpackages)' if args.smoke else ''}, "
-        f"L = {L} s per LLM call, LARGE = {args.large}, {args.reps} repetitions, medians\n"
+        f"L = {L} s per LLM call, LARGE = {args.large}, {args.reps} repetitions, medians; "
+        f"at the end: {machine()}\n"
     )
     depths = ", ".join(f"{n} at depth {d}" for d, n in sorted(by_depth.items()))
     print(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, table
+from _common import machine, median, table
 from jupyter_client.manager import KernelManager
 
 TARGET = 1.5
@@ -117,7 +117,8 @@ def main() -> None:
         )
     ratio = median(times["rlm"]) / median(times["python3"])
     print(
-        f"`{CELL}` with execute_interactive, {args.reps} kernel starts per kind, {args.n} cells each\n"
+        f"`{CELL}` with execute_interactive, {args.reps} kernel starts per kind, "
+        f"{args.n} cells each; at the end: {machine()}\n"
     )
     print(
         table(

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TreeMonitor, median, run_worker, table
+from _common import TreeMonitor, machine, median, run_worker, table
 from openai_server import Server
 
 QUESTION = "How many words are there in the chunks?"
@@ -224,6 +224,7 @@ def main() -> None:
         "peak RSS, summed (MB)",
         "processes",
     ]
+    print(f"at the end: {machine()}\n")
     print(table(headers, rows))
     print(f"\nrequests served per kind: {counts}")
     for s in skipped:
