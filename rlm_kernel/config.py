@@ -73,6 +73,7 @@ class SandboxConfig:
 
     backend: str = "local"
     keep: bool = False
+    snapshot: str | None = None  # Daytona: the snapshot sandboxes are created from
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {"sandbox.backend": ("local", "daytona")}

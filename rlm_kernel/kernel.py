@@ -185,13 +185,18 @@ class RLMKernel(IPythonKernel):
         with self._root_lock:
             if self._root is not None and not self._root.closed:
                 return self._root
-            cls = backend_class(self.rlm_config.sandbox.backend)
+            # `%rlm config sandbox.backend=daytona` before the first cell counts too.
+            session = self.rlm_session
+            cfg = session.config() if session is not None else self.rlm_config
+            cls = backend_class(cfg.sandbox.backend)
+            cls.check(cfg)
             spec = SandboxSpec(
                 run_id=self._run_id,
                 agent_id="root",
                 target=self._root_target,
                 handler=self.notebook_handler,
                 runtime_cfg={"agent_id": "root", "depth": 0, "tools": []},
+                snapshot=cfg.sandbox.snapshot,
             )
             sb = cls(spec)
             try:
@@ -348,6 +353,8 @@ class RLMKernel(IPythonKernel):
         if res.status == "restarted":
             with contextlib.suppress(Exception):
                 prepare_repl(sb)
+            if sb.backend != "local" and res.error:  # e.g. Daytona restarted the context empty
+                return publish.error("SandboxRestarted", res.error)
             return publish.error(
                 "KeyboardInterrupt",
                 "the cell did not stop when interrupted, so its Python process was restarted: "
@@ -372,7 +379,7 @@ class RLMKernel(IPythonKernel):
                 "evalue": str(err.get("evalue", "")),
                 "traceback": list(err.get("traceback", [])),
             }
-        return publish.error("KeyboardInterrupt", "interrupted")
+        return publish.error("KeyboardInterrupt", res.error or "interrupted")
 
     async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
         """Stop forwarded cells (control thread); otherwise interrupt the host as usual."""

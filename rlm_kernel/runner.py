@@ -363,6 +363,7 @@ class Run:
             },
             context=agent.context,
             keep=self.config.sandbox.keep,
+            snapshot=self.config.sandbox.snapshot,
         )
         if agent.parent is None and self.root_sandbox is not None:
             self.root_sandbox.reset_agent()
