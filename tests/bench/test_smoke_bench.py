@@ -35,7 +35,9 @@ def test_fanout() -> None:
 
 def test_guide() -> None:
     out = smoke("bench_guide.py")
-    assert "| agents | 10 (1 at depth 0, 5 at depth 1, 4 at depth 2) |" in out
+    assert "| agents |" in out
+    assert "at depth 1" in out
+    assert "at depth 2" in out  # the model's recursion ran
     assert "wall / critical path" in out
 
 
