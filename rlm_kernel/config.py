@@ -48,6 +48,7 @@ class ModelConfig:
     max_tokens: int | None = None
     timeout: float = 600
     retries: int = 3
+    api_base: str | None = None
 
 
 @dataclass(frozen=True)

@@ -520,6 +520,7 @@ class RLMKernel(IPythonKernel):
             temperature=m.temperature,
             max_tokens=m.max_tokens,
             api_key=os.environ.get("LLM_API_KEY") or None,
+            api_base=m.api_base,
         )
         name = model or cfg.sub_model_name
         info = {"agent_id": "root", "parent_id": None, "depth": 0, "kind": "llm_query"}
