@@ -508,8 +508,9 @@ class RLMKernel(IPythonKernel):
         from .config import ConfigError
         from .llm import LLMClient, LLMError
 
-        try:
-            cfg = self.rlm_config
+        try:  # with the notebook's `%rlm config` settings, as a `%%rlm` run would see them
+            session = self.rlm_session
+            cfg = session.config() if session is not None else self.rlm_config
         except ConfigError as exc:
             raise BridgeRefused(f"llm_query: {exc}") from exc
         load_dotenv_file()
