@@ -21,7 +21,7 @@ def kernel(tmp_path: Path, llm_server: FaultServer) -> Iterator[RLMKernelProcess
     ok(
         k.execute(
             f"%rlm config results_dir=results model.api_base={llm_server.api_base} "
-            "model.retries=0 model.timeout=2"
+            "model.retries=0 model.timeout=30"
         )
     )
     yield k
@@ -48,12 +48,14 @@ def test_failing_provider_never_crashes_the_kernel(
 
     llm_server.default = error(500, message="the provider is on fire")
     cell = ok(kernel.execute("%%rlm -o res\nAnything", timeout=120))
-    assert "the provider is on fire" in _text(cell)
+    assert "the provider is on fire" in _text(cell), _text(cell)[:2000]
     got = ok(kernel.execute("print(res.status, before + 1)"))
     assert got.stdout == "error 42\n"
 
     llm_server.default = hang(60)
+    ok(kernel.execute("%rlm config model.timeout=2"))
     ok(kernel.execute("%%rlm -o res2\nAnything", timeout=120))
+    ok(kernel.execute("%rlm config model.timeout=30"))
     got = ok(kernel.execute("print(res2.status, 'timed out after 2 s' in res2.answer)"))
     assert got.stdout == "error True\n"
 
