@@ -947,7 +947,10 @@ class LLMClient:
         try:
             text = response.choices[0].message.content
         except (AttributeError, IndexError, KeyError, TypeError) as exc:
-            raise LLMError(f"Model '{model}' returned a response without choices") from exc
+            raise LLMError(
+                f"Model '{model}' returned a response without choices (no completion); "
+                "try again, or check the provider's status"
+            ) from exc
         usage = Usage(llm_calls=1)
         raw = getattr(response, "usage", None)
         if raw is not None:
@@ -1004,6 +1007,7 @@ def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return ""
     message = str(getattr(exc, "message", None) or exc) or type(exc).__name__
+    message = message.split("Traceback (most recent call last)", 1)[0]
     message = _redact_secrets(message.split("\nTraceback", 1)[0].strip())
     first = message.splitlines()[0].rstrip(". ") if message else type(exc).__name__
     return first if len(first) <= 300 else first[:299] + "…"

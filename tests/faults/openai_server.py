@@ -10,6 +10,9 @@ A behaviour is one of:
 - ``hang(seconds)``: wait (past the client's timeout) before replying ``text``;
 - ``malformed()``: HTTP 200 with a body that is not JSON;
 - ``empty()``: HTTP 200 with ``content: null`` (an empty reply);
+- ``no_choices()``: HTTP 200 with an empty ``choices`` list;
+- ``error_in_body(code)``: HTTP 200 whose body is an error object with that code (as some
+  gateways, e.g. OpenRouter, report upstream failures);
 - ``drop()``: close the connection without a response.
 
 A behaviour may also be a callable ``(request_json) -> behaviour`` (a scripted model answering by
@@ -39,8 +42,10 @@ __all__ = [
     "drop",
     "empty",
     "error",
+    "error_in_body",
     "hang",
     "malformed",
+    "no_choices",
     "reply",
 ]
 
@@ -49,7 +54,7 @@ __all__ = [
 class Behaviour:
     """What the server does with one request."""
 
-    kind: str  # reply | error | hang | malformed | empty | drop
+    kind: str  # reply | error | hang | malformed | empty | no_choices | error_in_body | drop
     text: str = ""
     status: int = 200
     retry_after: str | None = None
@@ -88,6 +93,16 @@ def malformed() -> Behaviour:
 def empty() -> Behaviour:
     """HTTP 200 with an empty (null) message content."""
     return Behaviour("empty")
+
+
+def no_choices() -> Behaviour:
+    """HTTP 200 with an empty choices list."""
+    return Behaviour("no_choices")
+
+
+def error_in_body(code: int, message: str = "") -> Behaviour:
+    """HTTP 200 with ``{"error": {"message", "code"}}`` instead of a completion."""
+    return Behaviour("error_in_body", status=code, message=message or f"injected error {code}")
 
 
 def drop() -> Behaviour:
@@ -228,6 +243,11 @@ class FaultServer:
             return web.Response(
                 text='{"id": "x", "choices": [ this is not JSON', content_type="application/json"
             )
+        if behaviour.kind == "error_in_body":
+            err = {"error": {"message": behaviour.message, "code": behaviour.status}}
+            return web.json_response(err)
+        if behaviour.kind == "no_choices":
+            return web.json_response({**_completion(model, ""), "choices": []})
         if behaviour.kind == "drop":
             transport = request.transport
             if transport is not None:

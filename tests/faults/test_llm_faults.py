@@ -16,7 +16,17 @@ import rlm_kernel
 from rlm_kernel.config import RLMConfig
 
 from .conftest import FAKE_KEY
-from .openai_server import FaultServer, drop, empty, error, hang, malformed, reply
+from .openai_server import (
+    FaultServer,
+    drop,
+    empty,
+    error,
+    error_in_body,
+    hang,
+    malformed,
+    no_choices,
+    reply,
+)
 
 Config = Callable[..., RLMConfig]
 FINAL_OK = reply("```python\nFINAL('ok')\n```")
@@ -89,6 +99,28 @@ def test_malformed_json_every_time_gives_up_with_the_parse_error(
     msg = res.error or ""
     assert "openai/fault-model" in msg and "failed after 1 attempts" in msg
     assert "Expecting value" in msg  # the JSON decoder's complaint, not a bare exception name
+
+
+def test_an_error_object_in_a_200_reply_is_retried_by_its_code(
+    llm_server: FaultServer, fault_config: Config
+) -> None:
+    # Gateways such as OpenRouter report upstream failures as HTTP 200 + {"error": {...}}.
+    llm_server.script(error_in_body(502, "upstream overloaded"), FINAL_OK)
+    res = rlm_kernel.run("gateway hiccup", config=fault_config())
+    assert (res.status, res.answer) == ("done", "ok"), res.error
+    assert llm_server.kinds() == ["error_in_body", "reply"]
+
+
+def test_a_reply_without_choices_ends_the_agent_with_a_clear_error(
+    llm_server: FaultServer, fault_config: Config
+) -> None:
+    llm_server.script(no_choices())
+    res = rlm_kernel.run("no completion", config=fault_config())
+    assert res.status == "error"
+    assert res.error == (
+        "Model 'openai/fault-model' returned a response without choices (no completion); "
+        "try again, or check the provider's status"
+    )
 
 
 def test_empty_content_and_a_reply_without_code_get_corrective_turns(
