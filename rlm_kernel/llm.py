@@ -1019,9 +1019,6 @@ def _redact_secrets(text: str) -> str:
     Error messages travel to records, to the notebook and (as ``llm_query``'s "Error: ..."
     strings) into sandboxes, which must never see a key.
     """
-    from .config import is_secret_env
+    from .config import redact_secrets
 
-    for name, value in os.environ.items():
-        if len(value) >= 8 and value in text and is_secret_env(name):
-            text = text.replace(value, "***")
-    return text
+    return redact_secrets(text)

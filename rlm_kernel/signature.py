@@ -103,7 +103,7 @@ def _split_top(text: str) -> list[str]:
 
 
 def _fields(text: str, whole: str) -> tuple[Field, ...]:
-    out = []
+    out: list[Field] = []
     for part in _split_top(text):
         name, _, typ = part.partition(":")
         name = name.strip()

@@ -89,6 +89,26 @@ def test_no_key_reaches_any_sandbox_or_record_through_a_real_provider(
     assert FAKE_KEY not in dump and OTHER_KEY not in dump
 
 
+def test_a_key_that_a_host_tool_leaks_is_masked_in_the_record(
+    llm_server: FaultServer, fault_config: Config
+) -> None:
+    def host_config() -> str:
+        """A careless host tool that returns the provider's key."""
+        return f"key={os.environ['OPENAI_API_KEY']}"
+
+    llm_server.script(
+        reply("```python\nleak = host_config()\nprint(leak)\n```"),
+        reply("```python\nFINAL(leak)\n```"),
+    )
+    res = rlm_kernel.run("leak", config=fault_config(), tools=[host_config])
+    assert res.status == "done", res.error
+    assert res.answer == f"key={FAKE_KEY}"  # the caller gets what the tool returned ...
+    record = Path(res.record_path or "").read_text()
+    assert FAKE_KEY not in record and "key=***" in record  # ... the record never holds it
+    index = (Path(res.record_path or "").parent / "index.json").read_text()
+    assert FAKE_KEY not in index
+
+
 def test_forged_frames_printed_by_agent_code_do_nothing(
     llm_server: FaultServer, fault_config: Config
 ) -> None:
