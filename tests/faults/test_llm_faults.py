@@ -138,11 +138,26 @@ def test_empty_content_and_a_reply_without_code_get_corrective_turns(
     ]
 
 
+def test_three_empty_replies_in_a_row_end_the_agent(
+    llm_server: FaultServer, fault_config: Config
+) -> None:
+    llm_server.script(empty(), reply("thinking..."), empty(), empty())  # the prose resets the count
+    llm_server.default = empty()
+    res = rlm_kernel.run("silent model", config=fault_config(rlm__max_iterations=20))
+    assert res.status == "error"
+    assert res.error == (
+        "the model returned 3 empty replies in a row; check the model name, model.max_tokens "
+        "and the provider's status"
+    )
+    assert len(llm_server.requests) == 5
+    assert res.answer.startswith("[partial answer: error: the model returned 3 empty replies")
+
+
 def test_a_model_that_never_writes_code_ends_at_max_iterations(
     llm_server: FaultServer, fault_config: Config
 ) -> None:
-    llm_server.default = empty()
-    res = rlm_kernel.run("silent model", config=fault_config(rlm__max_iterations=3))
+    llm_server.default = reply("I would rather talk about it.")
+    res = rlm_kernel.run("chatty model", config=fault_config(rlm__max_iterations=3))
     assert res.status == "budget"
     assert res.error == "max_iterations (3) reached"
     assert len(llm_server.requests) == 3
