@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Agent", "AgentOutcome"]
 
+_MAX_EMPTY_REPLIES = 3  # consecutive empty LLM replies that end an agent
+
 
 class AgentOutcome:
     """How an agent ended: its answer (always set), status, patch and error."""
@@ -170,6 +172,7 @@ class Agent:
             {"role": "user", "content": task_prompt(self.task, info)},
         ]
         status, error, last_text = "running", None, ""
+        empty_replies = 0  # in a row: a provider that answers nothing should not burn every turn
         try:
             for index in range(cfg.max_iterations):
                 self.iteration = index
@@ -185,6 +188,19 @@ class Agent:
                     EventType.LLM_RESPONSE, index=index, text=text, usage=completion.usage.to_dict()
                 )
                 blocks = extract_code_blocks(text)
+                empty_replies = 0 if text.strip() else empty_replies + 1
+                if empty_replies >= _MAX_EMPTY_REPLIES:
+                    self.emit(
+                        EventType.ITERATION_FINISHED, index=index, namespace=None, no_code=True
+                    )
+                    status, error = (
+                        "error",
+                        (
+                            f"the model returned {empty_replies} empty replies in a row; check the "
+                            "model name, model.max_tokens and the provider's status"
+                        ),
+                    )
+                    break
                 if not blocks:
                     messages += [
                         {"role": "assistant", "content": text},

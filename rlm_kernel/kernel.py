@@ -515,8 +515,9 @@ class RLMKernel(IPythonKernel):
         from .config import ConfigError
         from .llm import LLMClient, LLMError
 
-        try:
-            cfg = self.rlm_config
+        try:  # with the notebook's `%rlm config` settings, as a `%%rlm` run would see them
+            session = self.rlm_session
+            cfg = session.config() if session is not None else self.rlm_config
         except ConfigError as exc:
             raise BridgeRefused(f"llm_query: {exc}") from exc
         load_dotenv_file()
@@ -527,6 +528,7 @@ class RLMKernel(IPythonKernel):
             temperature=m.temperature,
             max_tokens=m.max_tokens,
             api_key=os.environ.get("LLM_API_KEY") or None,
+            api_base=m.api_base,
         )
         name = model or cfg.sub_model_name
         info = {"agent_id": "root", "parent_id": None, "depth": 0, "kind": "llm_query"}

@@ -118,6 +118,7 @@ class Run:
             temperature=m.temperature,
             max_tokens=m.max_tokens,
             api_key=os.environ.get("LLM_API_KEY") or None,
+            api_base=m.api_base,
         )
         self.scope = Scope()
         self.gate = StepGate(step)

@@ -605,7 +605,10 @@ class DaytonaSandbox(Sandbox):
         old = self.path
         new = f"{self.root}/work-{os.urandom(3).hex()}"
         base = self._make_workspace(target, new)
-        self._quiet(f"import os as _o\n_o.chdir({new!r})\ndel _o\n", "move to the new workspace")
+        self._quiet(
+            f"import os as _o\n_o.chdir({new!r})\nif '__rlm__' in globals(): __rlm__.workspace = _o.getcwd()\ndel _o\n",
+            "move to the new workspace",
+        )
         self.spec.target, self.path, self.base_commit = target, new, base
         with contextlib.suppress(Exception):
             self._sh(f"rm -rf {shlex.quote(old)}")

@@ -135,6 +135,8 @@ class Runtime:
         self.cfg = cfg
         self.secret = cfg["secret"].encode()
         self.bridge_dir = cfg["bridge_dir"]
+        # edit_file and apply_patch act inside this directory only (the backends chdir here)
+        self.workspace = os.path.realpath(cfg.get("workspace") or os.getcwd())
         self.exec_id = ""
         self.finalized = False
         # Frames go to the stream that exists now, so a later redirect_stdout cannot swallow them.
@@ -466,6 +468,12 @@ def _make_functions(rt: Runtime) -> dict[str, Any]:
 
     def edit_file(path: str, old: str, new: str) -> str:
         """Replace the one exact occurrence of `old` with `new` in `path`; .py files must still compile."""
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, rt.workspace]) != rt.workspace:
+            raise PermissionError(
+                f"edit_file: {path} is outside the workspace {rt.workspace}; "
+                "edit the workspace's files only"
+            )
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
         count = text.count(old)
@@ -495,6 +503,7 @@ def _make_functions(rt: Runtime) -> dict[str, Any]:
             input=patch if patch.endswith("\n") else patch + "\n",
             capture_output=True,
             text=True,
+            cwd=rt.workspace,  # paths relative to the workspace; git refuses any that leave it
         )
         if proc.returncode != 0:
             raise RuntimeError(f"apply_patch: git apply failed: {proc.stderr.strip()}")
