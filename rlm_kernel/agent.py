@@ -30,6 +30,7 @@ __all__ = ["Agent", "AgentOutcome"]
 
 CHILDREN_GRACE_S = 30.0
 """How long an ending agent waits for its cancelled children to finish (and be recorded) first."""
+_MAX_EMPTY_REPLIES = 3  # consecutive empty LLM replies that end an agent
 
 
 class AgentOutcome:
@@ -174,6 +175,7 @@ class Agent:
             {"role": "user", "content": task_prompt(self.task, info)},
         ]
         status, error, last_text = "running", None, ""
+        empty_replies = 0  # in a row: a provider that answers nothing should not burn every turn
         try:
             for index in range(cfg.max_iterations):
                 self.iteration = index
@@ -189,6 +191,19 @@ class Agent:
                     EventType.LLM_RESPONSE, index=index, text=text, usage=completion.usage.to_dict()
                 )
                 blocks = extract_code_blocks(text)
+                empty_replies = 0 if text.strip() else empty_replies + 1
+                if empty_replies >= _MAX_EMPTY_REPLIES:
+                    self.emit(
+                        EventType.ITERATION_FINISHED, index=index, namespace=None, no_code=True
+                    )
+                    status, error = (
+                        "error",
+                        (
+                            f"the model returned {empty_replies} empty replies in a row; check the "
+                            "model name, model.max_tokens and the provider's status"
+                        ),
+                    )
+                    break
                 if not blocks:
                     messages += [
                         {"role": "assistant", "content": text},

@@ -192,6 +192,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.prompt.strip():
+        return _fail("-p/--prompt is empty: give the task for the root agent", EXIT_USAGE)
     try:
         config = load_config(args.config, _overrides(args))
     except ConfigError as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "is_secret_env",
     "load_config",
     "load_dotenv_file",
+    "redact_secrets",
     "sandbox_env",
 ]
 
@@ -48,6 +49,7 @@ class ModelConfig:
     max_tokens: int | None = None
     timeout: float = 600
     retries: int = 3
+    api_base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class SandboxConfig:
 
     backend: str = "local"
     keep: bool = False
+    snapshot: str | None = None  # Daytona: the snapshot sandboxes are created from
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {"sandbox.backend": ("local", "daytona")}
@@ -332,6 +335,15 @@ def is_secret_env(name: str) -> bool:
     """True if an environment variable name looks like it holds a secret."""
     upper = name.upper()
     return any(fnmatchcase(upper, pattern) for pattern in SECRET_ENV_PATTERNS)
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with the values of secret environment variables (API keys, tokens) as `***`."""
+    secrets = {v for k, v in os.environ.items() if len(v) >= 8 and is_secret_env(k)}
+    for value in sorted(secrets, key=len, reverse=True):  # a key inside a longer one: longest first
+        if value in text:
+            text = text.replace(value, "***")
+    return text
 
 
 SANDBOX_ENV_ALLOWLIST: tuple[str, ...] = (

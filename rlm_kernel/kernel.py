@@ -185,13 +185,18 @@ class RLMKernel(IPythonKernel):
         with self._root_lock:
             if self._root is not None and not self._root.closed:
                 return self._root
-            cls = backend_class(self.rlm_config.sandbox.backend)
+            # `%rlm config sandbox.backend=daytona` before the first cell counts too.
+            session = self.rlm_session
+            cfg = session.config() if session is not None else self.rlm_config
+            cls = backend_class(cfg.sandbox.backend)
+            cls.check(cfg)
             spec = SandboxSpec(
                 run_id=self._run_id,
                 agent_id="root",
                 target=self._root_target,
                 handler=self.notebook_handler,
                 runtime_cfg={"agent_id": "root", "depth": 0, "tools": []},
+                snapshot=cfg.sandbox.snapshot,
             )
             sb = cls(spec)
             try:
@@ -350,6 +355,8 @@ class RLMKernel(IPythonKernel):
         if res.status == "restarted":
             with contextlib.suppress(Exception):
                 prepare_repl(sb)
+            if sb.backend != "local" and res.error:  # e.g. Daytona restarted the context empty
+                return publish.error("SandboxRestarted", res.error)
             return publish.error(
                 "KeyboardInterrupt",
                 "the cell did not stop when interrupted, so its Python process was restarted: "
@@ -374,7 +381,7 @@ class RLMKernel(IPythonKernel):
                 "evalue": str(err.get("evalue", "")),
                 "traceback": list(err.get("traceback", [])),
             }
-        return publish.error("KeyboardInterrupt", "interrupted")
+        return publish.error("KeyboardInterrupt", res.error or "interrupted")
 
     async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
         """Stop forwarded cells (control thread); otherwise interrupt the host as usual."""
@@ -510,8 +517,9 @@ class RLMKernel(IPythonKernel):
         from .config import ConfigError
         from .llm import LLMClient, LLMError
 
-        try:
-            cfg = self.rlm_config
+        try:  # with the notebook's `%rlm config` settings, as a `%%rlm` run would see them
+            session = self.rlm_session
+            cfg = session.config() if session is not None else self.rlm_config
         except ConfigError as exc:
             raise BridgeRefused(f"llm_query: {exc}") from exc
         load_dotenv_file()
@@ -522,6 +530,7 @@ class RLMKernel(IPythonKernel):
             temperature=m.temperature,
             max_tokens=m.max_tokens,
             api_key=os.environ.get("LLM_API_KEY") or None,
+            api_base=m.api_base,
         )
         name = model or cfg.sub_model_name
         info = {"agent_id": "root", "parent_id": None, "depth": 0, "kind": "llm_query"}

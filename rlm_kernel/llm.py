@@ -684,6 +684,7 @@ class LLMClient:
         temperature: float | None = None,
         max_tokens: int | None = None,
         api_key: str | None = None,
+        api_base: str | None = None,
     ) -> None:
         """Configure defaults for every call made with this client."""
         self.timeout = float(timeout)
@@ -691,6 +692,7 @@ class LLMClient:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.api_key = api_key or None
+        self.api_base = api_base or None
 
     # -- readiness ---------------------------------------------------------------------------
 
@@ -754,6 +756,8 @@ class LLMClient:
             kwargs["metadata"] = {"rlm_info": {**_INFO_DEFAULTS, **(info or {})}}
         else:
             kwargs["max_retries"] = 0  # retries are ours; no hidden retries in the provider SDK
+            if self.api_base:
+                kwargs["api_base"] = self.api_base
             if self.api_key and self._missing_keys(litellm, model):
                 kwargs["api_key"] = self.api_key
         transient = _transient_types(litellm)
@@ -778,7 +782,9 @@ class LLMClient:
                         f"{_describe(exc)}; the provider is overloaded or unreachable - try "
                         "again later, or raise `retries`"
                     ) from exc
-                delay = self._backoff(attempt)
+                delay = _retry_after(exc, self.backoff_cap_s)
+                if delay is None:
+                    delay = self._backoff(attempt)
                 remaining = deadline - time.monotonic()
                 if delay >= remaining:
                     self._sleep(remaining, cancel, model)
@@ -941,7 +947,10 @@ class LLMClient:
         try:
             text = response.choices[0].message.content
         except (AttributeError, IndexError, KeyError, TypeError) as exc:
-            raise LLMError(f"Model '{model}' returned a response without choices") from exc
+            raise LLMError(
+                f"Model '{model}' returned a response without choices (no completion); "
+                "try again, or check the provider's status"
+            ) from exc
         usage = Usage(llm_calls=1)
         raw = getattr(response, "usage", None)
         if raw is not None:
@@ -960,6 +969,32 @@ class LLMClient:
         )
 
 
+def _retry_after(exc: BaseException, cap: float) -> float | None:
+    """Seconds the provider asked to wait (a Retry-After header of a 429/503), capped; else None."""
+    headers = getattr(exc, "litellm_response_headers", None)
+    if headers is None:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+    try:
+        value = None if headers is None else headers.get("retry-after", headers.get("Retry-After"))
+    except Exception:
+        return None
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        try:  # an HTTP date
+            from email.utils import parsedate_to_datetime
+
+            seconds = parsedate_to_datetime(str(value)).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return min(cap, max(0.0, seconds))
+
+
 def _no_key_message(model: str, missing: list[str]) -> str:
     return (
         f"No API key for model '{model}': set LLM_API_KEY or {' and '.join(missing)} "
@@ -972,6 +1007,18 @@ def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return ""
     message = str(getattr(exc, "message", None) or exc) or type(exc).__name__
-    message = message.split("\nTraceback", 1)[0].strip()
+    message = message.split("Traceback (most recent call last)", 1)[0]
+    message = _redact_secrets(message.split("\nTraceback", 1)[0].strip())
     first = message.splitlines()[0].rstrip(". ") if message else type(exc).__name__
     return first if len(first) <= 300 else first[:299] + "…"
+
+
+def _redact_secrets(text: str) -> str:
+    """Mask the values of secret environment variables (API keys) that a provider echoed back.
+
+    Error messages travel to records, to the notebook and (as ``llm_query``'s "Error: ..."
+    strings) into sandboxes, which must never see a key.
+    """
+    from .config import redact_secrets
+
+    return redact_secrets(text)

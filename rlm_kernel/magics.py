@@ -9,6 +9,7 @@ event loop and widget messages (Stop, Step) keep flowing. `get_ipython().run_cel
 from __future__ import annotations
 
 import argparse
+import keyword
 import os
 import re
 import shlex
@@ -172,7 +173,7 @@ def start_cell(
         args = cell_parser().parse_args(_expand(session, _split(line)))
     except _HelpShown:
         return None
-    if args.out is not None and not args.out.isidentifier():
+    if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
         raise UsageError(f"-o/--out needs a variable name, got {args.out!r}")
     if args.context is not None and not args.context.isidentifier():
         raise UsageError(f"--context needs a variable name, got {args.context!r}")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .config import redact_secrets
 from .events import Event, EventType
 
 __all__ = ["Recorder", "TreeState", "load_index", "load_record", "write_json_atomic"]
@@ -19,11 +20,16 @@ _INDEX_KEEP = 1000
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary name and rename it over `path` (readers never see half a file)."""
+    """Write JSON to a temporary name and rename it over `path` (readers never see half a file).
+
+    Values of secret environment variables (API keys, tokens) are written as `***`, wherever
+    they appear (a host tool's result, a task, an echoed error).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = redact_secrets(json.dumps(data, ensure_ascii=False, indent=1, default=str))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False, indent=1, default=str)
+        fh.write(text)
     os.replace(tmp, path)
 
 

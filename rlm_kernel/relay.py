@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import signal
 import sys
 import threading
@@ -237,7 +238,12 @@ def merge_matches(
 
 
 def prepare_repl(sb: Sandbox) -> None:
-    """One-time setup of a sandbox REPL for notebook use (help shown inline)."""
-    res = sb.execute(_PAGER_SETUP, timeout=30, store_history=False)
+    """One-time setup of a local sandbox REPL for notebook use: help shown inline, and
+    `RLM_NOTEBOOK_DIR` (the kernel's working directory: the notebook's folder) in its
+    environment, since its own working directory is the sandbox's workspace."""
+    if sb.backend != "local":
+        return  # a Daytona context is plain Python (`obj?` is not its syntax), on another machine
+    notebook_dir = f"__import__('os').environ['RLM_NOTEBOOK_DIR'] = {os.getcwd()!r}\n"
+    res = sb.execute(_PAGER_SETUP + notebook_dir, timeout=30, store_history=False)
     if res.error:
         log.warning("could not set up the sandbox's pager: %s", res.error)

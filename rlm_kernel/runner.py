@@ -118,6 +118,7 @@ class Run:
             temperature=m.temperature,
             max_tokens=m.max_tokens,
             api_key=os.environ.get("LLM_API_KEY") or None,
+            api_base=m.api_base,
         )
         self.scope = Scope()
         self.gate = StepGate(step)
@@ -364,6 +365,7 @@ class Run:
             },
             context=agent.context,
             keep=self.config.sandbox.keep,
+            snapshot=self.config.sandbox.snapshot,
         )
         if agent.parent is None and self.root_sandbox is not None:
             self.root_sandbox.reset_agent()

@@ -50,6 +50,12 @@ class Signature:
                 f"signature {text!r} has no '->': write it as 'inputs -> outputs', "
                 "e.g. 'question: str -> answer: str, confidence: float'"
             )
+        if text.count("->") > 1:
+            raise SignatureError(
+                f"signature {text!r} has more than one '->': write it as 'inputs -> outputs'"
+            )
+        if text.count("[") != text.count("]"):
+            raise SignatureError(f"signature {text!r} has unbalanced brackets: close every '['")
         left, right = text.split("->", 1)
         outputs = _fields(right, text)
         if not outputs:
@@ -97,12 +103,14 @@ def _split_top(text: str) -> list[str]:
 
 
 def _fields(text: str, whole: str) -> tuple[Field, ...]:
-    out = []
+    out: list[Field] = []
     for part in _split_top(text):
         name, _, typ = part.partition(":")
         name = name.strip()
         if not re.fullmatch(r"[A-Za-z_]\w*", name):
             raise SignatureError(f"signature {whole!r}: {name!r} is not a valid field name")
+        if any(f.name == name for f in out):
+            raise SignatureError(f"signature {whole!r}: field {name!r} appears twice; rename one")
         out.append(Field(name, typ.strip() or "Any"))
     return tuple(out)
 

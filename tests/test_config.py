@@ -73,7 +73,9 @@ def test_to_dict_round_trip_and_flat() -> None:
     assert RLMConfig.from_dict(yaml.safe_load(yaml.safe_dump(d))) == c
     flat = c.flat()
     assert flat["rlm.max_depth"] == 2 and flat["results_dir"] == "out"
-    assert flat["sandbox.backend"] == "daytona" and len(flat) == 20
+    sections = (c.model, c.rlm, c.sandbox)
+    assert flat["sandbox.backend"] == "daytona"
+    assert len(flat) == sum(len(dataclasses.fields(s)) for s in sections) + 1  # + results_dir
     assert c.sub_model_name == "s"
 
 
@@ -344,3 +346,13 @@ def test_sandbox_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> 
     assert env["PATH"] == "/bin" and env["PYTHONUNBUFFERED"] == "1"
     assert "OPENAI_API_KEY" not in env
     assert not any(is_secret_env(k) for k in env)
+
+
+def test_redact_secrets_masks_values_of_secret_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlm_kernel.config import redact_secrets
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-0123456789")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_abcdefghijkl")
+    monkeypatch.setenv("EDITOR", "vim-editor-long-value")
+    text = "key sk-proj-0123456789, token ghp_abcdefghijkl, editor vim-editor-long-value"
+    assert redact_secrets(text) == "key ***, token ***, editor vim-editor-long-value"

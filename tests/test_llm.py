@@ -690,3 +690,32 @@ def test_cancel_during_backoff() -> None:
         with pytest.raises(LLMCancelled):
             client.complete(_user("x"), model=name, cancel=cancel)
         assert time.monotonic() - start < 0.5
+
+
+def test_api_base_is_passed_to_real_providers_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    litellm = llm._litellm()
+    fake = _FakeCompletion()
+    monkeypatch.setattr(litellm, "completion", fake)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    client = LLMClient(api_base="http://127.0.0.1:9/v1")
+    client.complete(_user("x"), model="openai/gpt-4o-mini")
+    assert fake.calls[0]["api_base"] == "http://127.0.0.1:9/v1"
+    client.complete(_user("x"), model=register_scripted(_unique("base"), lambda _m, _i: "hi"))
+    assert "api_base" not in fake.calls[1]  # scripted models have no API
+
+
+def test_retry_after_header_seconds_and_dates() -> None:
+    import email.utils
+
+    class _Exc(Exception):
+        def __init__(self, value: str | None) -> None:
+            self.litellm_response_headers = {} if value is None else {"retry-after": value}
+
+    assert llm._retry_after(_Exc("2"), 30) == 2.0
+    assert llm._retry_after(_Exc("120"), 30) == 30  # capped
+    assert llm._retry_after(_Exc("-1"), 30) == 0.0
+    assert llm._retry_after(_Exc("soon"), 30) is None
+    assert llm._retry_after(_Exc(None), 30) is None
+    assert llm._retry_after(Exception("no headers"), 30) is None
+    date = email.utils.formatdate(time.time() + 5, usegmt=True)
+    assert 2 <= (llm._retry_after(_Exc(date), 30) or 0) <= 5

@@ -398,3 +398,13 @@ def test_write_json_atomic_creates_dirs_and_leaves_no_temp(tmp_path: Path) -> No
     write_json_atomic(target, {"x": 2})
     assert json.loads(target.read_text()) == {"x": 2}
     assert sorted(p.name for p in target.parent.iterdir()) == ["c.json"]
+
+
+def test_secret_values_are_masked_in_records_and_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOME_API_KEY", "sk-live-abcdef123456")
+    monkeypatch.setenv("SHORT_TOKEN", "abc")  # too short to mask without mangling text
+    monkeypatch.setenv("PLAIN_SETTING", "sk-live-abcdef123456-not-secret-by-name")
+    write_json_atomic(tmp_path / "r.json", {"task": "use sk-live-abcdef123456 and abc"})
+    assert load_record(tmp_path / "r.json") == {"task": "use *** and abc"}

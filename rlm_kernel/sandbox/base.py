@@ -102,6 +102,7 @@ class SandboxSpec:
     runtime_cfg: dict[str, Any] = field(default_factory=dict)  # tools, signature, depth info
     context: Any = NO_CONTEXT
     keep: bool = False
+    snapshot: str | None = None  # remote backends: the image/snapshot to start from
 
 
 @dataclass

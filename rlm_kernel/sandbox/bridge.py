@@ -109,7 +109,8 @@ class Bridge:
         """Decode and authenticate one frame; None when forged, malformed, replayed or late."""
         body_b64, _, sig = raw.rpartition(":")
         want = hmac.new(self.secret, body_b64.encode(), hashlib.sha256).hexdigest()
-        if not body_b64 or not hmac.compare_digest(want, sig):
+        # compare_digest raises TypeError on non-ASCII str: any printed text can reach here
+        if not body_b64 or not sig.isascii() or not hmac.compare_digest(want, sig):
             self.rejected += 1
             log.warning("bridge: dropped a frame with a bad signature")
             return None

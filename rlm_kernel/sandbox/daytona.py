@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 RUN_LABEL = "rlm-run"
 AGENT_LABEL = "rlm-agent"
 CREATE_TIMEOUT_S = 120
+_NO_LIMIT_S = 10.0**6  # a cell timeout this long means "none" (notebook cells)
 RESTARTED = "the REPL was restarted by Daytona: variables are lost"
 _GIT = "git -c user.name=rlm -c user.email=rlm@localhost -c commit.gpgsign=false"
 
@@ -181,12 +182,8 @@ class DaytonaSandbox(Sandbox):
             if cell is not None:
                 cell["events"].append((op, args))
                 hook = cell.get("on_output")
-                if hook is not None and op == "display":
-                    kind = "execute_result" if args.get("result") else "display_data"
-                    content: dict[str, Any] = {"data": args.get("data") or {}, "metadata": {}}
-                    if kind == "execute_result":
-                        content["execution_count"] = None
-                    hook({"msg_type": kind, "content": content})
+                if hook is not None:
+                    hook(_output_message(op, args))
             return None
         return self.spec.handler(op, args)
 
@@ -205,7 +202,7 @@ class DaytonaSandbox(Sandbox):
             labels=labels,
             auto_stop_interval=0,
             language="python",
-            snapshot=os.environ.get("RLM_DAYTONA_SNAPSHOT") or None,
+            snapshot=self.spec.snapshot or os.environ.get("RLM_DAYTONA_SNAPSHOT") or None,
         )
         try:
             self.sandbox = client.create(params, timeout=CREATE_TIMEOUT_S)
@@ -398,7 +395,8 @@ class DaytonaSandbox(Sandbox):
                         context=self.ctx,
                         on_stdout=lambda m: emit("stdout", m.output),
                         on_stderr=lambda m: emit("stderr", m.output),
-                        timeout=max(1, math.ceil(timeout)),
+                        # 0 = no timeout (a notebook cell runs until it ends or is stopped)
+                        timeout=0 if timeout >= _NO_LIMIT_S else max(1, math.ceil(timeout)),
                     )
                 except BaseException as exc:  # reported below
                     box["error"] = exc
@@ -412,7 +410,7 @@ class DaytonaSandbox(Sandbox):
                     if cancel is not None and cancel.is_set():
                         res.status = "cancelled"
                         break
-                    if time.monotonic() - t0 > timeout + 30:
+                    if timeout < _NO_LIMIT_S and time.monotonic() - t0 > timeout + 30:
                         res.status = "timeout"  # the daemon did not end it: stop waiting
                         break
             finally:
@@ -470,6 +468,7 @@ class DaytonaSandbox(Sandbox):
                     res.status = "error"
                     res.error = (err.traceback or "").strip() or f"{err.name}: {err.value}"
             for op, args in cell["events"]:
+                res.outputs.append(_output_message(op, args))
                 if op == "cell_error":
                     res.status = "error"
                     res.error = str(args.get("traceback") or "").strip() or (
@@ -478,9 +477,6 @@ class DaytonaSandbox(Sandbox):
                 elif op == "display":
                     data = args.get("data") or {}
                     kind = "execute_result" if args.get("result") else "display_data"
-                    res.outputs.append(
-                        {"msg_type": kind, "content": {"data": data, "metadata": {}}}
-                    )
                     if ("text/plain" in data and len(data) == 1) or kind == "execute_result":
                         output += str(data.get("text/plain", "")) + "\n"
                     else:
@@ -520,6 +516,50 @@ class DaytonaSandbox(Sandbox):
         if r.error is not None:
             raise SandboxError(f"could not {what}: {r.error.name}: {r.error.value}")
         return str(r.stdout or "")
+
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        """Completions from the context's namespace (none while a cell runs: one REPL, one cell)."""
+        empty = {
+            "status": "ok",
+            "matches": [],
+            "cursor_start": cursor_pos,
+            "cursor_end": cursor_pos,
+            "metadata": {},
+        }
+        return self._ask(f"__rlm__.complete({code!r}, {int(cursor_pos)})", empty)
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict[str, Any]:
+        """Type, value, signature and docstring of the name at the cursor, from the context."""
+        nothing = {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        return self._ask(
+            f"__rlm__.inspect({code!r}, {int(cursor_pos)}, {int(detail_level)})", nothing
+        )
+
+    def _ask(self, expr: str, default: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate a runtime query in the context and return its JSON reply (or `default`)."""
+        if self.sandbox is None or self.closed or self._needs_context:
+            return default
+        if not self._exec_lock.acquire(blocking=False):
+            return default  # a cell is running; Daytona runs one piece of code per context
+        try:
+            r = self.sandbox.code_interpreter.run_code(
+                f"print('\\x1e' + __import__('json').dumps({expr}, default=str))",
+                context=self.ctx,
+                timeout=10,
+            )
+        except Exception as exc:
+            log.warning("query in Daytona sandbox %s failed: %s", self.id, self._scrub(str(exc)))
+            return default
+        finally:
+            self._exec_lock.release()
+        text = str(r.stdout or "")
+        if r.error is not None or "\x1e" not in text:
+            return default
+        try:
+            reply = json.loads(text.rsplit("\x1e", 1)[1])
+        except ValueError:
+            return default
+        return reply if isinstance(reply, dict) else default
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Ask the runtime for its namespace summary (a bridge notice)."""
@@ -574,7 +614,10 @@ class DaytonaSandbox(Sandbox):
         old = self.path
         new = f"{self.root}/work-{os.urandom(3).hex()}"
         base = self._make_workspace(target, new)
-        self._quiet(f"import os as _o\n_o.chdir({new!r})\ndel _o\n", "move to the new workspace")
+        self._quiet(
+            f"import os as _o\n_o.chdir({new!r})\nif '__rlm__' in globals(): __rlm__.workspace = _o.getcwd()\ndel _o\n",
+            "move to the new workspace",
+        )
         self.spec.target, self.path, self.base_commit = target, new, base
         with contextlib.suppress(Exception):
             self._sh(f"rm -rf {shlex.quote(old)}")
@@ -587,6 +630,26 @@ class DaytonaSandbox(Sandbox):
             f"git add -A 2>/dev/null && git diff --cached --binary {self.base_commit} 2>/dev/null",
             cwd=self.path,
         )
+
+
+def _output_message(op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A bridge notice (`display`, `cell_error`) as the Jupyter output message it stands for."""
+    if op == "cell_error":
+        text = str(args.get("traceback") or "").rstrip("\n")
+        ename, evalue = str(args.get("ename") or "Error"), str(args.get("evalue") or "")
+        return {
+            "msg_type": "error",
+            "content": {
+                "ename": ename,
+                "evalue": evalue,
+                "traceback": text.split("\n") if text else [f"{ename}: {evalue}"],
+            },
+        }
+    kind = "execute_result" if args.get("result") else "display_data"
+    content: dict[str, Any] = {"data": args.get("data") or {}, "metadata": {}}
+    if kind == "execute_result":
+        content["execution_count"] = None
+    return {"msg_type": kind, "content": content}
 
 
 def cleanup_daytona(run_id: str | None = None) -> list[str]:

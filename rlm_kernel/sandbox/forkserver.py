@@ -43,7 +43,12 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-__all__ = ["PRELOAD_MODULES", "main"]
+__all__ = ["KERNEL_OPTIONS", "PRELOAD_MODULES", "main"]
+
+# Every sandbox kernel: input history in memory. Dozens of kernels sharing the user's
+# ~/.ipython history.sqlite corrupt it ("readonly database" errors in cells' output), and
+# agents' cells do not belong in the user's history.
+KERNEL_OPTIONS = ("--HistoryManager.hist_file=:memory:",)
 
 PRELOAD_MODULES: tuple[str, ...] = (
     "ipykernel.kernelapp",
@@ -308,7 +313,12 @@ class _Zygote:
             from ipykernel.kernelapp import IPKernelApp
 
             IPKernelApp.launch_instance(
-                argv=["-f", connection_file, f"--IPKernelApp.parent_handle={self.pid}"]
+                argv=[
+                    "-f",
+                    connection_file,
+                    f"--IPKernelApp.parent_handle={self.pid}",
+                    *KERNEL_OPTIONS,
+                ]
             )
             code = 0
         except SystemExit as exc:

@@ -48,6 +48,8 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
+from .forkserver import KERNEL_OPTIONS
+
 __all__ = [
     "LAUNCHERS",
     "KernelHandle",
@@ -305,7 +307,14 @@ class _SpecManager(KernelSpecManager):
         """Return the python3 spec for sys.executable."""
         return KernelSpec(
             name="python3",
-            argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            argv=[
+                sys.executable,
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "{connection_file}",
+                *KERNEL_OPTIONS,
+            ],
             display_name="Python 3 (ipykernel)",
             language="python",
             resource_dir=os.path.dirname(sys.executable),

@@ -277,7 +277,7 @@ class LocalSandbox(Sandbox):
         new_path = os.path.join(self.root, f"work-{os.urandom(3).hex()}")
         base = workspace.create_workspace(target, new_path)
         res = self._run(
-            f"import os as _o\n_o.chdir({new_path!r})\ndel _o\n",
+            f"import os as _o\n_o.chdir({new_path!r})\nif '__rlm__' in globals(): __rlm__.workspace = _o.getcwd()\ndel _o\n",
             timeout=30,
             cancel=None,
             on_output=None,

@@ -135,6 +135,8 @@ class Runtime:
         self.cfg = cfg
         self.secret = cfg["secret"].encode()
         self.bridge_dir = cfg["bridge_dir"]
+        # edit_file and apply_patch act inside this directory only (the backends chdir here)
+        self.workspace = os.path.realpath(cfg.get("workspace") or os.getcwd())
         self.exec_id = ""
         self.finalized = False
         # Frames go to the stream that exists now, so a later redirect_stdout cannot swallow them.
@@ -216,9 +218,9 @@ class Runtime:
             if isinstance(tail, ast.Expr):
                 tree.body.pop()
                 last = ast.Expression(tail.value)
-            exec(compile(tree, "<cell>", "exec"), self.ns)
+            exec(compile(tree, "<cell>", "exec", dont_inherit=True), self.ns)
             if last is not None:
-                value = eval(compile(last, "<cell>", "eval"), self.ns)
+                value = eval(compile(last, "<cell>", "eval", dont_inherit=True), self.ns)
                 if value is not None:
                     self.ns["_"] = value
                     self.display(value, result=True)
@@ -314,6 +316,89 @@ class Runtime:
                 break
         return out
 
+    # -- completion and inspection without IPython (Daytona contexts) ---------------------------
+    def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        """A ``complete_reply`` for the name before the cursor (globals, builtins, attributes)."""
+        import re
+        import rlcompleter
+
+        pos = max(0, min(cursor_pos, len(code)))
+        m = re.search(r"[A-Za-z_][\w.]*$", code[:pos])
+        token = m.group(0) if m else ""
+        matches: list[str] = []
+        if token:
+            completer = rlcompleter.Completer(self.ns)
+            seen: set[str] = set()
+            for state in range(1000):
+                try:
+                    found = completer.complete(token, state)
+                except Exception:  # a property raising while attributes are listed
+                    break
+                if found is None:
+                    break
+                found = found.rstrip("(")
+                if found not in seen:
+                    seen.add(found)
+                    matches.append(found)
+        return {
+            "status": "ok",
+            "matches": matches,
+            "cursor_start": pos - len(token),
+            "cursor_end": pos,
+            "metadata": {},
+        }
+
+    def inspect(self, code: str, cursor_pos: int, detail_level: int = 0) -> dict[str, Any]:
+        """An ``inspect_reply``: type, value, signature and docstring of the name at the cursor.
+
+        The dotted name is looked up attribute by attribute (no ``eval``), in the namespace and
+        then among the builtins.
+        """
+        import builtins
+        import re
+
+        pos = max(0, min(cursor_pos, len(code)))
+        name = ""
+        for m in re.finditer(r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*", code):
+            if m.start() <= pos <= m.end():
+                name = m.group(0)
+                break
+        if not name and pos:  # the cursor right after `f(`: inspect `f`
+            m2 = re.search(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)\s*\(?\s*$", code[:pos])
+            name = m2.group(1) if m2 else ""
+        head, *rest = name.split(".") if name else [""]
+        missing = object()
+        obj: Any = self.ns.get(head, getattr(builtins, head, missing)) if head else missing
+        for part in rest:
+            if obj is missing:
+                break
+            try:
+                obj = getattr(obj, part)
+            except Exception:
+                obj = missing
+        if obj is missing:
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        short = reprlib.Repr()
+        short.maxstring = short.maxother = 200
+        lines = [f"Type:      {type(obj).__name__}"]
+        with contextlib.suppress(Exception):
+            lines.append(f"String form: {short.repr(obj)}")
+        if callable(obj):
+            with contextlib.suppress(TypeError, ValueError):
+                lines.append(f"Signature: {name}{inspect.signature(obj)}")
+        doc = inspect.getdoc(obj)
+        if doc:
+            lines.append("Docstring:\n" + doc)
+        if detail_level:
+            with contextlib.suppress(Exception):
+                lines.append("Source:\n" + inspect.getsource(obj))
+        return {
+            "status": "ok",
+            "found": True,
+            "data": {"text/plain": "\n".join(lines)},
+            "metadata": {},
+        }
+
     def snapshot(self) -> None:
         """Send the namespace summary to the host (after each iteration)."""
         ans = self.ns.get("answer")
@@ -383,6 +468,12 @@ def _make_functions(rt: Runtime) -> dict[str, Any]:
 
     def edit_file(path: str, old: str, new: str) -> str:
         """Replace the one exact occurrence of `old` with `new` in `path`; .py files must still compile."""
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, rt.workspace]) != rt.workspace:
+            raise PermissionError(
+                f"edit_file: {path} is outside the workspace {rt.workspace}; "
+                "edit the workspace's files only"
+            )
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
         count = text.count(old)
@@ -412,6 +503,7 @@ def _make_functions(rt: Runtime) -> dict[str, Any]:
             input=patch if patch.endswith("\n") else patch + "\n",
             capture_output=True,
             text=True,
+            cwd=rt.workspace,  # paths relative to the workspace; git refuses any that leave it
         )
         if proc.returncode != 0:
             raise RuntimeError(f"apply_patch: git apply failed: {proc.stderr.strip()}")
@@ -489,7 +581,15 @@ def install(target: Any, cfg: dict[str, Any]) -> Runtime:
             for obj in objs:
                 rt.display(obj)
 
+        def _no_input(prompt: str = "") -> str:
+            raise RuntimeError(
+                "input() cannot read from the notebook in a Daytona sandbox (its REPL has no "
+                "stdin): put the value in the code, or use the local backend (--sandbox local)"
+            )
+
         ns.setdefault("display", display)
+        ns.setdefault("input", _no_input)
+        rt._baseline |= {"display", "input"}
         os.environ.setdefault("MPLBACKEND", "Agg")
     if shell is not None:
 

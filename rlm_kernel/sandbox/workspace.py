@@ -166,8 +166,18 @@ def resolve_target(
             "rev-parse", "--verify", "-q", f"{branch}^{{commit}}", cwd=git_dir, check=False
         ).strip()
     if not sha:
-        what = f"commit {commit}" if commit else f"branch {branch}"
-        raise TargetError(f"{what} not found in {text}")
+        if commit:
+            raise TargetError(
+                f"commit {commit} not found in {text}: give a SHA (or prefix) of its history"
+            )
+        refs = git(
+            "for-each-ref", "--format=%(refname:short)", "refs/heads", cwd=git_dir, check=False
+        )
+        names = sorted({r.removeprefix("origin/") for r in refs.split()} - {"HEAD"})
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise TargetError(
+            f"branch {branch} not found in {text}: its branches are {shown or 'none'}"
+        )
     return Target(text, git_dir, sha, branch)
 
 
@@ -196,8 +206,13 @@ def _cached_clone(url: str, branch: str | None) -> str:
         )
         if proc.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            last = proc.stderr.strip().splitlines()
-            raise TargetError(f"cannot clone {url}: {last[-1] if last else 'git clone failed'}")
+            lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+            # git's first "fatal:" line says why; its last line is often advice mid-sentence
+            fatal = [ln.removeprefix("fatal: ") for ln in lines if ln.startswith("fatal:")]
+            why = (fatal or lines or ["git clone failed"])[0].rstrip(".")
+            raise TargetError(
+                f"cannot clone {url}: {why}; check the URL and that `git clone {url}` works here"
+            )
         git("config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*", cwd=tmp)
         git("fetch", "-q", "origin", cwd=tmp, check=False)
         os.replace(tmp, dest)

@@ -106,6 +106,8 @@ class DaytonaEmulator:
         self.unauthorized = 0
         self.executions = 0
         self.create_delay_s = 0.0
+        self.git_clones: list[dict[str, Any]] = []  # bodies of POST /git/clone
+        self.create_bodies: list[dict[str, Any]] = []  # bodies of POST /sandbox
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -250,6 +252,7 @@ class DaytonaEmulator:
     async def _create(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.create_requests += 1
+        self.create_bodies.append(dict(body))
         agent = (body.get("labels") or {}).get("rlm-agent")
         if self.fail_creates > 0 or agent in self.fail_agents:
             if agent not in self.fail_agents:
@@ -340,6 +343,7 @@ class DaytonaEmulator:
     async def _git_clone(self, request: web.Request) -> web.Response:
         sb = self._sb(request)
         body = await request.json()
+        self.git_clones.append(dict(body))
         dest = self._resolve(sb, body["path"])
         args = ["git", "clone", "-q"]
         if body.get("branch"):

@@ -58,12 +58,16 @@ def nodes(tree: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def _sandbox(repo: Path | None = None, handler: Any = None) -> Any:
+    return _sandbox_for(resolve_target(repo), handler)
+
+
+def _sandbox_for(target: Any, handler: Any = None) -> Any:
     from rlm_kernel.sandbox.daytona import DaytonaSandbox
 
     spec = SandboxSpec(
         run_id="t-" + os.urandom(3).hex(),
         agent_id="root",
-        target=resolve_target(repo),
+        target=target,
         handler=handler or (lambda op, args: ["reply:" + json.dumps(args)]),
         runtime_cfg={"agent_id": "root", "depth": 0, "tools": []},
     )
@@ -297,3 +301,99 @@ def test_parallel_creation(config: Config, emulator: DaytonaEmulator) -> None:
         emulator.create_delay_s = 0.0
     assert res.status == "done", res.error
     assert elapsed < 0.5 * 4 + 2.5, elapsed  # root, then the three children at once
+
+
+def test_a_url_target_is_cloned_through_daytonas_git_api(
+    make_repo: Callable[..., Path],
+    emulator: DaytonaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(files={"pkg/mod.py": "VALUE = 1\n"})
+    url = f"file://{repo}"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    emulator.git_clones.clear()
+    target = resolve_target(url)
+    sb = _sandbox_for(target)
+    try:
+        assert [
+            (c["url"], c.get("commit_id") or c.get("commitId")) for c in emulator.git_clones
+        ] == [(url, target.commit)]
+        r = sb.execute("print(open('pkg/mod.py').read(), end='')", timeout=30)
+        assert r.output == "VALUE = 1\n"
+        sb.execute("open('pkg/mod.py', 'w').write('VALUE = 2\\n')", timeout=30)
+        assert "-VALUE = 1\n+VALUE = 2" in sb.diff()
+    finally:
+        sb.close()
+
+
+def test_ctrl_c_of_the_cli_removes_every_daytona_sandbox(
+    emulator: DaytonaEmulator, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    model = Path(__file__).parents[1] / "models" / "limits.py"
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "rlm"),
+            "run",
+            "-p",
+            "timeout",
+            "--model",
+            f"scripted/{model}",
+            "--sandbox",
+            "daytona",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(emulator.sandboxes) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the root and both sleeping children
+        assert len(emulator.sandboxes) == 3, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "cancelled and its sandboxes removed" in err
+    assert emulator.api_key not in err
+    assert not emulator.sandboxes and emulator.created == emulator.deleted == 3
+    record = json.loads(next(tmp_path.glob("*.detail.json")).read_text())
+    assert record["status"] == "cancelled"
+    assert emulator.api_key not in json.dumps(record)
+
+
+def test_sandboxes_come_from_the_configured_snapshot_with_auto_stop_off(
+    emulator: DaytonaEmulator,
+) -> None:
+    from rlm_kernel.sandbox.daytona import DaytonaSandbox
+
+    emulator.create_bodies.clear()
+    spec = SandboxSpec(
+        run_id="t-" + os.urandom(3).hex(),
+        agent_id="root",
+        target=resolve_target(None),
+        handler=lambda op, args: None,
+        snapshot="rlm-python",
+    )
+    sb = DaytonaSandbox(spec)
+    try:
+        sb.start()
+        (body,) = emulator.create_bodies
+        assert body["snapshot"] == "rlm-python"
+        # A notebook's sandbox lives as long as the kernel: Daytona must not stop it when idle.
+        assert body["autoStopInterval"] == 0
+        assert {"rlm-run": spec.run_id, "rlm-agent": "root"}.items() <= body["labels"].items()
+    finally:
+        sb.close()

@@ -105,20 +105,6 @@ def _is_fork_server(pid: int) -> bool:
         return False
 
 
-def install_kernelspec(base: Path) -> dict[str, str]:
-    """`rlm kernel install --prefix` under `base`; the Jupyter environment variables that find it."""
-    from rlm_kernel.cli import main as rlm_main
-
-    assert rlm_main(["kernel", "install", "--prefix", str(base / "prefix")]) == 0
-    return {
-        "JUPYTER_PATH": str(base / "prefix" / "share" / "jupyter"),
-        "JUPYTER_DATA_DIR": str(base / "data"),
-        "JUPYTER_CONFIG_DIR": str(base / "config"),
-        "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
-        "IPYTHONDIR": str(base / "ipython"),
-    }
-
-
 def worktrees(repo: Path) -> list[str]:
     """The repository's registered worktrees besides the main one."""
     out = subprocess.run(

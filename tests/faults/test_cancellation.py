@@ -31,7 +31,6 @@ from .sandbox_helpers import (
     RLM,
     DaytonaEmulator,
     child_pids,
-    install_kernelspec,
     nodes,
     processes_in,
     worktrees,
@@ -184,24 +183,20 @@ def test_daytona_cancel_at_a_random_point_leaves_nothing(
 
 @pytest.fixture(scope="module")
 def notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """An RLM kernel (over the Jupyter protocol) whose notebook sandbox already runs."""
+    """An RLM kernel (kernelspec: tests/faults/conftest.py) whose notebook sandbox runs."""
     from kernel.harness import RLMKernelProcess
 
-    base = tmp_path_factory.mktemp("jupyter")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in install_kernelspec(base).items():
-            mp.setenv(k, v)
-        work = tmp_path_factory.mktemp("rlm-kernel")
-        k = RLMKernelProcess(work, f"--RLMKernel.model=scripted/{MODELS / 'cancel_tree.py'}")
-        try:
-            cell = k.execute("%rlm config results_dir=results model.retries=0")
-            assert cell.content["status"] == "ok", cell.content
-            assert k.execute("1").content["status"] == "ok"  # the notebook's own sandbox
-            warm = k.execute("%%rlm --quiet\ngo", timeout=120)  # the run path's first imports
-            assert warm.content["status"] == "ok", warm.content
-            yield k
-        finally:
-            k.shutdown()
+    work = tmp_path_factory.mktemp("rlm-kernel")
+    k = RLMKernelProcess(work, f"--RLMKernel.model=scripted/{MODELS / 'cancel_tree.py'}")
+    try:
+        cell = k.execute("%rlm config results_dir=results model.retries=0")
+        assert cell.content["status"] == "ok", cell.content
+        assert k.execute("1").content["status"] == "ok"  # the notebook's own sandbox
+        warm = k.execute("%%rlm --quiet\ngo", timeout=120)  # the run path's first imports
+        assert warm.content["status"] == "ok", warm.content
+        yield k
+    finally:
+        k.shutdown()
     assert not list(k.sandbox_root.iterdir())
 
 

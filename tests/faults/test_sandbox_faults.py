@@ -19,7 +19,7 @@ from rlm_kernel.prompts import truncate_middle
 from rlm_kernel.relay import NOTEBOOK_STREAM_CAP, NOTEBOOK_STREAM_TAIL
 from rlm_kernel.sandbox.base import MAX_CELL_OUTPUT_CHARS, OutputBuffer
 
-from .sandbox_helpers import install_kernelspec, nodes, pid_alive, read_pidfile, wait_for, worktrees
+from .sandbox_helpers import nodes, pid_alive, read_pidfile, wait_for, worktrees
 
 Config = Callable[..., RLMConfig]
 FLOOD_CHARS = 10 * (1 << 20) + len("\nEND-OF-FLOOD\n")  # what the `flood` cell prints
@@ -129,18 +129,14 @@ def test_output_buffer_keeps_head_and_tail_and_counts_the_rest() -> None:
 
 @pytest.fixture(scope="module")
 def notebook_kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """An RLM kernel (over the Jupyter protocol) with its kernelspec in a private prefix."""
+    """An RLM kernel over the Jupyter protocol (kernelspec: tests/faults/conftest.py)."""
     from kernel.harness import RLMKernelProcess
 
-    base = tmp_path_factory.mktemp("jupyter")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in install_kernelspec(base).items():
-            mp.setenv(k, v)
-        k = RLMKernelProcess(tmp_path_factory.mktemp("rlm-kernel"))
-        try:
-            yield k
-        finally:
-            k.shutdown()
+    k = RLMKernelProcess(tmp_path_factory.mktemp("rlm-kernel"))
+    try:
+        yield k
+    finally:
+        k.shutdown()
     assert not list(k.sandbox_root.iterdir())
 
 

@@ -43,6 +43,15 @@ def test_cells_run_in_the_sandbox_not_the_host(kernel: RLMKernelProcess) -> None
     assert kernel.sandbox_pid() != kernel.km.provisioner.process.pid
 
 
+def test_the_notebook_folder_is_in_the_sandbox_environment(kernel: RLMKernelProcess) -> None:
+    (kernel.workdir / "next-to-the-notebook.txt").write_text("found\n")
+    code = (
+        "import os\n"
+        "print(open(os.path.join(os.environ['RLM_NOTEBOOK_DIR'], 'next-to-the-notebook.txt')).read())"
+    )
+    assert kernel.execute(code).stdout == "found\n\n"
+
+
 def test_execution_count_advances_and_numbers_results(kernel: RLMKernelProcess) -> None:
     cells = [kernel.execute(code) for code in ("a_value = 20", "%rlm help", "a_value + 22")]
     counts = [c.content["execution_count"] for c in cells]

@@ -139,6 +139,16 @@ def test_cwd_env_and_no_host_secrets(
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_history_stays_in_memory(launcher: str, start: Starter) -> None:
+    """Dozens of kernels must not share (and corrupt) the user's ~/.ipython history.sqlite."""
+    h = start(launcher)
+    content, out = run(h, "x = 1")
+    content, out = run(h, "print(get_ipython().history_manager.hist_file)")
+    assert content["status"] == "ok", content
+    assert out.strip() == ":memory:"
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_interrupt_busy_loop(launcher: str, start: Starter) -> None:
     h = start(launcher)
     kc = h.client

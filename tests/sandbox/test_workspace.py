@@ -103,10 +103,14 @@ def test_unknown_branch_and_commit(tmp_path: Path) -> None:
     repo, _ = _repo(tmp_path)
     with pytest.raises(TargetError) as exc:
         resolve_target(repo, branch="no-such-branch")
-    assert str(exc.value) == f"branch no-such-branch not found in {repo}"
+    assert str(exc.value).startswith(
+        f"branch no-such-branch not found in {repo}: its branches are "
+    )
     with pytest.raises(TargetError) as exc:
         resolve_target(repo, commit="0123456789abcdef")
-    assert str(exc.value) == f"commit 0123456789abcdef not found in {repo}"
+    assert str(exc.value) == (
+        f"commit 0123456789abcdef not found in {repo}: give a SHA (or prefix) of its history"
+    )
 
 
 def test_branch_or_commit_without_repo() -> None:

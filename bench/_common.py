@@ -1,0 +1,242 @@
+"""Shared helpers of the benchmarks: medians, Markdown tables, process-tree CPU and memory."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+MB = 1024 * 1024
+
+
+def machine() -> str:
+    """CPUs and the 1-minute load average, for the caveat line of every table."""
+    return f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
+    """A Markdown table; `align` has one letter per column (l or r), default l then r."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    sep = ["---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pss_or_rss(proc: psutil.Process) -> tuple[int, int]:
+    """(rss, pss) bytes of a process; pss falls back to rss where smaps is unreadable."""
+    try:
+        info = proc.memory_full_info()
+        return int(info.rss), int(getattr(info, "pss", info.rss))
+    except psutil.AccessDenied:
+        rss = int(proc.memory_info().rss)
+        return rss, rss
+
+
+class TreeMonitor:
+    """CPU time and peak memory of this process and its descendants while it is active.
+
+    CPU = this process's own CPU + that of the children it reaped meanwhile (rusage) + the last
+    sampled CPU of every other descendant (grandchildren such as forked kernels, and children
+    still alive at the end), less what they had used when the monitor started. A descendant
+    that ends between two samples loses at most one interval. Memory: the largest sum of PSS
+    (proportional set size: shared pages split between the processes sharing them) and of RSS
+    over the tree seen in one sample.
+    """
+
+    def __init__(self, interval: float = 0.05, memory: bool = True) -> None:
+        self.me = psutil.Process()
+        self.memory = memory
+        self.interval = interval
+        self.peak_rss = 0
+        self.peak_pss = 0
+        self.peak_procs = 0
+        self._last: dict[tuple[int, float], tuple[float, bool]] = {}  # -> (cpu, direct child)
+        self._base: dict[tuple[int, float], float] = {}
+        self._procs: dict[tuple[int, float], psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> TreeMonitor:
+        self._r0 = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        self.sample()
+        self._base = {k: v[0] for k, v in self._last.items()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        s1, c1 = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        s0, c0 = self._r0
+        own = (s1.ru_utime + s1.ru_stime) - (s0.ru_utime + s0.ru_stime)
+        reaped = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+        alive = {(p.pid, k[1]) for k, p in self._procs.items() if _alive(p)}
+        others = 0.0
+        for key, (cpu, direct) in self._last.items():
+            if direct and key not in alive:
+                continue  # reaped by this process: counted in `reaped`
+            others += max(0.0, cpu - self._base.get(key, 0.0))
+        self.cpu_s = own + reaped + others
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        try:
+            direct = {p.pid for p in self.me.children()}
+            procs = [self.me, *self.me.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss = pss = 0
+        for p in procs:
+            try:
+                key = (p.pid, p.create_time())
+                p = self._procs.setdefault(key, p)
+                if self.memory:
+                    r, s = pss_or_rss(p)
+                    rss += r
+                    pss += s
+                if p.pid != self.me.pid:
+                    t = p.cpu_times()
+                    self._last[key] = (t.user + t.system, p.pid in direct)
+            except psutil.Error:
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
+        self.peak_pss = max(self.peak_pss, pss)
+        self.peak_procs = max(self.peak_procs, len(procs))
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "cpu_s": self.cpu_s,
+            "peak_pss_mb": self.peak_pss / MB,
+            "peak_rss_mb": self.peak_rss / MB,
+            "procs": float(self.peak_procs),
+        }
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def run_worker(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """Run `python argv…` as a child process and return its stdout (raise with its stderr)."""
+    proc = subprocess.run(
+        [sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {argv} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def wait_for(pred: Any, timeout: float, interval: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())
+
+
+def breakdown(
+    events: list[Any], depth: int, ideal_life: float | None, latency: float
+) -> list[list[str]]:
+    """Where the time of a run's agents at `depth` went, from the run's events (seconds)."""
+    by: dict[str, dict[str, list[float]]] = {}
+    depths: dict[str, int] = {}
+    parents: dict[str, str] = {}
+    for e in events:
+        if not e.agent_id:
+            continue
+        by.setdefault(e.agent_id, {}).setdefault(e.type.value, []).append(e.ts)
+        if e.type.value == "agent_started":
+            depths[e.agent_id] = int(e.data.get("depth", 0))
+            parents[e.agent_id] = str(e.data.get("parent_id") or "")
+    agents = [a for a, d in depths.items() if d == depth and "agent_finished" in by[a]]
+    if not agents:
+        return []
+
+    def stat(xs: list[float]) -> str:
+        return f"{median(xs):.2f} / {max(xs):.2f}" if xs else "-"
+
+    def pairs(a: str, first: str, second: str, skip: int) -> list[float]:
+        xs, ys = by[a].get(first, []), by[a].get(second, [])[skip:]
+        return [y - x for x, y in zip(xs, ys, strict=False)]
+
+    started = [by[a]["agent_started"][0] for a in agents]
+    finished = [by[a]["agent_finished"][0] for a in agents]
+    resume = []
+    for p in {parents[a] for a in agents}:
+        done = max(by[a]["agent_finished"][0] for a in agents if parents[a] == p)
+        nxt = [t for t in by.get(p, {}).get("iteration_started", []) if t > done]
+        if nxt:
+            resume.append(nxt[0] - done)
+    ideal = f"ideal {ideal_life:.2f}; " if ideal_life is not None else ""
+    return [
+        ["agents", str(len(agents))],
+        ["started: last − first", f"{max(started) - min(started):.2f}"],
+        [
+            "sandbox ready after agent start (median / max)",
+            stat(
+                [
+                    by[a]["sandbox_ready"][0] - by[a]["agent_started"][0]
+                    for a in agents
+                    if "sandbox_ready" in by[a]
+                ]
+            ),
+        ],
+        [
+            f"LLM turn (ideal {latency:.2f}; median / max)",
+            stat([x for a in agents for x in pairs(a, "iteration_started", "llm_response", 0)]),
+        ],
+        [
+            "gap between turns: code (with any sub-agents it waits for), snapshot, events (median / max)",
+            stat([x for a in agents for x in pairs(a, "llm_response", "iteration_started", 1)]),
+        ],
+        [
+            "last turn's reply → agent finished (median / max)",
+            stat(
+                [
+                    by[a]["agent_finished"][0] - by[a]["llm_response"][-1]
+                    for a in agents
+                    if "llm_response" in by[a]
+                ]
+            ),
+        ],
+        [
+            f"lifetime ({ideal}median / max)",
+            stat([f - s for s, f in zip(started, finished, strict=False)]),
+        ],
+        ["finished: last − first", f"{max(finished) - min(finished):.2f}"],
+        ["last one finished → its parent's next turn (median / max)", stat(resume)],
+    ]

@@ -1,0 +1,61 @@
+"""Smoke runs of the benchmarks in bench/ (small sizes, `--smoke`): they run to the end, print
+their tables, and leave nothing behind. No timing is asserted; bench/RESULTS.md has the figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def smoke(script: str, *args: str, timeout: float = 240) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{script} --smoke failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def test_fanout() -> None:
+    out = smoke("bench_fanout.py")
+    assert "| 5 children x 2 iterations |" in out
+    assert "PSS per child kernel (MB)" in out
+
+
+def test_guide() -> None:
+    out = smoke("bench_guide.py")
+    assert "| agents |" in out
+    assert "at depth 1" in out
+    assert "at depth 2" in out  # the model's recursion ran
+    assert "wall / critical path" in out
+
+
+def test_kernel_roundtrip() -> None:
+    out = smoke("bench_kernel_roundtrip.py")
+    assert "| stock ipykernel (python3) | 20 |" in out
+    assert "| rlm (cell in root sandbox) | 20 |" in out
+    assert "ratio rlm / stock" in out
+
+
+def test_peers_rlm_kernel() -> None:
+    out = smoke("bench_peers.py", "--systems", "rlm-kernel")
+    assert "| rlm-kernel | 10 |" in out
+
+
+@pytest.mark.parametrize(("system", "module"), [("rlms", "rlm"), ("dspy", "dspy")])
+def test_peers_optional(system: str, module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{system} is not installed (optional: pip install -e '.[bench]')")
+    out = smoke("bench_peers.py", "--systems", system)
+    assert f"| {system} |" in out

@@ -1,0 +1,59 @@
+"""Fault-injection tests: a local OpenAI-compatible server, configs pointing at it, a fake key.
+
+The `rlm` kernelspec fixture of tests/kernel is reused for the tests that drive a real kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kernel.conftest import rlm_kernelspec  # the session-wide private kernelspec
+
+from rlm_kernel.config import RLMConfig
+
+from .openai_server import FaultServer
+
+__all__ = ["FAKE_KEY", "fault_config", "llm_server", "rlm_kernelspec", "server"]
+
+FAKE_KEY = "sk-faults-0123456789-not-a-real-key"
+"""The API key every fault test runs with; it must never reach a sandbox or a record."""
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[FaultServer]:
+    """One fault-injection server for the whole session."""
+    srv = FaultServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def llm_server(server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultServer]:
+    """The server with an empty script and log, and the fake key in OPENAI_API_KEY."""
+    server.reset()
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    monkeypatch.delenv("LLM_API_KEY", raising=False)
+    yield server
+    server.reset()
+
+
+@pytest.fixture
+def fault_config(llm_server: FaultServer, tmp_path: Path) -> Callable[..., RLMConfig]:
+    """An RLMConfig whose model is `openai/fault-model` at the fault server (records in tmp_path)."""
+
+    def make(**overrides: Any) -> RLMConfig:
+        flat: dict[str, Any] = {
+            "model.name": "openai/fault-model",
+            "model.api_base": llm_server.api_base,
+            "model.retries": 2,
+            "model.timeout": 30,
+            "results_dir": str(tmp_path / "results"),
+            "rlm.max_iterations": 5,
+        }
+        flat.update({k.replace("__", "."): v for k, v in overrides.items()})
+        return RLMConfig().with_overrides(flat)
+
+    return make

@@ -1,0 +1,127 @@
+"""README.md's reference tables stay true: the configuration table against the config dataclasses,
+the `%%rlm`/`%rlm` tables against the magics' parsers, the CLI synopses against `rlm`'s argparse,
+the kernel traitlets, and the notebook list against notebooks/."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlm_kernel.cli import _build_parser
+from rlm_kernel.config import RLMConfig
+from rlm_kernel.magics import SUBCOMMANDS, cell_parser
+
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+# How the table writes a default of None, per key (every other default is a YAML literal).
+NONE_WORDS = {"provider default", "unlimited", "same as `model.name`", "Daytona's default"}
+
+
+def section(title: str) -> str:
+    """The text of the README section `## title` (up to the next `## `)."""
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
+    assert m, f"README has no section '## {title}'"
+    return m.group(1)
+
+
+def table(text: str, header: str) -> list[list[str]]:
+    """The rows (cells stripped) of the Markdown table whose header row starts with `header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header}"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))
+        rows.append([c.strip() for c in cells])
+    return rows
+
+
+def options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of a parser (`--repo`, `-o`, …), help left out."""
+    return {s for a in parser._actions for s in a.option_strings if s not in ("-h", "--help")}
+
+
+def check_synopsis(documented: set[str], parser: argparse.ArgumentParser, what: str) -> None:
+    """Every option of `parser` is documented (in one of its spellings), and nothing else is."""
+    unknown = documented - options(parser)
+    assert not unknown, f"{what} documents options that do not exist: {sorted(unknown)}"
+    for action in parser._actions:
+        spellings = set(action.option_strings) - {"-h", "--help"}
+        if spellings:
+            assert spellings & documented, f"{what} does not document {'/'.join(spellings)}"
+
+
+def subparser(parser: argparse.ArgumentParser, *names: str) -> argparse.ArgumentParser:
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+def test_the_configuration_table_lists_every_key_with_its_default() -> None:
+    rows = table(section("Configuration"), "key")
+    documented = {re.sub(r"^`|`$", "", key): default for key, default, _ in rows}
+    defaults = RLMConfig().flat()
+    assert list(documented) == list(defaults), "README's table must list the keys in order"
+    for key, value in defaults.items():
+        text = documented[key]
+        if value is None:
+            assert text in NONE_WORDS, f"{key}: README says {text!r}, the default is None"
+            continue
+        shown: Any = yaml.safe_load(text.strip("`"))
+        assert shown == value and type(shown) in (type(value), int), (key, text, value)
+
+
+def test_the_config_yaml_and_the_table_agree_on_every_key() -> None:
+    packaged = yaml.safe_load((ROOT / "rlm_kernel" / "config.yaml").read_text(encoding="utf-8"))
+    assert RLMConfig.from_dict(packaged) == RLMConfig()
+
+
+def test_the_cell_option_table_matches_the_magic_parser() -> None:
+    rows = table(section("Notebook magics"), "`%%rlm` option")
+    documented = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", " ".join(r[0] for r in rows)))
+    check_synopsis(documented, cell_parser(), "README's `%%rlm` option table")
+
+
+def test_the_command_table_matches_the_line_magic() -> None:
+    rows = table(section("Notebook magics"), "`%rlm` command")
+    documented = {w for r in rows for w in re.findall(r"`(\w+)", r[0])}
+    assert documented == {spec.split()[0] for spec in SUBCOMMANDS}
+
+
+def test_the_cli_synopses_match_argparse() -> None:
+    parser = _build_parser()
+    run_usage = re.search(r"```\nrlm run (.*?)```", README, re.S)
+    assert run_usage, "README has no `rlm run` synopsis block"
+    documented = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", run_usage.group(1)))
+    check_synopsis(documented, subparser(parser, "run"), "README's `rlm run` synopsis")
+    for name in ("demo", "cleanup", "view"):
+        # the fullest synopsis of the command: `rlm NAME [OPTION …] …`
+        synopsis = max(re.findall(rf"rlm {name}((?:\s\[[^\]]*\])*)", README), key=len, default="")
+        documented = set(re.findall(r"--?[a-z][\w-]*", synopsis))
+        check_synopsis(documented, subparser(parser, name), f"README's `rlm {name}` synopsis")
+    install = re.search(r"rlm kernel install\s+#([^\n]*)", README)
+    assert install, "README does not show `rlm kernel install  # OPTIONS`"
+    documented = set(re.findall(r"--[a-z][\w-]*", install.group(1)))
+    check_synopsis(documented, subparser(parser, "kernel", "install"), "`rlm kernel install`")
+
+
+def test_the_kernel_traitlets_are_listed() -> None:
+    from rlm_kernel.kernel import RLMKernel
+
+    own = {n for n in RLMKernel.class_own_traits(config=True)}
+    text = section("Notebook kernel")
+    listed = set(re.findall(r"`(\w+)`", text.split("Kernel-level defaults are traitlets", 1)[1]))
+    assert own <= listed, own - listed
+
+
+def test_every_notebook_is_described() -> None:
+    text = section("Notebooks")
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert f"`{nb.name}`" in text, f"README's Notebooks section does not describe {nb.name}"
