@@ -375,6 +375,7 @@ class Run:
 
         def create() -> Sandbox:
             sb = cls(spec)
+            sb.snapshot_on_end = True
             with self._sandbox_lock:
                 self._sandboxes.add(sb)
             try:

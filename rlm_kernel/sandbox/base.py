@@ -82,6 +82,9 @@ class Sandbox(abc.ABC):
         self.namespace: list[dict[str, Any]] = []
         self.answer_draft = ""
         self.closed = False
+        # Set by the run on sandboxes it owns: each cell's end also sends the namespace summary,
+        # so `namespace_after_cell` needs no extra round trip.
+        self.snapshot_on_end = False
         self._close_lock = threading.Lock()
 
     @classmethod
@@ -134,6 +137,10 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     def snapshot(self) -> list[dict[str, Any]]:
         """Summarise the namespace (name, type, repr, size) and remember it in `namespace`."""
+
+    def namespace_after_cell(self) -> list[dict[str, Any]]:
+        """The namespace summary after the last cell (backends may reuse one sent with the cell)."""
+        return self.snapshot()
 
     @abc.abstractmethod
     def diff(self) -> str:
