@@ -27,6 +27,7 @@ from .records import Recorder
 from .sandbox import backend_class
 from .sandbox.base import NO_CONTEXT, Sandbox, SandboxError, SandboxSpec
 from .sandbox.bridge import BridgeRefused
+from .sandbox.pool import SandboxPool, pool_target
 from .sandbox.workspace import Target, resolve_target
 from .signature import Signature
 
@@ -148,6 +149,8 @@ class Run:
             thread_name_prefix=f"rlm-sandbox-{self.run_id}",
         )
         self._threads: list[threading.Thread] = []
+        self._ready_pool: SandboxPool | None = None  # made when the root agent starts
+        self._widest_batch = 0
         self._thread: threading.Thread | None = None
         self._result: RunResult | None = None
         self._done = threading.Event()
@@ -295,6 +298,8 @@ class Run:
             return [{"text": msg, "agent_id": "", "patch": "", "status": "error"} for _ in tasks]
         replies: list[dict[str, Any] | None] = [None] * len(tasks)
         children: list[tuple[int, Agent]] = []
+        if len(tasks) > self._widest_batch:
+            self._widest_batch = len(tasks)  # "auto" pools grow to the widest batch seen
         for i, task in enumerate(tasks):
             refusal = self.budget.take_sandbox()
             if refusal:
@@ -364,16 +369,32 @@ class Run:
             context=agent.context,
             keep=self.config.sandbox.keep,
         )
+        cls = backend_class(self.config.sandbox.backend)
+        pool = self._start_pool(cls) if agent.parent is None else self._ready_pool
         if agent.parent is None and self.root_sandbox is not None:
+            if pool is not None:
+                pool.start()
             self.root_sandbox.reset_agent()
             self.root_sandbox.set_handler(agent.handle)
             done: Future[Sandbox] = Future()
             done.set_result(self.root_sandbox)
             self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=self.root_sandbox.info())
             return done
-        cls = backend_class(self.config.sandbox.backend)
 
         def create() -> Sandbox:
+            pooled = pool.take(agent.scope) if pool is not None and agent.parent else None
+            if pooled is not None:
+                with self._sandbox_lock:
+                    self._sandboxes.add(pooled)
+                try:
+                    pooled.bind(spec)
+                except Exception as exc:  # e.g. its kernel died while pooled: make a fresh one
+                    log.warning("could not use a pooled sandbox for %s: %s", agent.agent_id, exc)
+                    pooled.close()
+                else:
+                    agent.sandbox = pooled
+                    self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=pooled.info())
+                    return pooled
             sb = cls(spec)
             sb.snapshot_on_end = True
             with self._sandbox_lock:
@@ -393,7 +414,46 @@ class Run:
             self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=sb.info())
             return sb
 
-        return self._pool.submit(create)
+        future = self._pool.submit(create)
+        if agent.parent is None and pool is not None:
+            # Fill the pool once the root's own sandbox is made (not competing with it).
+            future.add_done_callback(lambda _f: pool.start())
+        return future
+
+    def _start_pool(self, cls: type[Sandbox]) -> SandboxPool | None:
+        """The pool of ready sandboxes for this run's sub-agents (None when off)."""
+        limits = self.config.rlm
+        setting = self.config.sandbox.pool_size
+
+        def target() -> int:
+            if self.gate.stepping or self.scope.is_set():
+                return 0  # a paused or ending run makes no new sandboxes
+            return pool_target(
+                setting, limits.max_concurrency, limits.max_depth, self._widest_batch
+            )
+
+        if (
+            not cls.pool_capable
+            or pool_target(setting, limits.max_concurrency, limits.max_depth, 0) <= 0
+        ):
+            return None
+
+        def make(n: int) -> Sandbox:
+            spec = SandboxSpec(
+                run_id=self.run_id,
+                agent_id=f"pool-{n}",
+                target=self.target,
+                handler=_unbound_handler,
+            )
+            sb = cls(spec)
+            sb.snapshot_on_end = True
+            return sb
+
+        def room() -> int:
+            return limits.max_sandboxes - self.budget.sandboxes
+
+        self._ready_pool = SandboxPool(make, target, room)
+        return self._ready_pool
 
     def release_sandbox(
         self, agent: Agent, sandbox: Sandbox | None, future: Future[Sandbox]
@@ -555,6 +615,8 @@ class Run:
     def _cleanup(self) -> None:
         """Make sure no sandbox outlives the run (unless kept)."""
         self.scope.cancel("the run ended") if not self.scope.is_set() else None
+        if self._ready_pool is not None:
+            self._ready_pool.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._sandbox_lock:
             leftovers = [
@@ -564,6 +626,10 @@ class Run:
             ]
         for sb in leftovers:
             sb.close()
+
+
+def _unbound_handler(op: str, args: dict[str, Any]) -> Any:
+    raise BridgeRefused("this sandbox has no agent yet")
 
 
 def _close_when_ready(future: Future[Sandbox]) -> None:

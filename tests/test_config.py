@@ -73,7 +73,7 @@ def test_to_dict_round_trip_and_flat() -> None:
     assert RLMConfig.from_dict(yaml.safe_load(yaml.safe_dump(d))) == c
     flat = c.flat()
     assert flat["rlm.max_depth"] == 2 and flat["results_dir"] == "out"
-    assert flat["sandbox.backend"] == "daytona" and len(flat) == 20
+    assert flat["sandbox.backend"] == "daytona" and len(flat) == 21
     assert c.sub_model_name == "s"
 
 

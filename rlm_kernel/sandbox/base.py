@@ -73,6 +73,7 @@ class Sandbox(abc.ABC):
     """One agent's sandbox: its files (`path`) and its REPL."""
 
     backend: str = "?"
+    pool_capable = False  # implements prepare() + bind(), so a run can keep ready ones in a pool
 
     def __init__(self, spec: SandboxSpec) -> None:
         self.spec = spec
@@ -102,6 +103,14 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     def start(self) -> None:
         """Create the workspace and the REPL, and install the runtime."""
+
+    def prepare(self) -> None:
+        """Create the workspace and the REPL without an agent (a pooled sandbox); see bind()."""
+        raise NotImplementedError(f"the {self.backend} backend has no sandbox pool")
+
+    def bind(self, spec: SandboxSpec) -> None:
+        """Give a prepared sandbox to an agent: its spec (same run and target), then the runtime."""
+        raise NotImplementedError(f"the {self.backend} backend has no sandbox pool")
 
     @abc.abstractmethod
     def execute(

@@ -46,6 +46,7 @@ class LocalSandbox(Sandbox):
     """A worktree and an IPython kernel on this machine."""
 
     backend = "local"
+    pool_capable = True
 
     def __init__(self, spec: SandboxSpec) -> None:
         super().__init__(spec)
@@ -84,6 +85,20 @@ class LocalSandbox(Sandbox):
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         """Create the worktree, start the kernel and install the runtime."""
+        self.prepare()
+        self._install_runtime()
+
+    def bind(self, spec: SandboxSpec) -> None:
+        """Hand this prepared (pooled) sandbox to an agent: take its spec, install the runtime."""
+        if spec.run_id != self.spec.run_id or spec.target != self.spec.target:
+            raise SandboxError("a pooled sandbox can only serve an agent of its own run and target")
+        if self.closed or self.kernel is None or not self.kernel.is_alive():
+            raise SandboxError(f"the pooled sandbox {self.id} is not running")
+        self.spec = spec
+        self._install_runtime()
+
+    def prepare(self) -> None:
+        """Create the worktree and start the kernel (no runtime yet: see bind())."""
         os.makedirs(self.bridge_dir, exist_ok=True)
         os.chmod(self.root, 0o700)
         write_owner(self.root)
@@ -94,9 +109,11 @@ class LocalSandbox(Sandbox):
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         self.kernel = start_kernel(self.path, env, runtime_dir=os.path.join(self.root, "kernel"))
         write_owner(self.root, self.kernel.pid)
-        self._install_runtime()
 
     def _install_runtime(self) -> None:
+        # Which agent this sandbox serves (a pooled one's directory is named pool-<n>).
+        with open(os.path.join(self.root, "agent"), "w") as fh:
+            fh.write(self.spec.agent_id + "\n")
         cfg = dict(self.spec.runtime_cfg)
         cfg["secret"] = self.secret
         cfg["bridge_dir"] = self.bridge_dir
