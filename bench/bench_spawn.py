@@ -181,7 +181,10 @@ def measure_fanout(repo: str, n: int, results: str) -> dict[str, float]:
         if info["iteration"] == 0:
             host["before"] = _host_rss_kb()
             return f"```python\nimport json\nr = rlm_query_batched(['hold'] * {n})\n```"
-        return "```python\nFINAL(json.dumps([json.loads(x) for x in r]))\n```"
+        return (
+            "```python\nFINAL(json.dumps([json.loads(x) if x.status == 'done' else "
+            "{'error': str(x)} for x in r]))\n```"
+        )
 
     def watch() -> None:  # all children alive: measure the host, then let them finish
         deadline = time.monotonic() + 120
@@ -204,7 +207,11 @@ def measure_fanout(repo: str, n: int, results: str) -> dict[str, float]:
         watcher.join()
         shutil.rmtree(hold, ignore_errors=True)
     assert res.status == "done", res.error
-    kids = json.loads(res.answer)
+    rows = json.loads(res.answer)
+    kids = [k for k in rows if "error" not in k]
+    for k in rows:
+        if "error" in k:
+            print(f"a child failed: {k['error'][:300]}", file=sys.stderr)
     return {
         "rss_mb": statistics.median(k["rss_kb"] for k in kids) / 1024,
         "pss_mb": statistics.median(k["pss_kb"] for k in kids) / 1024,

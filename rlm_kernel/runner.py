@@ -151,6 +151,7 @@ class Run:
         self._threads: list[threading.Thread] = []
         self._ready_pool: SandboxPool | None = None  # made when the root agent starts
         self._widest_batch = 0
+        self._fresh_starting = 0  # agents' own sandboxes being made (the pool waits for them)
         self._thread: threading.Thread | None = None
         self._result: RunResult | None = None
         self._done = threading.Event()
@@ -399,6 +400,7 @@ class Run:
             sb.snapshot_on_end = True
             with self._sandbox_lock:
                 self._sandboxes.add(sb)
+                self._fresh_starting += 1  # the pool waits: this one is on an agent's path
             try:
                 if agent.scope.is_set():
                     raise SandboxError("cancelled before the sandbox started")
@@ -410,6 +412,11 @@ class Run:
                 raise SandboxError(
                     f"could not create the sandbox for {agent.agent_id}: {exc}"
                 ) from exc
+            finally:
+                with self._sandbox_lock:
+                    self._fresh_starting -= 1
+                if self._ready_pool is not None:
+                    self._ready_pool.poke()  # it may fill again
             agent.sandbox = sb  # reachable (e.g. `%rlm ns --live`) before its first code runs
             self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=sb.info())
             return sb
@@ -426,8 +433,8 @@ class Run:
         setting = self.config.sandbox.pool_size
 
         def target() -> int:
-            if self.gate.stepping or self.scope.is_set():
-                return 0  # a paused or ending run makes no new sandboxes
+            if self.gate.stepping or self.scope.is_set() or self._fresh_starting:
+                return 0  # a paused or ending run, or agents waiting for sandboxes: not now
             return pool_target(
                 setting, limits.max_concurrency, limits.max_depth, self._widest_batch
             )

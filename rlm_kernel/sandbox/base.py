@@ -104,8 +104,11 @@ class Sandbox(abc.ABC):
     def start(self) -> None:
         """Create the workspace and the REPL, and install the runtime."""
 
-    def prepare(self) -> None:
-        """Create the workspace and the REPL without an agent (a pooled sandbox); see bind()."""
+    def prepare(self, cancel: threading.Event | None = None) -> None:
+        """Create the workspace and the REPL without an agent (a pooled sandbox); see bind().
+
+        Stops early (SandboxError) when `cancel` is set between its steps.
+        """
         raise NotImplementedError(f"the {self.backend} backend has no sandbox pool")
 
     def bind(self, spec: SandboxSpec) -> None:

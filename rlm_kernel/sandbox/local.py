@@ -97,13 +97,15 @@ class LocalSandbox(Sandbox):
         self.spec = spec
         self._install_runtime()
 
-    def prepare(self) -> None:
+    def prepare(self, cancel: threading.Event | None = None) -> None:
         """Create the worktree and start the kernel (no runtime yet: see bind())."""
         os.makedirs(self.bridge_dir, exist_ok=True)
         os.chmod(self.root, 0o700)
         write_owner(self.root)
         self.base_commit = workspace.create_workspace(self.spec.target, self.path)
         self._workspace_made = True
+        if cancel is not None and cancel.is_set():
+            raise SandboxError("cancelled before its kernel started")
         env = sandbox_env()
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ in patches
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")

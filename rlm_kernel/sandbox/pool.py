@@ -3,8 +3,8 @@ sub-agent asks for one, so `rlm_query` does not wait for `git worktree add` and 
 
 A pooled sandbox is *prepared* (its worktree at the run's base commit, its kernel started with the
 same environment as any other) but belongs to no agent; `take()` hands it to a child, which
-*binds* it (its spec, then the REPL runtime: one round trip). The pool is filled by two
-background threads, and sized from the run's budget: it never holds more
+*binds* it (its spec, then the REPL runtime: one round trip). The pool is filled by one
+background thread at low priority (nice 10), and sized from the run's budget: it never holds more
 sandboxes than the run may still create (`max_sandboxes` minus those taken), so agents plus the
 pool never exceed the limit, and a sandbox only counts against the budget when an agent takes it.
 The run closes the pool when it ends (done, error, cancel or timeout): every unused sandbox is
@@ -14,7 +14,9 @@ removed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -26,7 +28,8 @@ log = logging.getLogger(__name__)
 
 AUTO_INITIAL = 2  # "auto": ready sandboxes before any sub-agent was started
 AUTO_MAX = 8  # "auto" grows to the widest batch seen, up to this (and max_concurrency)
-FILLERS = 2  # sandboxes made at once (worktree + kernel fork: mostly git and the kernel's own CPU)
+FILLERS = 1  # sandboxes made at once: one, so the pool takes little CPU from working agents
+POOL_NICE = 10  # the filler thread (and the git it runs) yields the CPU to agents' own work
 
 
 def pool_target(setting: int | str, max_concurrency: int, max_depth: int, widest: int) -> int:
@@ -57,6 +60,7 @@ class SandboxPool:
         self._creating = 0
         self._claims = 0  # takers waiting for the sandbox being created
         self._closed = False
+        self._closing = threading.Event()  # set with _closed: stops a sandbox being made
         self._broken = False  # a creation failed: stop filling (children create their own)
         self._count = 0
         self._threads: list[threading.Thread] = []
@@ -86,6 +90,8 @@ class SandboxPool:
             sb.close()
 
     def _fill(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):  # Linux: niceness is per thread
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), POOL_NICE)
         while True:
             with self._cond:
                 while not self._closed and (
@@ -100,9 +106,10 @@ class SandboxPool:
             sb: Sandbox | None = None
             try:
                 sb = self._make(n)
-                sb.prepare()
+                sb.prepare(self._closing)
             except Exception as exc:
-                log.warning("sandbox pool: could not prepare a sandbox (%s); pool off", exc)
+                if not self._closing.is_set():
+                    log.warning("sandbox pool: could not prepare a sandbox (%s); pool off", exc)
                 if sb is not None:
                     sb.close()
                 sb = None
@@ -164,6 +171,7 @@ class SandboxPool:
         """Stop filling and remove every sandbox still in the pool (waits for one being made)."""
         with self._cond:
             self._closed = True
+            self._closing.set()
             leftovers = list(self._ready)
             self._ready.clear()
             self._cond.notify_all()
