@@ -25,6 +25,7 @@ does). `--smoke` uses a tiny repository instead and few spawns (for CI; nothing 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import pathlib
@@ -82,6 +83,7 @@ def tiny_repo(where: str) -> str:
 
 
 def _host_rss_kb() -> int:
+    gc.collect()
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith("VmRSS:"):

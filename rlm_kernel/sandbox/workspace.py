@@ -172,8 +172,13 @@ def create_workspace(target: Target, dest: str) -> str:
         )
         if proc.returncode == 0:
             return target.commit
-        if "lock" not in proc.stderr or attempt == 4:
+        # Concurrent adds race on git's lock files and on the admin directory names it derives
+        # from the (shared) basename `work` (".git/worktrees/work5/commondir" half-written).
+        racy = "lock" in proc.stderr or "worktrees/" in proc.stderr
+        if not racy or attempt == 4:
             raise TargetError(f"git worktree add failed: {proc.stderr.strip()}")
+        if os.path.isdir(dest) and not os.listdir(dest):
+            os.rmdir(dest)  # an empty directory left by the failed add would make the next fail
         time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 
