@@ -5,10 +5,11 @@ iteration's start to the next is pure engine overhead: the litellm call, prompt 
 cell's bridge round trips, the namespace snapshot, events and the run record. Reports the median
 (and p25/p75) of the gaps between consecutive `iteration_started` events, over several runs.
 
-    .venv/bin/python bench/bench_iteration.py [--reps 3] [--iterations 60] [--smoke] [--profile]
+    .venv/bin/python bench/bench_iteration.py [--reps 3] [--iterations 60] [--smoke]
 
-`--profile` runs one more run under pyinstrument (install it into the venv first) and prints
-where the host's time goes.
+To see where the host's time goes, run it under py-spy (`pip install py-spy`; the agent loop runs
+on a worker thread): `py-spy record -r 500 -f raw --threads -o prof.txt -- .venv/bin/python
+bench/bench_iteration.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,7 +96,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (no targets checked)")
-    ap.add_argument("--profile", action="store_true", help="profile one run with pyinstrument")
     args = ap.parse_args(argv)
     reps, n = (1, 4) if args.smoke else (args.reps, args.iterations)
     llm._litellm()  # the one-time import is not per-iteration overhead
@@ -112,14 +111,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "where it goes (medians, ms): "
             + ", ".join(f"{k} {statistics.median(v) * 1000:.1f}" for k, v in _parts.items())
         )
-        if args.profile:
-            from pyinstrument import Profiler
-
-            prof = Profiler(interval=0.0005, async_mode="disabled")
-            prof.start()
-            one_run(n, results)
-            prof.stop()
-            sys.stdout.write(prof.output_text(unicode=False, color=False, show_all=False))
     return stats
 
 
