@@ -260,7 +260,7 @@ class Agent:
                 if self.scope.is_set() and not self.has_final:
                     status, error = self._cancel_status()
                     break
-                namespace = sandbox.snapshot()
+                namespace = sandbox.namespace_after_cell()
                 self.emit(EventType.ITERATION_FINISHED, index=index, namespace=namespace)
                 if self.has_final:
                     status = "done"

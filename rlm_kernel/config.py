@@ -76,6 +76,8 @@ class SandboxConfig:
     backend: str = "local"
     keep: bool = False
     snapshot: str | None = None  # Daytona: the snapshot sandboxes are created from
+    # Ready sandboxes (workspace + kernel) a run keeps for its next sub-agents: "auto" or N >= 0.
+    pool_size: int | str = "auto"
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {"sandbox.backend": ("local", "daytona")}
@@ -239,6 +241,15 @@ def _build(cls: Any, data: Mapping[str, Any], prefix: str, source: str) -> Any:
 
 def _check(key: str, value: Any, source: str) -> Any:
     """Validate one leaf value for dotted `key` and return it."""
+    if key == "sandbox.pool_size":
+        if value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        ):
+            return value
+        raise ConfigError(
+            f"{source}: 'sandbox.pool_size' must be 'auto' or an integer >= 0 (0 turns the "
+            f"pool off), got {_show(value)}"
+        )
     base, optional = _kind(_FIELDS[key])
     if value is None and optional:
         return None

@@ -27,6 +27,7 @@ from .records import Recorder
 from .sandbox import backend_class
 from .sandbox.base import NO_CONTEXT, Sandbox, SandboxError, SandboxSpec
 from .sandbox.bridge import BridgeRefused
+from .sandbox.pool import SandboxPool, pool_target
 from .sandbox.workspace import Target, resolve_target
 from .signature import Signature
 
@@ -149,6 +150,9 @@ class Run:
             thread_name_prefix=f"rlm-sandbox-{self.run_id}",
         )
         self._threads: list[threading.Thread] = []
+        self._ready_pool: SandboxPool | None = None  # made when the root agent starts
+        self._widest_batch = 0
+        self._fresh_starting = 0  # agents' own sandboxes being made (the pool waits for them)
         self._thread: threading.Thread | None = None
         self._result: RunResult | None = None
         self._done = threading.Event()
@@ -296,6 +300,8 @@ class Run:
             return [{"text": msg, "agent_id": "", "patch": "", "status": "error"} for _ in tasks]
         replies: list[dict[str, Any] | None] = [None] * len(tasks)
         children: list[tuple[int, Agent]] = []
+        if len(tasks) > self._widest_batch:
+            self._widest_batch = len(tasks)  # "auto" pools grow to the widest batch seen
         for i, task in enumerate(tasks):
             refusal = self.budget.take_sandbox()
             if refusal:
@@ -367,19 +373,37 @@ class Run:
             keep=self.config.sandbox.keep,
             snapshot=self.config.sandbox.snapshot,
         )
+        cls = backend_class(self.config.sandbox.backend)
+        pool = self._start_pool(cls) if agent.parent is None else self._ready_pool
         if agent.parent is None and self.root_sandbox is not None:
+            if pool is not None:
+                pool.start()
             self.root_sandbox.reset_agent()
             self.root_sandbox.set_handler(agent.handle)
             done: Future[Sandbox] = Future()
             done.set_result(self.root_sandbox)
             self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=self.root_sandbox.info())
             return done
-        cls = backend_class(self.config.sandbox.backend)
 
         def create() -> Sandbox:
+            pooled = pool.take(agent.scope) if pool is not None and agent.parent else None
+            if pooled is not None:
+                with self._sandbox_lock:
+                    self._sandboxes.add(pooled)
+                try:
+                    pooled.bind(spec)
+                except Exception as exc:  # e.g. its kernel died while pooled: make a fresh one
+                    log.warning("could not use a pooled sandbox for %s: %s", agent.agent_id, exc)
+                    pooled.close()
+                else:
+                    agent.sandbox = pooled
+                    self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=pooled.info())
+                    return pooled
             sb = cls(spec)
+            sb.snapshot_on_end = True
             with self._sandbox_lock:
                 self._sandboxes.add(sb)
+                self._fresh_starting += 1  # the pool waits: this one is on an agent's path
             try:
                 if agent.scope.is_set():
                     raise SandboxError("cancelled before the sandbox started")
@@ -391,11 +415,55 @@ class Run:
                 raise SandboxError(
                     f"could not create the sandbox for {agent.agent_id}: {exc}"
                 ) from exc
+            finally:
+                with self._sandbox_lock:
+                    self._fresh_starting -= 1
+                if self._ready_pool is not None:
+                    self._ready_pool.poke()  # it may fill again
             agent.sandbox = sb  # reachable (e.g. `%rlm ns --live`) before its first code runs
             self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=sb.info())
             return sb
 
-        return self._pool.submit(create)
+        future = self._pool.submit(create)
+        if agent.parent is None and pool is not None:
+            # Fill the pool once the root's own sandbox is made (not competing with it).
+            future.add_done_callback(lambda _f: pool.start())
+        return future
+
+    def _start_pool(self, cls: type[Sandbox]) -> SandboxPool | None:
+        """The pool of ready sandboxes for this run's sub-agents (None when off)."""
+        limits = self.config.rlm
+        setting = self.config.sandbox.pool_size
+
+        def target() -> int:
+            if self.gate.stepping or self.scope.is_set() or self._fresh_starting:
+                return 0  # a paused or ending run, or agents waiting for sandboxes: not now
+            return pool_target(
+                setting, limits.max_concurrency, limits.max_depth, self._widest_batch
+            )
+
+        if (
+            not cls.pool_capable
+            or pool_target(setting, limits.max_concurrency, limits.max_depth, 0) <= 0
+        ):
+            return None
+
+        def make(n: int) -> Sandbox:
+            spec = SandboxSpec(
+                run_id=self.run_id,
+                agent_id=f"pool-{n}",
+                target=self.target,
+                handler=_unbound_handler,
+            )
+            sb = cls(spec)
+            sb.snapshot_on_end = True
+            return sb
+
+        def room() -> int:
+            return limits.max_sandboxes - self.budget.sandboxes
+
+        self._ready_pool = SandboxPool(make, target, room)
+        return self._ready_pool
 
     def release_sandbox(
         self, agent: Agent, sandbox: Sandbox | None, future: Future[Sandbox]
@@ -562,6 +630,8 @@ class Run:
     def _cleanup(self) -> None:
         """Make sure no sandbox outlives the run (unless kept)."""
         self.scope.cancel("the run ended") if not self.scope.is_set() else None
+        if self._ready_pool is not None:
+            self._ready_pool.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._sandbox_lock:
             leftovers = [
@@ -571,6 +641,10 @@ class Run:
             ]
         for sb in leftovers:
             sb.close()
+
+
+def _unbound_handler(op: str, args: dict[str, Any]) -> Any:
+    raise BridgeRefused("this sandbox has no agent yet")
 
 
 def _close_when_ready(future: Future[Sandbox]) -> None:

@@ -349,7 +349,9 @@ def test_ctrl_c_cancels_the_tree_and_removes_every_sandbox(tmp_path: Path) -> No
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # wait until both sleeping children run
         runs = set(os.listdir(tmp_root())) - before
-        if runs and len(os.listdir(tmp_root() / runs.pop())) >= 3:
+        run_dir = tmp_root() / runs.pop() if runs else None
+        # sandboxes serving an agent (pooled ones not yet taken have no `agent` file)
+        if run_dir and sum((run_dir / n / "agent").exists() for n in os.listdir(run_dir)) >= 3:
             break
         time.sleep(0.1)
     time.sleep(0.5)

@@ -125,6 +125,7 @@ class Sandbox(abc.ABC):
     """One agent's sandbox: its files (`path`) and its REPL."""
 
     backend: str = "?"
+    pool_capable = False  # implements prepare() + bind(), so a run can keep ready ones in a pool
 
     def __init__(self, spec: SandboxSpec) -> None:
         self.spec = spec
@@ -134,6 +135,9 @@ class Sandbox(abc.ABC):
         self.namespace: list[dict[str, Any]] = []
         self.answer_draft = ""
         self.closed = False
+        # Set by the run on sandboxes it owns: each cell's end also sends the namespace summary,
+        # so `namespace_after_cell` needs no extra round trip.
+        self.snapshot_on_end = False
         self._close_lock = threading.Lock()
 
     @classmethod
@@ -151,6 +155,17 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     def start(self) -> None:
         """Create the workspace and the REPL, and install the runtime."""
+
+    def prepare(self, cancel: threading.Event | None = None) -> None:
+        """Create the workspace and the REPL without an agent (a pooled sandbox); see bind().
+
+        Stops early (SandboxError) when `cancel` is set between its steps.
+        """
+        raise NotImplementedError(f"the {self.backend} backend has no sandbox pool")
+
+    def bind(self, spec: SandboxSpec) -> None:
+        """Give a prepared sandbox to an agent: its spec (same run and target), then the runtime."""
+        raise NotImplementedError(f"the {self.backend} backend has no sandbox pool")
 
     @abc.abstractmethod
     def execute(
@@ -186,6 +201,10 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     def snapshot(self) -> list[dict[str, Any]]:
         """Summarise the namespace (name, type, repr, size) and remember it in `namespace`."""
+
+    def namespace_after_cell(self) -> list[dict[str, Any]]:
+        """The namespace summary after the last cell (backends may reuse one sent with the cell)."""
+        return self.snapshot()
 
     @abc.abstractmethod
     def diff(self) -> str:

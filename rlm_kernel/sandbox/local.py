@@ -35,6 +35,7 @@ from .base import (
 from .bridge import Bridge, FrameParser, new_secret
 from .cleanup import write_owner
 from .kernels import KernelHandle, _Client, _zmq_context, start_kernel
+from .runtime import CELL_PREFIX
 
 __all__ = ["LocalSandbox"]
 
@@ -46,6 +47,7 @@ class LocalSandbox(Sandbox):
     """A worktree and an IPython kernel on this machine."""
 
     backend = "local"
+    pool_capable = True
 
     def __init__(self, spec: SandboxSpec) -> None:
         super().__init__(spec)
@@ -64,12 +66,14 @@ class LocalSandbox(Sandbox):
         # (connection file, client, subshell id).
         self._query_lock = threading.Lock()
         self._query: tuple[str, _Client, str | None] | None = None
+        self._fresh_namespace = False  # the last cell's end sent the namespace summary
 
     # -- bridge plumbing ------------------------------------------------------------------------
     def _handle(self, op: str, args: dict[str, Any]) -> Any:
         if op == "snapshot":
             self.namespace = list(args.get("namespace") or [])
             self.answer_draft = str(args.get("answer") or "")
+            self._fresh_namespace = True
             return None
         return self.spec.handler(op, args)
 
@@ -82,19 +86,37 @@ class LocalSandbox(Sandbox):
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         """Create the worktree, start the kernel and install the runtime."""
+        self.prepare()
+        self._install_runtime()
+
+    def bind(self, spec: SandboxSpec) -> None:
+        """Hand this prepared (pooled) sandbox to an agent: take its spec, install the runtime."""
+        if spec.run_id != self.spec.run_id or spec.target != self.spec.target:
+            raise SandboxError("a pooled sandbox can only serve an agent of its own run and target")
+        if self.closed or self.kernel is None or not self.kernel.is_alive():
+            raise SandboxError(f"the pooled sandbox {self.id} is not running")
+        self.spec = spec
+        self._install_runtime()
+
+    def prepare(self, cancel: threading.Event | None = None) -> None:
+        """Create the worktree and start the kernel (no runtime yet: see bind())."""
         os.makedirs(self.bridge_dir, exist_ok=True)
         os.chmod(self.root, 0o700)
         write_owner(self.root)
         self.base_commit = workspace.create_workspace(self.spec.target, self.path)
         self._workspace_made = True
+        if cancel is not None and cancel.is_set():
+            raise SandboxError("cancelled before its kernel started")
         env = sandbox_env()
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ in patches
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         self.kernel = start_kernel(self.path, env, runtime_dir=os.path.join(self.root, "kernel"))
         write_owner(self.root, self.kernel.pid)
-        self._install_runtime()
 
     def _install_runtime(self) -> None:
+        # Which agent this sandbox serves (a pooled one's directory is named pool-<n>).
+        with open(os.path.join(self.root, "agent"), "w") as fh:
+            fh.write(self.spec.agent_id + "\n")
         cfg = dict(self.spec.runtime_cfg)
         cfg["secret"] = self.secret
         cfg["bridge_dir"] = self.bridge_dir
@@ -211,6 +233,12 @@ class LocalSandbox(Sandbox):
                 self._query[1].stop_channels()
             self._query = None
 
+    def namespace_after_cell(self) -> list[dict[str, Any]]:
+        """The summary the last cell's end sent (`snapshot_on_end`), else a fresh snapshot."""
+        if self._fresh_namespace:
+            return self.namespace
+        return self.snapshot()
+
     def snapshot(self) -> list[dict[str, Any]]:
         """Ask the runtime for its namespace summary (arrives as a bridge notice)."""
         res = self._run(
@@ -314,23 +342,35 @@ class LocalSandbox(Sandbox):
         if kernel is None or self.closed:
             raise SandboxError(f"sandbox {self.id} is not running")
         with self._exec_lock:
+            self._fresh_namespace = False
             kc = kernel.client
             exec_id = os.urandom(8).hex()
             ids: list[str] = []
+            # A visible cell is wrapped by the runtime's IPython hooks (one request); a silent
+            # one (no hooks run) by begin and end requests around it.
+            hooked = wrap and not silent
             if wrap:
                 self.bridge.begin(exec_id)
+            if wrap and not hooked:
                 ids.append(
                     kc.execute(f"__rlm__.begin({exec_id!r})", silent=True, store_history=False)
                 )
-            main = kc.execute(
-                code,
-                silent=silent,
-                store_history=store_history and not silent,
-                allow_stdin=stdin_hook is not None,
-                stop_on_error=False,
-            )
+            content = {
+                "code": code,
+                "silent": silent,
+                "store_history": store_history and not silent,
+                "user_expressions": {},
+                "allow_stdin": stdin_hook is not None,
+                "stop_on_error": False,
+            }
+            meta = {}
+            if hooked:
+                meta["cellId"] = f"{CELL_PREFIX}{exec_id}:{int(self.snapshot_on_end)}"
+            msg = kc.session.msg("execute_request", content, metadata=meta)
+            kc.shell_channel.send(msg)
+            main = msg["header"]["msg_id"]
             ids.append(main)
-            if wrap:
+            if wrap and not hooked:
                 ids.append(kc.execute("__rlm__.end()", silent=True, store_history=False))
             try:
                 return self._collect(kernel, main, ids, timeout, cancel, on_output, stdin_hook)

@@ -39,6 +39,10 @@ __all__ = ["FRAME_END", "FRAME_START", "RLMResult", "RunOutcome", "Runtime", "in
 
 FRAME_START = "\x02RLM1:"
 FRAME_END = "\x03"
+# An IPython cell whose execute_request carries the metadata cellId ``CELL_PREFIX<exec>:<0|1>``
+# is wrapped by the runtime's pre/post_run_cell hooks: begin(exec) before it, end(snapshot=bool)
+# after it, in the same request (saves the host two round trips per cell).
+CELL_PREFIX = "__rlm__:"
 
 RESERVED = (
     "rlm_query",
@@ -143,6 +147,7 @@ class Runtime:
         self._out = sys.stdout
         self.reserved: dict[str, Any] = {}
         self._baseline = set(ns)
+        self._hooked: bool | None = None  # the running cell was begun by _pre_run_cell
 
     # -- bridge -------------------------------------------------------------------------------
     def _frame(self, body: dict[str, Any]) -> None:
@@ -187,8 +192,11 @@ class Runtime:
         """Mark the start of a cell; requests carry this id."""
         self.exec_id = exec_id
 
-    def end(self) -> None:
-        """After a cell: honour a ready `answer` dict, then restore rebound reserved names."""
+    def end(self, snapshot: bool = False) -> None:
+        """After a cell: honour a ready `answer` dict, then restore rebound reserved names.
+
+        With `snapshot`, also send the namespace summary (saves the host a round trip).
+        """
         ans = self.ns.get("answer")
         if not self.finalized and isinstance(ans, dict) and ans.get("ready"):
             self.finalized = True
@@ -200,7 +208,25 @@ class Runtime:
                 continue
             if self.ns.get(name) is not value:
                 self.ns[name] = value
+        if snapshot:
+            self.snapshot()
         self.exec_id = ""
+
+    def _pre_run_cell(self, info: Any) -> None:
+        """IPython hook: a cell sent with an rlm cell id begins (see CELL_PREFIX)."""
+        cell_id = getattr(info, "cell_id", None)
+        self._hooked = None
+        if isinstance(cell_id, str) and cell_id.startswith(CELL_PREFIX):
+            exec_id, _, snap = cell_id[len(CELL_PREFIX) :].partition(":")
+            self._hooked = snap == "1"
+            self.begin(exec_id)
+
+    def _post_run_cell(self, result: Any) -> None:
+        """IPython hook: end the cell that `_pre_run_cell` began (errors stay out of its output)."""
+        snap, self._hooked = self._hooked, None
+        if snap is not None:
+            with contextlib.suppress(Exception):
+                self.end(snapshot=snap)
 
     def run_cell(self, code: str) -> None:
         """Run a cell without IPython (Daytona): last expression shown, FINAL silent, errors sent.
@@ -597,4 +623,12 @@ def install(target: Any, cfg: dict[str, Any]) -> Runtime:
             return None  # FINAL ends the cell silently; the host knows why
 
         shell.set_custom_exc((FinalAnswer,), _quiet)
+        old = getattr(shell, "_rlm_runtime", None)
+        if old is not None:  # installed again in the same kernel: the new runtime takes over
+            with contextlib.suppress(ValueError):
+                shell.events.unregister("pre_run_cell", old._pre_run_cell)
+                shell.events.unregister("post_run_cell", old._post_run_cell)
+        shell.events.register("pre_run_cell", rt._pre_run_cell)
+        shell.events.register("post_run_cell", rt._post_run_cell)
+        shell._rlm_runtime = rt
     return rt

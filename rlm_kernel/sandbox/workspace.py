@@ -236,8 +236,11 @@ def create_workspace(target: Target, dest: str) -> str:
             )
         if proc.returncode == 0:
             return target.commit
-        # Lock contention, or a prune by another process (e.g. `rlm cleanup`) mid-add: retry.
-        if not ("lock" in proc.stderr or "failed to read" in proc.stderr) or attempt == 4:
+        # Lock contention; concurrent adds racing on the admin directory names git derives from
+        # the (shared) basename `work` (".git/worktrees/work5/commondir" half-written); or a
+        # prune by another process (e.g. `rlm cleanup`) mid-add: retry.
+        racy = any(s in proc.stderr for s in ("lock", "failed to read", "worktrees/"))
+        if not racy or attempt == 4:
             raise TargetError(f"git worktree add failed: {proc.stderr.strip()}")
         shutil.rmtree(dest, ignore_errors=True)
         time.sleep(0.05 * (attempt + 1))

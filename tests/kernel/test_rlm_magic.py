@@ -278,6 +278,11 @@ def test_attach_needs_keep(kernel: RLMKernelProcess) -> None:
 # -- interrupt -----------------------------------------------------------------------------------------
 
 
+def _agents_in(run_dir: Path) -> int:
+    """Sandboxes of a run that serve an agent (pooled ones not yet taken have no `agent` file)."""
+    return sum((run_dir / n / "agent").exists() for n in os.listdir(run_dir))
+
+
 def test_interrupt_cancels_the_tree_within_two_seconds(kernel: RLMKernelProcess) -> None:
     ok(kernel.execute("1"))  # the notebook's own sandbox exists before the run
     before = set(os.listdir(kernel.sandbox_root))
@@ -285,7 +290,7 @@ def test_interrupt_cancels_the_tree_within_two_seconds(kernel: RLMKernelProcess)
 
     def sleeping() -> bool:
         runs = set(os.listdir(kernel.sandbox_root)) - before
-        return bool(runs) and len(os.listdir(kernel.sandbox_root / runs.pop())) == 2
+        return bool(runs) and _agents_in(kernel.sandbox_root / runs.pop()) == 2
 
     wait_for(sleeping, what="both children to start")
     time.sleep(0.5)
@@ -463,7 +468,7 @@ def test_load_ext_in_a_stock_python_kernel(tmp_path: Path) -> None:
         msg_id = k.send("%%rlm\nSLEEP now")
         wait_for(lambda: len(set(os.listdir(k.sandbox_root)) - before) == 1)
         run_dir = k.sandbox_root / (set(os.listdir(k.sandbox_root)) - before).pop()
-        wait_for(lambda: len(os.listdir(run_dir)) == 3, what="root and both children")
+        wait_for(lambda: _agents_in(run_dir) == 3, what="root and both children")
         time.sleep(0.5)
         t0 = time.monotonic()
         k.km.interrupt_kernel()
