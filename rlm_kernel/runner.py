@@ -444,7 +444,7 @@ class Run:
 
         if (
             not cls.pool_capable
-            or pool_target(setting, limits.max_concurrency, limits.max_depth, 0) <= 0
+            or pool_target(setting, limits.max_concurrency, limits.max_depth, 1) <= 0
         ):
             return None
 

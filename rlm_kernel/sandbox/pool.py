@@ -26,7 +26,7 @@ __all__ = ["AUTO_INITIAL", "AUTO_MAX", "SandboxPool", "pool_target"]
 
 log = logging.getLogger(__name__)
 
-AUTO_INITIAL = 2  # "auto": ready sandboxes before any sub-agent was started
+AUTO_INITIAL = 2  # "auto": ready sandboxes once the run has started its first sub-agent
 AUTO_MAX = 8  # "auto" grows to the widest batch seen, up to this (and max_concurrency)
 FILLERS = 1  # sandboxes made at once: one, so the pool takes little CPU from working agents
 POOL_NICE = 10  # the filler thread (and the git it runs) yields the CPU to agents' own work
@@ -37,6 +37,8 @@ def pool_target(setting: int | str, max_concurrency: int, max_depth: int, widest
     if max_depth < 1:
         return 0  # nobody can start a sub-agent
     if setting == "auto":
+        if widest == 0:
+            return 0  # a run that never delegates (llm_query only, or none) pays nothing
         return min(max(AUTO_INITIAL, widest), AUTO_MAX, max_concurrency)
     return int(setting)
 

@@ -81,7 +81,8 @@ def _sandbox_ids(events: list[Event]) -> dict[str, str]:
 
 
 def test_pool_target_sizes() -> None:
-    assert pool_target("auto", 16, 5, 0) == AUTO_INITIAL
+    assert pool_target("auto", 16, 5, 0) == 0  # nothing until the run's first rlm_query
+    assert pool_target("auto", 16, 5, 1) == AUTO_INITIAL
     assert pool_target("auto", 16, 5, 5) == 5  # grows to the widest batch seen
     assert pool_target("auto", 16, 5, 100) == AUTO_MAX
     assert pool_target("auto", 3, 5, 100) == 3  # never above max_concurrency
@@ -146,6 +147,19 @@ def test_no_pool_for_root_only_runs(config: Callable[..., RLMConfig]) -> None:
     assert run._ready_pool is None
 
 
+def test_auto_prepares_nothing_for_a_run_that_never_delegates(
+    config: Callable[..., RLMConfig], make_repo: Callable[..., Path]
+) -> None:
+    repo = make_repo()
+    model = llm.register_scripted(
+        f"pool-{uuid.uuid4().hex[:8]}",
+        lambda messages, info: "```python\nimport time; time.sleep(0.5)\nFINAL('alone')\n```",
+    )
+    run = Run("t", repo, config=config(model))
+    assert run.execute().status == "done"
+    assert run._ready_pool is not None and run._ready_pool.created == 0
+
+
 def test_unused_pooled_sandboxes_are_removed_when_the_run_ends(
     config: Callable[..., RLMConfig], make_repo: Callable[..., Path]
 ) -> None:
@@ -158,7 +172,9 @@ def test_unused_pooled_sandboxes_are_removed_when_the_run_ends(
         _wait_for(lambda: pool.ready >= 2)
         return "```python\nFINAL('no children')\n```"
 
-    cfg = config(llm.register_scripted(f"pool-{uuid.uuid4().hex[:8]}", respond))
+    cfg = config(
+        llm.register_scripted(f"pool-{uuid.uuid4().hex[:8]}", respond), sandbox__pool_size=2
+    )
     run = Run("t", repo, config=cfg)
     holder["run"] = run
     assert run.execute().status == "done"
@@ -178,7 +194,9 @@ def test_cancel_while_the_pool_fills_leaves_nothing(
         run.cancel()
         return "```python\nx = 1\n```"
 
-    cfg = config(llm.register_scripted(f"pool-{uuid.uuid4().hex[:8]}", respond))
+    cfg = config(
+        llm.register_scripted(f"pool-{uuid.uuid4().hex[:8]}", respond), sandbox__pool_size=2
+    )
     run = Run("t", repo, config=cfg)
     holder["run"] = run
     assert run.execute().status == "cancelled"
