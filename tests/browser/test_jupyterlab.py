@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,7 +117,15 @@ class Lab:
         """Cold-kernel trap: the page can look idle before the kernel is connected."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ks = self.api("kernels")
+            try:
+                ks = self.api("kernels")
+            except urllib.error.HTTPError as exc:
+                # jupyter_server answers 500 while a kernel it is starting has no
+                # `last_activity` yet (KeyError in kernel_model): ask again.
+                if exc.code != 500:
+                    raise
+                time.sleep(0.2)
+                continue
             if any(k["execution_state"] == "idle" and k["connections"] >= 1 for k in ks):
                 return
             time.sleep(0.2)
