@@ -174,6 +174,8 @@ def setting(
     choices: Collection[str] | None = None,
 ) -> _T:
     """Declare a setting as a field of a config dataclass (`on`: EVERYWHERE when it has a flag)."""
+    if on and not flag:
+        raise ValueError(f"a setting on {', '.join(on)} needs a flag (its option, traitlet name)")
     spec = {
         "help": help,
         "none": none,
