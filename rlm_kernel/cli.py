@@ -165,7 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         return _fail("-p/--prompt is empty: give the task for the root agent", EXIT_USAGE)
     try:
-        config = load_config(args.config, SETTINGS.overrides_from(args, CLI))
+        flags = SETTINGS.overrides_from(args, CLI)
+        config = load_config(args.config, flags, source="rlm run options")
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     sinks = [] if args.quiet else [ConsoleProgress()]

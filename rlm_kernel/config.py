@@ -303,13 +303,17 @@ def _build(cls: Any, data: Mapping[str, Any], prefix: str, source: str) -> Any:
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    source: str = "overrides",
 ) -> RLMConfig:
-    """Load `path` (default: ./config.yaml if present, else defaults), then apply overrides."""
+    """Load `path` (default: ./config.yaml if present, else defaults), then apply overrides
+    (errors in them name `source`: the flags, the traitlets)."""
     if path is None and Path("config.yaml").is_file():
         path = "config.yaml"
     config = RLMConfig() if path is None else RLMConfig.from_yaml(path)
-    return config.with_overrides(overrides) if overrides else config
+    return config.with_overrides(overrides, source=source) if overrides else config
 
 
 def load_dotenv_file(path: str | os.PathLike[str] | None = None) -> dict[str, str]:

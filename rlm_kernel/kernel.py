@@ -150,7 +150,7 @@ class RLMKernel(IPythonKernel):
     def rlm_config(self) -> RLMConfig:
         """The configuration: `config_file` (or ./config.yaml) with the kernel's traitlets on top."""
         overrides = SETTINGS.overrides_from(self, KERNEL)
-        return load_config(self.config_file or None, overrides)
+        return load_config(self.config_file or None, overrides, source="RLMKernel traitlets")
 
     def root_sandbox(self) -> Sandbox:
         """The notebook's root sandbox, started on first use (thread-safe)."""
