@@ -131,7 +131,9 @@ class RLMSettings:
     max_tokens: int | None = setting(
         None, "tokens over the run (prompt and completion)", none="unlimited"
     )
-    max_cost_usd: float | None = setting(None, "cost over the run, in USD", none="unlimited")
+    max_cost_usd: float | None = setting(
+        None, "cost over the run, in USD", none="unlimited", flag="--max-cost-usd", metavar="USD"
+    )
     max_concurrency: int = setting(
         16,
         "agents doing work at once (`llm_query_batched` runs up to 4× this many calls at once)",
