@@ -26,10 +26,29 @@ from .session import RLMSession, RunHandle
 if TYPE_CHECKING:
     from .session import KernelLike
 
-__all__ = ["RLMMagics", "register", "run_cell_async", "session_for", "transform_cell", "unregister"]
+__all__ = [
+    "RLMMagics",
+    "RunInterrupted",
+    "register",
+    "run_cell_async",
+    "session_for",
+    "transform_cell",
+    "unregister",
+]
 
 _SESSIONS: dict[int, RLMSession] = {}
 _CELL = re.compile(r"%%rlm(?:[ \t]+(.*))?$")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """An interrupt (the Stop button, Ctrl-C) cancelled a `%%rlm` run.
+
+    IPython shows it as one line: the frames of the cell transform and of this module say
+    nothing to the user (the partial answer is shown above it).
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {self}"]
 
 
 class _HelpShown(Exception):
@@ -253,7 +272,14 @@ async def run_cell_async(line: str, body: str) -> None:
 
     handle = start_cell(session_for(get_ipython()), line, body, awaited=True)
     if handle is not None and not handle.background and not await handle.wait_async():
-        raise KeyboardInterrupt(f"run {handle.run_id} cancelled; its sandboxes were removed")
+        raise _interrupted(handle)
+
+
+def _interrupted(handle: RunHandle) -> RunInterrupted:
+    return RunInterrupted(
+        f"run {handle.run_id} cancelled; its sandboxes were removed "
+        "(the partial answer, if any, is above)"
+    )
 
 
 def transform_cell(lines: list[str]) -> list[str]:
@@ -290,7 +316,10 @@ class RLMMagics(Magics):
         if cell is not None:
             handle = start_cell(self.session, line, cell)
             if handle is not None and not handle.background:
-                handle.wait_blocking()
+                try:
+                    handle.wait_blocking()
+                except KeyboardInterrupt:
+                    raise _interrupted(handle) from None
             return
         raw = line.strip()
         if re.match(r"step\b", raw) and " --code" in f" {raw}":
