@@ -41,16 +41,21 @@ def looks_like_markdown(text: str) -> bool:
     return _MARKDOWN.search(text) is not None
 
 
+_BLOCK = re.compile(r" {0,3}(#{1,6}\s|[-*+]\s|\d{1,3}[.)]\s|>|```|~~~|\||[-*_=]{3,}\s*$)")
+
+
 def _hard_breaks(text: str) -> str:
-    """Markdown whose single line breaks stay line breaks (two trailing spaces) outside code."""
+    """Markdown whose single line breaks inside a paragraph stay line breaks (two trailing
+    spaces); code, headings, list items, quotes and tables are left as they are."""
     lines = text.split("\n")
     out, fenced = [], False
     for i, line in enumerate(lines):
         if re.match(r" {0,3}(```|~~~)", line):
             fenced = not fenced
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        plain = not fenced and line.strip() and not line.startswith(("    ", "\t"))
-        if plain and nxt.strip() and not line.lstrip().startswith("|") and not line.endswith("  "):
+        prose = line.strip() and not line.startswith(("    ", "\t")) and not line.endswith("  ")
+        heading_or_row = re.match(r" {0,3}(#{1,6}\s|\|)", line)
+        if prose and not fenced and not heading_or_row and nxt.strip() and not _BLOCK.match(nxt):
             line += "  "
         out.append(line)
     return "\n".join(out)

@@ -35,6 +35,7 @@ __all__ = [
 
 Bundle = dict[str, Any]
 REFRESH_S = 0.25  # at most 4 progress updates per second
+_GATE_CODE_LINES = 30  # lines of a waiting agent's proposed code in the cell's text output
 
 
 def show(bundle: Bundle, *, display_id: bool = False) -> Any:
@@ -111,28 +112,34 @@ def summary_text(record: dict[str, Any], patch_path: str | None = None) -> str:
 
 
 def gate_text(run: Run) -> str:
-    """What a paused or stepping run waits for, in words ("" while it runs freely or has ended).
+    """What a paused or stepping run waits for, in words ("" while it runs freely or has ended):
+    who waits at the step gate, and the code it proposes to run.
 
     Shown as the cell's text output under the tree, so a notebook read without widget state
     (GitHub, nbviewer, an editor without the widget) still says why the run stands still.
     """
     if run.done or not run.gate.stepping:
         return ""
-    waiting = run.gate.waiting
     how = "Step or Continue in the tree above, or %rlm step / %rlm continue"
+    waiting = run.gate.waiting
     if not waiting:
-        return (
-            "‖ step mode: each agent stops before running its next code "
-            f"(none is waiting yet); {how}"
-        )
+        return f"‖ paused (step mode): each agent stops before running its next code ({how})"
     head, rest = waiting[0], waiting[1:]
     more = ""
-    if rest:
-        names = ", ".join(f"{w['agent_id']}@{w['index']}" for w in rest[:5])
-        more = f" (and {len(rest)} more: {names}{', …' if len(rest) > 5 else ''})"
-    return (
-        f"‖ waiting at the step gate: {head['agent_id']}, iteration {head['index']}, "
-        f"proposes code to run{more}; {how}"
+    if rest:  # agent ids, in the order they will be let through
+        names = ", ".join(str(w["agent_id"]) for w in rest[:5]) + (", …" if len(rest) > 5 else "")
+        more = f" ({len(rest)} more wait{'s' * (len(rest) == 1)}: {names})"
+    code = str(head.get("code", "")).rstrip().splitlines()
+    shown = [f"    {ln}" for ln in code[:_GATE_CODE_LINES]]
+    if len(code) > _GATE_CODE_LINES:
+        shown.append(f"    … ({len(code) - _GATE_CODE_LINES} more lines)")
+    # iterations counted from 1, as the tree's own label says it
+    return "\n".join(
+        [
+            f"‖ {head['agent_id']}, iteration {int(str(head['index'])) + 1}, waits at the step "
+            f"gate to run this code{more} ({how}):",
+            *shown,
+        ]
     )
 
 
