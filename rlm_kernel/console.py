@@ -1,8 +1,8 @@
 """Live progress on a terminal: the agent tree with statuses, from events (redrawn in place on a TTY).
 
 Every line fits the terminal (`COLUMNS`, else the stream's terminal, else 80 columns): tasks are cut
-at a word boundary, and agents whose tasks share a long prefix with another agent at their depth
-show the part that differs. Repeated notices (a batch of refused sub-agents) become one line with
+at a word boundary, and an agent whose task shares a long prefix with another agent's shows the
+part that differs. Repeated notices (a batch of refused sub-agents) become one line with
 a count.
 """
 
@@ -88,13 +88,14 @@ def distinct_task(task: str, others: Iterable[str], room: int) -> str:
 
 
 def render_tree(root: dict[str, Any] | None, width: int = 100) -> list[str]:
-    """The agent tree as text lines of at most `width` characters: icon, id, iterations, task."""
+    """The agent tree as text lines of at most `width` characters: icon, id, iterations, task
+    (the part that differs from the other agents' tasks, when a shared prefix would fill it)."""
     lines: list[str] = []
-    by_depth: dict[int, list[str]] = {}
+    tasks: list[str] = []
     stack = [root] if root else []
     while stack:
         node = stack.pop()
-        by_depth.setdefault(int(node.get("depth", 0)), []).append(str(node.get("task", "")))
+        tasks.append(str(node.get("task", "")))
         stack.extend(node.get("children") or [])
 
     def walk(node: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
@@ -103,8 +104,8 @@ def render_tree(root: dict[str, Any] | None, width: int = 100) -> list[str]:
         task = str(node.get("task", ""))
         branch = "" if top else ("└─ " if last else "├─ ")
         head = f"{prefix}{branch}{icon} {node['agent_id']} [{node.get('status')}, {its} it]"
-        peers = list(by_depth.get(int(node.get("depth", 0)), []))
-        peers.remove(task)  # the others at this depth (one copy of this task is its own)
+        peers = list(tasks)
+        peers.remove(task)  # the other agents' tasks (one copy of this task is its own)
         room = width - len(head) - 1
         line = f"{head} {distinct_task(task, peers, room)}" if room >= 4 else head
         lines.append(line if len(line) <= width else line[: width - 1] + "…")
@@ -155,7 +156,7 @@ class ConsoleProgress:
         self._drawn = 0
         self._last = 0.0
         self._lock = threading.Lock()
-        self._tasks: dict[int, list[str]] = {}  # tasks seen so far, by depth (line mode)
+        self._tasks: list[str] = []  # the tasks of the agents started so far (line mode)
         self._held: tuple[str, list[str], int, float] | None = None  # message, agents, count, since
 
     def __call__(self, ev: Event) -> None:
@@ -204,12 +205,11 @@ class ConsoleProgress:
         if held is not None and time.monotonic() - held[3] >= _REPEAT_FLUSH_S:
             self._release()
         if ev.type is EventType.AGENT_STARTED:
-            depth = int(d.get("depth") or 0)
             task = str(d.get("task", ""))
             head = f"▶ {ev.agent_id} (depth {d.get('depth')}): "
             room = max(10, self._columns() - len(head))
-            shown = distinct_task(task, self._tasks.get(depth, []), room)
-            self._tasks.setdefault(depth, []).append(task)
+            shown = distinct_task(task, self._tasks, room)
+            self._tasks.append(task)
             self._print(head + shown)
         elif ev.type is EventType.AGENT_FINISHED:
             icon = ICONS.get(str(d.get("status")), "?")
