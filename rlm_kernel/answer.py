@@ -17,7 +17,9 @@ __all__ = ["answer_bundle", "looks_like_markdown"]
 Bundle = dict[str, Any]
 SHOWN_CHARS = 100_000
 """An answer longer than this is shown as its head and tail (the whole one is in the result)."""
-FOLD_CHARS = 160  # a field value longer than this (or of several lines) is folded
+FOLD_CHARS = 160  # a structured field value (list, dict) whose JSON is longer is folded
+FOLD_TEXT_CHARS = 600  # a text field longer than this, or of more lines than the next, is folded
+FOLD_TEXT_LINES = 8
 FOLD_MAX = 50_000  # characters of one folded value shown when it is opened
 _PLAIN_WIDTH = 100  # characters of a field's value on its line of the text table
 _CELL = ' style="text-align: left; vertical-align: top"'
@@ -147,7 +149,7 @@ def _records_html(rows: list[dict[str, Any]]) -> str | None:
 
 def _value_html(value: Any) -> str:
     if isinstance(value, str):
-        short = len(value) <= FOLD_CHARS and value.count("\n") < 3
+        short = len(value) <= FOLD_TEXT_CHARS and value.count("\n") < FOLD_TEXT_LINES
         if short:
             return _text_html(value)
         body = _text_html(value)

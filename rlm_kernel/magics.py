@@ -270,7 +270,10 @@ async def run_cell_async(line: str, body: str) -> None:
     """What a transformed `%%rlm` cell awaits: start the run, then await it (unless background)."""
     from IPython import get_ipython
 
-    handle = start_cell(session_for(get_ipython()), line, body, awaited=True)
+    try:
+        handle = start_cell(session_for(get_ipython()), line, body, awaited=True)
+    except KeyboardInterrupt:  # Stop while the run was being checked and started
+        raise RunInterrupted("%%rlm interrupted while its run was starting") from None
     if handle is not None and not handle.background and not await handle.wait_async():
         raise _interrupted(handle)
 

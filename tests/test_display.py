@@ -55,7 +55,8 @@ CHAPTERS = [
 
 
 def test_a_submit_dict_is_a_field_table_with_long_values_folded() -> None:
-    fields = {"answer": "a | <b>", "confidence": 0.5, "chapters": CHAPTERS, "notes": "x\n" * 5}
+    notes = "x\n" * 9  # more lines than fit inline
+    fields = {"answer": "a | <b>", "confidence": 0.5, "chapters": CHAPTERS, "notes": notes}
     b = answer_bundle(fields)
     assert set(b) == {"text/html", "text/plain"}
     html = b["text/html"]
@@ -74,7 +75,9 @@ def test_a_submit_dict_is_a_field_table_with_long_values_folded() -> None:
     assert plain[0] == "answer      a | <b>"
     assert plain[1] == "confidence  0.5"
     assert plain[2].startswith('chapters    [12 items] [{"chapter": 1,') and len(plain[2]) <= 112
-    assert plain[3] == "notes       x (10 characters)"
+    assert plain[3] == "notes       x (18 characters)"
+    prose = answer_bundle({"summary": "word " * 100})["text/html"]  # 500 characters: inline
+    assert "<details>" not in prose
 
 
 def test_no_answer_says_why() -> None:
