@@ -258,6 +258,24 @@ def test_step_buttons_work_while_the_cell_awaits(kernel: RLMKernelProcess) -> No
     assert ok(kernel.execute("print(w.answer)")).stdout == "a=1 b=None mine=5\n"
 
 
+def test_pausing_a_free_run_says_so_in_the_cells_text(kernel: RLMKernelProcess) -> None:
+    msg_id = kernel.send("%%rlm\nSLEEP now")
+    comms = Comms(kernel, msg_id)
+    comms.pump(lambda: any(st.get("_model_name") == "AnyModel" for st in comms.models.values()))
+    assert not comms.texts  # running freely: no text line under the tree
+    comms.control("pause")
+    comms.pump(lambda: any(t.startswith("‖ paused (step mode)") for t in comms.texts.values()))
+    comms.control("cancel")
+    cell = ok(kernel.collect(msg_id, timeout=30))
+    texts = {
+        o["content"]["transient"]["display_id"]: o["content"]["data"]["text/plain"]
+        for o in cell.outputs
+        if o["msg_type"] == "update_display_data"
+    }
+    assert list(texts.values()) == [""]  # the run ended: the line is emptied
+    assert "[partial answer: cancelled" in "".join(displays(cell, "text/plain"))
+
+
 # -- (c) namespaces, attach and release --------------------------------------------------------------
 
 
