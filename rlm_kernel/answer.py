@@ -30,7 +30,7 @@ _MARKDOWN = re.compile(
     r"|^ {0,3}>\s?\S"  # block quote
     r"|^ {0,3}(?:```|~~~)"  # fenced code
     r"|^\s*\|.*\|\s*$"  # table row
-    r"|\*\*[^*\n]+\*\*|__[^_\n]+__"  # strong emphasis
+    r"|\*\*[^*\n]+\*\*"  # strong emphasis (not __x__: plain text names __init__.py)
     r"|(?:^|[\s(])\*[^*\s](?:[^*\n]*[^*\s])?\*(?=[\s.,;:!?)]|$)"  # *emphasis*
     r"|`[^`\n]+`"  # inline code
     r"|\[[^\]\n]+\]\([^)\s]+\)",  # link

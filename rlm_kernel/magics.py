@@ -248,21 +248,25 @@ def _start(session: RLMSession, args: argparse.Namespace, body: str) -> RunHandl
     view = display.RunView(run, quiet=args.quiet, notebook=session.notebook)
     run.sinks.append(view)
     run.start()
-    handle = RunHandle(
-        session,
-        run,
-        view,
-        out_var=args.out,
-        quiet=args.quiet,
-        background=args.background,
-        in_root_sandbox=kernel is not None,
-    )
-    session.add(handle)
-    view.start(step_controls=args.step and session.notebook)
-    if args.background:
-        if session.notebook:  # outputs a finished background run fills in
-            handle.slots = [display.show({"text/plain": ""}, display_id=True) for _ in range(3)]
-        handle.watch()
+    try:
+        handle = RunHandle(
+            session,
+            run,
+            view,
+            out_var=args.out,
+            quiet=args.quiet,
+            background=args.background,
+            in_root_sandbox=kernel is not None,
+        )
+        session.add(handle)
+        view.start(step_controls=args.step and session.notebook)
+        if args.background:
+            if session.notebook:  # outputs a finished background run fills in
+                handle.slots = [display.show({"text/plain": ""}, display_id=True) for _ in range(3)]
+            handle.watch()
+    except BaseException:  # Stop (or a display error) before the cell holds the run: end it
+        run.cancel(reason="interrupted while starting")
+        raise
     return handle
 
 
@@ -273,7 +277,9 @@ async def run_cell_async(line: str, body: str) -> None:
     try:
         handle = start_cell(session_for(get_ipython()), line, body, awaited=True)
     except KeyboardInterrupt:  # Stop while the run was being checked and started
-        raise RunInterrupted("%%rlm interrupted while its run was starting") from None
+        raise RunInterrupted(
+            "%%rlm interrupted while its run was starting; nothing of it keeps running"
+        ) from None
     if handle is not None and not handle.background and not await handle.wait_async():
         raise _interrupted(handle)
 

@@ -38,7 +38,7 @@ def test_a_plain_multi_line_answer_keeps_its_lines() -> None:
     assert not looks_like_markdown(DEMO_ANSWER)
     for md in ("# Title", "1. first", "a **b** c", "use `x`", "[a](http://b)", "> quoted", "*so*"):
         assert looks_like_markdown(md), md
-    for plain in ("2 * 3 * 4", "a_b_c and snake_case", "x:1 # comment", "cost: $5"):
+    for plain in ("2 * 3 * 4", "a_b_c and snake_case", "x:1 # comment", "cost: $5", "__init__.py"):
         assert not looks_like_markdown(plain), plain
 
 
