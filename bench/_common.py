@@ -53,8 +53,10 @@ class TreeMonitor:
 
     CPU = this process's own CPU + that of the children it reaped meanwhile (rusage) + the last
     sampled CPU of every other descendant (grandchildren such as forked kernels, and children
-    still alive at the end), less what they had used when the monitor started. A descendant
-    that ends between two samples loses at most one interval. Memory: the largest sum of PSS
+    still alive at the end), less what they had used when the monitor started. A descendant's
+    CPU includes what it reaped (`children_user/system`: a fork server reaps its kernels), and a
+    dead descendant whose parent lived on is left to that parent's reaped CPU, so nothing counts
+    twice. A descendant that ends between two samples loses at most one interval. Memory: the largest sum of PSS
     (proportional set size: shared pages split between the processes sharing them) and of RSS
     over the tree seen in one sample.
     """
@@ -67,6 +69,7 @@ class TreeMonitor:
         self.peak_pss = 0
         self.peak_procs = 0
         self._last: dict[tuple[int, float], tuple[float, bool]] = {}  # -> (cpu, direct child)
+        self._parent: dict[tuple[int, float], int] = {}  # -> ppid
         self._base: dict[tuple[int, float], float] = {}
         self._procs: dict[tuple[int, float], psutil.Process] = {}
         self._stop = threading.Event()
@@ -94,10 +97,13 @@ class TreeMonitor:
         own = (s1.ru_utime + s1.ru_stime) - (s0.ru_utime + s0.ru_stime)
         reaped = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
         alive = {(p.pid, k[1]) for k, p in self._procs.items() if _alive(p)}
+        alive_pids = {pid for pid, _ in alive}
         others = 0.0
         for key, (cpu, direct) in self._last.items():
             if direct and key not in alive:
                 continue  # reaped by this process: counted in `reaped`
+            if key not in alive and self._parent.get(key) in alive_pids:
+                continue  # reaped by a live descendant: counted in its children_* times
             others += max(0.0, cpu - self._base.get(key, 0.0))
         self.cpu_s = own + reaped + others
 
@@ -122,7 +128,9 @@ class TreeMonitor:
                     pss += s
                 if p.pid != self.me.pid:
                     t = p.cpu_times()
-                    self._last[key] = (t.user + t.system, p.pid in direct)
+                    cpu = t.user + t.system + t.children_user + t.children_system
+                    self._last[key] = (cpu, p.pid in direct)
+                    self._parent.setdefault(key, p.ppid())
             except psutil.Error:
                 continue
         self.peak_rss = max(self.peak_rss, rss)
