@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from .events import Event, EventType
+from .events import AgentFinished, AgentStarted, BudgetHit, Event, Notice, RunFinished
 from .records import TreeState
 
 __all__ = ["ConsoleProgress", "clip", "columns", "distinct_task", "render_tree", "summary_line"]
@@ -143,7 +143,8 @@ def summary_line(record: dict[str, Any]) -> str:
 
 
 class ConsoleProgress:
-    """An event consumer that shows the tree on stderr (in place on a TTY, one line per change otherwise)."""
+    """An event consumer that shows the tree on stderr (in place on a TTY, one line per change
+    otherwise): `run.subscribe(ConsoleProgress())`."""
 
     def __init__(
         self, stream: TextIO | None = None, interval_s: float = 0.25, width: int | None = None
@@ -163,14 +164,15 @@ class ConsoleProgress:
         """Consume one event."""
         with self._lock:
             self.state.apply(ev)
+            finished = isinstance(ev.payload, RunFinished)
             if self.tty:
                 now = time.monotonic()
-                if ev.type is EventType.RUN_FINISHED or now - self._last >= self.interval_s:
+                if finished or now - self._last >= self.interval_s:
                     self._last = now
                     self._redraw()
             else:
                 self._line(ev)
-            if ev.type is EventType.RUN_FINISHED:
+            if finished:
                 self._release()
                 rec = self.state.to_dict()
                 self._write(f"{rec.get('status')}: {summary_line(rec)}", wrap=True)
@@ -200,23 +202,23 @@ class ConsoleProgress:
 
     # -- line mode (not a terminal) ---------------------------------------------------------------
     def _line(self, ev: Event) -> None:
-        d = ev.data
+        p = ev.payload
         held = self._held
         if held is not None and time.monotonic() - held[3] >= _REPEAT_FLUSH_S:
             self._release()
-        if ev.type is EventType.AGENT_STARTED:
-            task = str(d.get("task", ""))
-            head = f"▶ {ev.agent_id} (depth {d.get('depth')}): "
+        if isinstance(p, AgentStarted):
+            task = str(p.task)
+            head = f"▶ {ev.agent_id} (depth {p.depth}): "
             room = max(10, self._columns() - len(head))
             shown = distinct_task(task, self._tasks, room)
             self._tasks.append(task)
             self._print(head + shown)
-        elif ev.type is EventType.AGENT_FINISHED:
-            icon = ICONS.get(str(d.get("status")), "?")
-            extra = f" — {d.get('error')}" if d.get("error") else ""
-            self._print(f"{icon} {ev.agent_id} {d.get('status')}{extra}", wrap=True)
-        elif ev.type is EventType.NOTICE or ev.type is EventType.BUDGET_HIT:
-            self._hold(str(ev.agent_id or "run"), str(d.get("message")))
+        elif isinstance(p, AgentFinished):
+            icon = ICONS.get(p.status, "?")
+            extra = f" — {p.error}" if p.error else ""
+            self._print(f"{icon} {ev.agent_id} {p.status}{extra}", wrap=True)
+        elif isinstance(p, (Notice, BudgetHit)):
+            self._hold(str(ev.agent_id or "run"), str(p.message))
         else:
             return
         self.stream.flush()

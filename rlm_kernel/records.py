@@ -13,7 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from .config import redact_secrets
-from .events import Event, EventType
+from .events import (
+    AgentFinished,
+    AgentStarted,
+    CodeExecuted,
+    Event,
+    EventType,
+    IterationFinished,
+    LLMQuery,
+    LLMResponse,
+    RunFinished,
+    RunStarted,
+    SandboxReady,
+    StepMode,
+    StepWaiting,
+    UsageCounts,
+)
 
 __all__ = ["Recorder", "TreeState", "load_index", "load_record", "write_json_atomic"]
 
@@ -52,9 +67,8 @@ class TreeState:
 
     def apply(self, ev: Event) -> None:
         """Update the tree with one event."""
-        d = ev.data
-        t = ev.type
-        if t is EventType.RUN_STARTED:
+        p = ev.payload
+        if isinstance(p, RunStarted):
             self.run.update(
                 run_id=ev.run_id,
                 status="running",
@@ -63,24 +77,24 @@ class TreeState:
                 finished_at=None,
                 elapsed_s=None,
                 usage={"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
-                **d,
+                **p.fields(),
             )
             return
-        if t is EventType.RUN_FINISHED:
-            self.run.update(d)
+        if isinstance(p, RunFinished):
+            self.run.update(p.fields())
             return
         if ev.agent_id is None:
             return
-        if t is EventType.AGENT_STARTED:
-            node = {
+        if isinstance(p, AgentStarted):
+            node: dict[str, Any] = {
                 "agent_id": ev.agent_id,
-                "parent_id": d.get("parent_id"),
-                "depth": d.get("depth", 0),
-                "task": d.get("task", ""),
+                "parent_id": p.parent_id,
+                "depth": p.depth,
+                "task": p.task,
                 "status": "running",
                 "result": None,
                 "error": None,
-                "started_at": d.get("started_at"),
+                "started_at": p.started_at,
                 "finished_at": None,
                 "usage": {
                     "llm_calls": 0,
@@ -95,7 +109,7 @@ class TreeState:
                 "patch": "",
             }
             self.nodes[ev.agent_id] = node
-            parent = self.nodes.get(str(d.get("parent_id")))
+            parent = self.nodes.get(str(p.parent_id))
             if parent is not None:
                 parent["children"].append(node)
                 parent["children"].sort(key=_child_key)
@@ -106,33 +120,43 @@ class TreeState:
         if found is None:
             return
         node = found
-        if t is EventType.SANDBOX_READY:
-            node["sandbox"] = d.get("sandbox")
-        elif t is EventType.LLM_RESPONSE:
-            it = self._iteration(node, d["index"])
-            it["llm_response"] = d.get("text", "")
-            self._add_usage(node, d.get("usage"))
-        elif t is EventType.STEP_WAITING:
-            self._iteration(node, d["index"])["pending_code"] = d.get("code", "")
-        elif t is EventType.CODE_EXECUTED:
-            it = self._iteration(node, d["index"])
+        if isinstance(p, SandboxReady):
+            node["sandbox"] = p.sandbox
+        elif isinstance(p, LLMResponse):
+            it = self._iteration(node, p.index)
+            it["llm_response"] = p.text
+            self._add_usage(node, p.usage)
+        elif isinstance(p, StepWaiting):
+            self._iteration(node, p.index)["pending_code"] = p.code
+        elif isinstance(p, CodeExecuted):
+            it = self._iteration(node, p.index)
             it.pop("pending_code", None)
             it["code_blocks"].append(
-                {k: d.get(k) for k in ("code", "output", "error", "elapsed_s", "spawned", "status")}
+                {
+                    "code": p.code,
+                    "output": p.output,
+                    "error": p.error,
+                    "elapsed_s": p.elapsed_s,
+                    "spawned": p.spawned,
+                    "status": p.status,
+                }
             )
-        elif t is EventType.ITERATION_FINISHED:
-            it = self._iteration(node, d["index"])
-            if d.get("namespace") is not None:
-                it["namespace"] = d["namespace"]
+        elif isinstance(p, IterationFinished):
+            it = self._iteration(node, p.index)
+            if p.namespace is not None:
+                it["namespace"] = p.namespace
             it["finished"] = True
-        elif t is EventType.LLM_QUERY:
+        elif isinstance(p, LLMQuery):
             node["llm_queries"].append(
-                {k: d.get(k) for k in ("prompt", "response", "model", "error")}
+                {"prompt": p.prompt, "response": p.response, "model": p.model, "error": p.error}
             )
-            self._add_usage(node, d.get("usage"))
-        elif t is EventType.AGENT_FINISHED:
-            for k in ("status", "result", "error", "finished_at", "patch"):
-                node[k] = d.get(k)
+            self._add_usage(node, p.usage)
+        elif isinstance(p, AgentFinished):
+            node["status"] = p.status
+            node["result"] = p.result
+            node["error"] = p.error
+            node["finished_at"] = p.finished_at
+            node["patch"] = p.patch
 
     @staticmethod
     def _iteration(node: dict[str, Any], index: int) -> dict[str, Any]:
@@ -141,7 +165,7 @@ class TreeState:
             its.append({"index": len(its), "llm_response": "", "code_blocks": [], "namespace": []})
         return its[index]  # type: ignore[no-any-return]
 
-    def _add_usage(self, node: dict[str, Any], usage: dict[str, Any] | None) -> None:
+    def _add_usage(self, node: dict[str, Any], usage: UsageCounts | None) -> None:
         if not usage:
             return
         for target in (node["usage"], self.run.setdefault("usage", {})):
@@ -187,6 +211,8 @@ class Recorder:
         """Apply an event; write now for milestones, otherwise at most every `min_interval_s`
         (and `min_interval_s` after a held-back event at the latest, so a host killed while its
         agents are quiet leaves a record with everything up to then)."""
+        if isinstance(ev.payload, StepMode):
+            return  # the gate's state is not part of the record (STEP_WAITING is)
         stopped: threading.Timer | None = None
         with self._lock:
             self.state.apply(ev)

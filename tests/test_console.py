@@ -6,6 +6,8 @@ import io
 import re
 from typing import Any
 
+from eventkit import event
+
 from rlm_kernel.console import (
     ConsoleProgress,
     clip,
@@ -101,7 +103,7 @@ def test_console_progress_non_tty_one_line_per_agent_event() -> None:
     assert progress.tty is False
 
     def ev(t: EventType, agent: str | None = None, **data: Any) -> Event:
-        return Event(t, "run-1", agent, data)
+        return event(t, "run-1", agent, data)
 
     u = {"llm_calls": 2, "prompt_tokens": 100, "completion_tokens": 20, "cost_usd": 0.5}
     events = [
@@ -151,14 +153,14 @@ def test_console_progress_tty_redraws_tree_in_place() -> None:
     out = _Tty()
     progress = ConsoleProgress(out, interval_s=0)
     assert progress.tty
-    progress(Event(EventType.RUN_STARTED, "r", None, {"task": "t"}))
-    progress(Event(EventType.AGENT_STARTED, "r", "root", {"depth": 0, "task": "t"}))
+    progress(event(EventType.RUN_STARTED, "r", None, {"task": "t"}))
+    progress(event(EventType.AGENT_STARTED, "r", "root", {"depth": 0, "task": "t"}))
     progress(
-        Event(
+        event(
             EventType.AGENT_STARTED, "r", "root.0", {"parent_id": "root", "depth": 1, "task": "s"}
         )
     )
-    progress(Event(EventType.RUN_FINISHED, "r", None, {"status": "done", "elapsed_s": 0.5}))
+    progress(event(EventType.RUN_FINISHED, "r", None, {"status": "done", "elapsed_s": 0.5}))
     text = out.getvalue()
     assert "\x1b[2F\x1b[J" in text  # the two-line tree is redrawn over itself
     assert text.endswith(
@@ -211,7 +213,7 @@ def test_render_tree_fits_the_width_and_tells_cousins_apart() -> None:
 
 
 def _started(agent: str, depth: int, task: str) -> Event:
-    return Event(EventType.AGENT_STARTED, "r", agent, {"depth": depth, "task": task})
+    return event(EventType.AGENT_STARTED, "r", agent, {"depth": depth, "task": task})
 
 
 def test_console_lines_fit_columns(monkeypatch: Any) -> None:
@@ -222,14 +224,14 @@ def test_console_lines_fit_columns(monkeypatch: Any) -> None:
     for i, t in enumerate(TODOS):
         progress(_started(f"root.{i}.0", 2, RATE + t))
     progress(
-        Event(
+        event(
             EventType.AGENT_FINISHED,
             "r",
             "root.0.0",
             {"status": "error", "error": "the model returned 3 empty replies in a row; check " * 3},
         )
     )
-    progress(Event(EventType.RUN_FINISHED, "r", None, {"status": "error", "elapsed_s": 1.0}))
+    progress(event(EventType.RUN_FINISHED, "r", None, {"status": "error", "elapsed_s": 1.0}))
     lines = out.getvalue().splitlines()
     assert all(len(ln) <= 64 for ln in lines), lines
     started = [ln for ln in lines if ln.startswith("▶ root.")]
@@ -253,11 +255,11 @@ def test_repeated_refusals_become_one_line_with_a_count() -> None:
     progress(_started("root", 0, "fan out"))
     for _ in range(51):
         progress(
-            Event(EventType.BUDGET_HIT, "r", "root", {"limit": "max_sandboxes", "message": msg})
+            event(EventType.BUDGET_HIT, "r", "root", {"limit": "max_sandboxes", "message": msg})
         )
     progress(_started("root.0", 1, "part 0"))
     progress(
-        Event(
+        event(
             EventType.BUDGET_HIT,
             "r",
             "root.0",
@@ -265,14 +267,14 @@ def test_repeated_refusals_become_one_line_with_a_count() -> None:
         )
     )
     progress(
-        Event(
+        event(
             EventType.BUDGET_HIT,
             "r",
             "root.1",
             {"limit": "max_llm_calls", "message": "LLM call budget exhausted"},
         )
     )
-    progress(Event(EventType.RUN_FINISHED, "r", None, {"status": "done", "elapsed_s": 1.0}))
+    progress(event(EventType.RUN_FINISHED, "r", None, {"status": "done", "elapsed_s": 1.0}))
     lines = out.getvalue().splitlines()
     assert lines[:3] == [
         "▶ root (depth 0): fan out",

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from eventkit import event
 from widget.synth import synth_events, synth_record
 
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import EventType
 from rlm_widget import AgentTree
 from rlm_widget.summary import agent_summary
 
@@ -151,9 +152,9 @@ def test_live_deltas_and_details_on_demand(page: Any, harness_url: str) -> None:
     assert any(m["content"].get("kind") == "snapshot" for m in bridge.log if "content" in m)
     # a change to one agent sends only that agent, only the fields that changed
     bridge.log.clear()
-    tree.on_event(Event(EventType.ITERATION_STARTED, events[0].run_id, "root.0.0", {"index": 0}))
+    tree.on_event(event(EventType.ITERATION_STARTED, events[0].run_id, "root.0.0", {"index": 0}))
     tree.on_event(
-        Event(
+        event(
             EventType.LLM_RESPONSE,
             events[0].run_id,
             "root.0.0",
@@ -221,7 +222,7 @@ def test_controls_and_the_editable_step_code(page: Any, harness_url: str) -> Non
     for e in events[: upto + 1]:
         tree.on_event(e)
     proposal = 'print("hello")'
-    tree.on_event(Event(EventType.STEP_WAITING, run.run_id, "root", {"index": 0, "code": proposal}))
+    tree.on_event(event(EventType.STEP_WAITING, run.run_id, "root", {"index": 0, "code": proposal}))
     bridge.pump(lambda: page.locator(".rlm-step").is_visible())
     assert page.locator(".rlm-step-code").input_value() == proposal
     assert "root, iteration 1, waits" in page.locator(".rlm-gate-label").inner_text()
@@ -247,7 +248,7 @@ def test_controls_and_the_editable_step_code(page: Any, harness_url: str) -> Non
         tree.on_event(e)
     bridge.pump(lambda: page.locator(".rlm-controls").is_hidden())
     n = len(bridge.out)  # a finished tree ignores late events
-    tree.on_event(Event(EventType.NOTICE, run.run_id, "root", {"message": "late"}))
+    tree.on_event(event(EventType.NOTICE, run.run_id, "root", {"message": "late"}))
     assert len(bridge.out) == n
 
 

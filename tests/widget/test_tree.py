@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventkit import event
 
 from rlm_kernel.config import RLMConfig
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import EventType
 from rlm_kernel.records import load_record
 from rlm_kernel.runner import Run
 from rlm_widget import AgentTree
@@ -200,5 +201,5 @@ def test_attach_late_then_step_and_resume_through_the_controls(tmp_path: Path) -
     tree.control("pause")
     assert not run.gate.stepping
     n = len(spy.msgs)
-    tree.on_event(Event(EventType.NOTICE, run.run_id, "root", {"message": "late"}))
+    tree.on_event(event(EventType.NOTICE, run.run_id, "root", {"message": "late"}))
     assert len(spy.msgs) == n
