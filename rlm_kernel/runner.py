@@ -144,6 +144,7 @@ class Run:
         self._sinks: tuple[EventSink, ...] = ()
         self._gate = StepGate(step, on_change=self._gate_changed)
         self._gate_last = StepMode(step)
+        self._ended = False  # RUN_FINISHED was emitted: nothing follows it
         self._recorder = Recorder(self.config.results_dir)
         self.subscribe(self._recorder)
         if on_event is not None:
@@ -215,7 +216,7 @@ class Run:
         with self._emit_lock:
             stepping, waiting, pending = self._gate.state()
             payload = StepMode(stepping, waiting, pending)
-            if payload != self._gate_last:
+            if payload != self._gate_last and not self._ended:
                 self._gate_last = payload
                 self.emit(payload)
 
@@ -660,17 +661,19 @@ class Run:
         answer = outcome.value if outcome else None
         assert self.budget.usage is not None
         self.status = status
-        self.emit(
-            RunFinished(
-                status=status,
-                answer=answer,
-                patch=patch,
-                usage=self.budget.usage.to_dict(),
-                elapsed_s=round(elapsed, 3),
-                finished_at=dt.datetime.now().isoformat(timespec="seconds"),
-                patch_path=patch_path,
+        with self._emit_lock:
+            self.emit(
+                RunFinished(
+                    status=status,
+                    answer=answer,
+                    patch=patch,
+                    usage=self.budget.usage.to_dict(),
+                    elapsed_s=round(elapsed, 3),
+                    finished_at=dt.datetime.now().isoformat(timespec="seconds"),
+                    patch_path=patch_path,
+                )
             )
-        )
+            self._ended = True
         self._result = RunResult(
             run_id=self.run_id,
             status=status,

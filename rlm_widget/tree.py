@@ -155,9 +155,13 @@ class AgentTree(anywidget.AnyWidget):
                 self._timer.cancel()
                 self._timer = None
             self._run = None
+        self._stop_events()
+
+    def _stop_events(self) -> None:
+        with self._lock:
             unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:
-            unsubscribe()
+            unsubscribe()  # not under our lock: the run's emit lock is taken before ours
 
     def close(self) -> None:
         """Detach from the run and close the widget."""
@@ -188,6 +192,7 @@ class AgentTree(anywidget.AnyWidget):
             final = isinstance(p, RunFinished)
         if final:
             self._finalize()
+            self._stop_events()  # RUN_FINISHED is the last event
         else:
             self._schedule()
 

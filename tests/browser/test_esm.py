@@ -14,7 +14,7 @@ import pytest
 from eventkit import event
 from widget.synth import synth_events, synth_record
 
-from rlm_kernel.events import EventType
+from rlm_kernel.events import Event, EventType, GateWaiter, StepMode
 from rlm_widget import AgentTree
 from rlm_widget.summary import agent_summary
 
@@ -186,7 +186,7 @@ def test_live_deltas_and_details_on_demand(page: Any, harness_url: str) -> None:
 
 
 class FakeRun:
-    """Stands in for a Run's control surface: sinks, gate and the four controls."""
+    """Stands in for a Run's public surface: subscribe and the four controls."""
 
     run_id = "20260101-120000-cccccc"
     task = "survey the project"
@@ -194,9 +194,10 @@ class FakeRun:
     def __init__(self) -> None:
         self.sinks: list[Any] = []
         self.calls: list[tuple[Any, ...]] = []
-        self.gate = self  # gate.stepping, gate.waiting
-        self.stepping = True
-        self.waiting: list[dict[str, Any]] = []
+
+    def subscribe(self, sink: Any, *, replay: bool = True) -> Callable[[], None]:
+        self.sinks.append(sink)
+        return lambda: self.sinks.remove(sink)
 
     def pause(self) -> None:
         self.calls.append(("pause",))
@@ -223,6 +224,8 @@ def test_controls_and_the_editable_step_code(page: Any, harness_url: str) -> Non
         tree.on_event(e)
     proposal = 'print("hello")'
     tree.on_event(event(EventType.STEP_WAITING, run.run_id, "root", {"index": 0, "code": proposal}))
+    waiter: GateWaiter = {"agent_id": "root", "index": 0, "code": proposal}
+    tree.on_event(Event(StepMode(True, (waiter,)), run.run_id))
     bridge.pump(lambda: page.locator(".rlm-step").is_visible())
     assert page.locator(".rlm-step-code").input_value() == proposal
     assert "root, iteration 1, waits" in page.locator(".rlm-gate-label").inner_text()
@@ -247,6 +250,7 @@ def test_controls_and_the_editable_step_code(page: Any, harness_url: str) -> Non
     for e in events[upto + 1 :]:
         tree.on_event(e)
     bridge.pump(lambda: page.locator(".rlm-controls").is_hidden())
+    assert tree.on_event not in run.sinks  # RUN_FINISHED is the last event: it unsubscribed
     n = len(bridge.out)  # a finished tree ignores late events
     tree.on_event(event(EventType.NOTICE, run.run_id, "root", {"message": "late"}))
     assert len(bridge.out) == n
