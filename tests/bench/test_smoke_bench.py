@@ -61,3 +61,9 @@ def test_peers_optional(system: str, module: str) -> None:
     out = smoke("bench_peers.py", "--systems", system)
     for workload in ("W1", "W2", "W3"):
         assert f"| {workload} | {system} |" in out
+
+
+def test_events() -> None:
+    out = smoke("bench_events.py")
+    assert "| recorder | 61 |" in out  # 4 agents x (3 + 4 x 3 iterations) + RUN_FINISHED
+    assert "| recorder, RunView, AgentTree | 61 |" in out
