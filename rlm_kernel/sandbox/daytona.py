@@ -121,24 +121,21 @@ def _check_credentials() -> None:
         raise SandboxError(f"cannot reach Daytona at {url}: {text}") from None
 
 
-def _bundle(git_dir: str, commit: str) -> bytes:
-    """A `git bundle` of `commit` (and its history) from the host repository, cached."""
+def _bundle(target: workspace.Target) -> bytes:
+    """A `git bundle` of the target's base commit (and its history), cached."""
+    assert target.git_dir is not None and target.commit is not None
+    key = (target.git_dir, target.commit)
     with _bundles_lock:
-        data = _bundles.get((git_dir, commit))
+        data = _bundles.get(key)
         if data is not None:
             return data
-        ref = f"refs/rlm-bundle/{os.getpid()}-{commit[:12]}"
         with tempfile.TemporaryDirectory(prefix="rlm-bundle-") as tmp:
             out = os.path.join(tmp, "base.bundle")
-            workspace.git("update-ref", ref, commit, cwd=git_dir)
-            try:
-                workspace.git("bundle", "create", "-q", out, ref, cwd=git_dir)
-            finally:
-                workspace.git("update-ref", "-d", ref, cwd=git_dir, check=False)
+            workspace.bundle(target, out)
             data = Path(out).read_bytes()
         if len(_bundles) >= 4:
             _bundles.clear()
-        _bundles[(git_dir, commit)] = data
+        _bundles[key] = data
         return data
 
 
@@ -249,7 +246,7 @@ class DaytonaSandbox(Sandbox):
             self.sandbox.git.clone(str(target.origin), dest, commit_id=target.commit)
         else:
             bundle = f"{self.root}/base.bundle"
-            self.sandbox.fs.upload_file(_bundle(target.git_dir, target.commit), bundle)
+            self.sandbox.fs.upload_file(_bundle(target), bundle)
             self._sh(
                 f"git init -q {q} && cd {q} && git fetch -q {shlex.quote(bundle)} "
                 f"'refs/rlm-bundle/*:refs/rlm-bundle/*' && git checkout -q --detach "

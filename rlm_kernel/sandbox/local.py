@@ -321,10 +321,14 @@ class LocalSandbox(Sandbox):
         self._workspace_made = True
 
     def diff(self) -> str:
-        """`git add -A` and the diff against the base commit, new files included."""
-        if not self._workspace_made or not os.path.isdir(self.path):
+        """The workspace's changes against the base commit, new files included.
+
+        Computed by the host with its own git dir (never the workspace's `.git`, which the agent
+        controls); raises TargetError when it cannot be computed (e.g. the workspace is gone).
+        """
+        if not self._workspace_made:
             return ""
-        return workspace.diff(self.path, self.base_commit)
+        return workspace.diff(self.path)
 
     def _run(
         self,
