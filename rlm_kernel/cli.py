@@ -11,7 +11,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
+
+from .config import CLI, SETTINGS
+from .sandbox import BACKENDS
 
 __all__ = ["main"]
 
@@ -60,25 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="PATCH_FILE",
         help="write the patch to this file instead of stdout",
     )
-    r.add_argument(
-        "--model",
-        help="LLM for agents, in litellm form, e.g. openrouter/google/gemini-3-flash-preview "
-        "or scripted/path/to/model.py",
-    )
-    r.add_argument("--sub-model", help="LLM for llm_query/llm_query_batched (default: --model)")
-    r.add_argument(
-        "--sandbox", choices=["local", "daytona"], help="sandbox backend (default: local)"
-    )
-    r.add_argument(
-        "--results-dir", metavar="DIR", help="where run records are written (default: results)"
-    )
-    r.add_argument("--max-depth", type=int, metavar="N", help="deepest agent depth (root = 0)")
-    r.add_argument(
-        "--max-sandboxes", type=int, metavar="N", help="sandboxes the whole run may create"
-    )
-    r.add_argument("--max-iterations", type=int, metavar="N", help="iterations per agent")
-    r.add_argument("--timeout", type=float, metavar="SECONDS", help="global timeout of the run")
-    r.add_argument("--keep", action="store_true", help="keep every agent's worktree and say where")
+    SETTINGS.add_flags(r, CLI)  # --model, --sandbox, --max-depth, …: the settings table
     r.add_argument("--answer", metavar="FILE", help="also write the final answer to this file")
     v = r.add_mutually_exclusive_group()
     v.add_argument("--verbose", action="store_true", help="progress plus debug logging on stderr")
@@ -103,9 +88,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--sandbox",
-        choices=["local", "daytona"],
-        default="local",
-        help="backend to clean (default: local)",
+        choices=BACKENDS,
+        default=SETTINGS["sandbox.backend"].default,
+        help="backend to clean (default: %(default)s)",
     )
     c.add_argument("--run", metavar="ID", help="only this run")
 
@@ -157,21 +142,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    pairs = {
-        "model.name": args.model,
-        "model.sub_model": args.sub_model,
-        "sandbox.backend": args.sandbox,
-        "results_dir": args.results_dir,
-        "rlm.max_depth": args.max_depth,
-        "rlm.max_sandboxes": args.max_sandboxes,
-        "rlm.max_iterations": args.max_iterations,
-        "rlm.global_timeout": args.timeout,
-        "sandbox.keep": True if args.keep else None,
-    }
-    return {k: v for k, v in pairs.items() if v is not None}
-
-
 def _fail(message: str, code: int) -> int:
     sys.stderr.write(f"rlm: error: {message}\n")
     return code
@@ -195,7 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         return _fail("-p/--prompt is empty: give the task for the root agent", EXIT_USAGE)
     try:
-        config = load_config(args.config, _overrides(args))
+        flags = SETTINGS.overrides_from(args, CLI)
+        config = load_config(args.config, flags, source="rlm run options")
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     sinks = [] if args.quiet else [ConsoleProgress()]
@@ -263,27 +234,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sys.stderr.write(
             f"Demo: a scripted model investigates the TODOs of a small repository ({repo}).\n"
         )
-        ns = argparse.Namespace(
-            repo=str(repo),
-            prompt=prompt,
-            branch=None,
-            commit=None,
-            config=None,
-            output=None,
-            model=model,
-            sub_model=None,
-            sandbox="local",
-            results_dir=args.results_dir,
-            max_depth=None,
-            max_sandboxes=None,
-            max_iterations=None,
-            timeout=None,
-            keep=False,
-            answer=None,
-            verbose=False,
-            quiet=args.quiet,
-        )
-        return cmd_run(ns)
+        argv = ["run", str(repo), f"--prompt={prompt}", f"--model={model}", "--sandbox=local"]
+        argv += [f"--results-dir={args.results_dir}"] if args.results_dir else []
+        argv += ["--quiet"] if args.quiet else []
+        return cmd_run(_build_parser().parse_args(argv))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

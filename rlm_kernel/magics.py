@@ -21,6 +21,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from . import display
+from .config import MAGIC, SETTINGS
 from .session import RLMSession, RunHandle
 
 if TYPE_CHECKING:
@@ -59,22 +60,14 @@ def cell_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", metavar="URL_OR_PATH", help="git repository the agents work on")
     p.add_argument("-b", "--branch", help="branch of --repo (default: its HEAD)")
     p.add_argument("--commit", metavar="SHA", help="commit of --repo (overrides --branch)")
-    p.add_argument("--model", help="agents' LLM (litellm name, or scripted/<file.py>)")
-    p.add_argument("--sub-model", metavar="MODEL", help="LLM of llm_query (default: --model)")
     p.add_argument("--context", metavar="VAR", help="give this variable's value as `context`")
     p.add_argument("--signature", metavar="SIG", help="typed SUBMIT, e.g. 'q: str -> a: int'")
     p.add_argument("-o", "--out", metavar="VAR", help="bind the result object to VAR (and _rlm)")
     p.add_argument("--step", action="store_true", help="stop before every code block")
     p.add_argument("--background", action="store_true", help="return at once; control later")
-    p.add_argument("--max-depth", type=int, metavar="N", help="deepest agent depth (root = 0)")
-    p.add_argument("--max-sandboxes", type=int, metavar="N", help="sandboxes for the whole run")
-    p.add_argument("--max-iterations", type=int, metavar="N", help="iterations per agent")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="global timeout of the run")
-    p.add_argument("--sandbox", choices=["local", "daytona"], help="sandbox backend")
-    p.add_argument("--keep", action="store_true", help="keep agents' sandboxes (%%rlm attach)")
+    SETTINGS.add_flags(p, MAGIC)  # --model, --sandbox, --max-depth, …: the settings table
     p.add_argument("--quiet", action="store_true", help="show only the answer and the patch")
     p.add_argument("--config", metavar="FILE", help="YAML config file (default ./config.yaml)")
-    p.add_argument("--results-dir", metavar="DIR", help="where run records go")
     return p
 
 
@@ -189,11 +182,10 @@ def start_cell(
 
 
 def _start(session: RLMSession, args: argparse.Namespace, body: str) -> RunHandle:
-    from .cli import _overrides  # the flag → config key mapping `rlm run` uses too
     from .runner import Run
     from .sandbox.base import NO_CONTEXT
 
-    config = session.config(_overrides(args), args.config)
+    config = session.config(SETTINGS.overrides_from(args, MAGIC), args.config)
     task = session.interpolate(body.strip())
     common: dict[str, Any] = {"config": config, "signature": args.signature, "step": args.step}
     kernel = session.kernel
@@ -308,12 +300,12 @@ class RLMMagics(Magics):
         print(help_text())
 
     def _cmd_config(self, a: argparse.Namespace) -> None:
-        from .config import ConfigError, _resolve_key
+        from .config import ConfigError
 
         s = self.session
         try:
             for key in a.reset if a.reset is not None else []:
-                s.overrides.pop(_resolve_key(key, "%rlm config --reset"), None)
+                s.overrides.pop(SETTINGS.resolve(key, "%rlm config --reset"), None)
             if a.reset is not None and not a.reset:
                 s.overrides.clear()
             pairs: dict[str, str] = {}

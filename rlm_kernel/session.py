@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from IPython.core.error import UsageError
 
-from .config import RLMConfig, load_config
+from .config import SETTINGS, RLMConfig, load_config
 
 if TYPE_CHECKING:
     from .display import RunView
@@ -275,12 +275,10 @@ class RLMSession:
 
     def set_config(self, pairs: dict[str, str]) -> RLMConfig:
         """Validate and keep `key=value` session defaults; errors name the key."""
-        from .config import _resolve_key
-
         cfg = self.config()
         parsed: dict[str, Any] = {}
         for key, text in pairs.items():
-            dotted = _resolve_key(key, "%rlm config")
+            dotted = SETTINGS.resolve(key, "%rlm config")
             new = cfg.with_overrides({dotted: text}, source="%rlm config", parse_strings=True)
             parsed[dotted] = new.flat()[dotted]
             cfg = new

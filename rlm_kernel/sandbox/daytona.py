@@ -651,6 +651,9 @@ def _output_message(op: str, args: dict[str, Any]) -> dict[str, Any]:
 
 def cleanup_daytona(run_id: str | None = None) -> list[str]:
     """Delete Daytona sandboxes left by rlm runs (all, or one run's), found by the `rlm-run` label."""
+    from . import require_sdk
+
+    require_sdk("daytona")
     from daytona import ListSandboxesQuery
 
     _check_credentials()
