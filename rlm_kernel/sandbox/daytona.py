@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import workspace
+from . import transfer, workspace
 from .base import (
     NO_CONTEXT,
     CellResult,
@@ -586,25 +586,21 @@ class DaytonaSandbox(Sandbox):
             f"set {name} in the sandbox",
         )
 
-    def pull(self, name: str) -> Any:
-        """Pickle the variable in the context, download it and load the copy here."""
-        if not name.isidentifier():
-            raise SandboxError(f"{name!r} is not a valid variable name")
-        path = f"{self.bridge_dir}/pull-{os.urandom(6).hex()}.pickle"
-        self._quiet(
-            f"import pickle as _p\ntry:\n    _v = {name}\nexcept NameError:\n    _v = _p\n"
-            f"with open({path!r}, 'wb') as _f:\n    _p.dump(('missing',) if _v is _p else ('ok', _v), _f, protocol=4)\n"
-            "del _p, _v, _f\n",
-            f"read {name} from the sandbox",
-        )
+    def pull(self, name: str, *, as_text: bool = False) -> Any:
+        """The context's variable `name` as plain data (or `str(value)`), computed in the sandbox.
+
+        Only JSON text crosses (see `transfer`); KeyError when it does not exist.
+        """
+        path = f"{self.bridge_dir}/pull-{os.urandom(6).hex()}.json"
+        self._quiet(transfer.pull_code(name, path, as_text), f"read {name} from the sandbox")
         try:
-            state = pickle.loads(self.sandbox.fs.download_file(path))
+            data = self.sandbox.fs.download_file(path)
         finally:
             with contextlib.suppress(Exception):
                 self._sh(f"rm -f {shlex.quote(path)}")
-        if state[0] == "missing":
-            raise KeyError(name)
-        return state[1]
+        if len(data) > transfer.MAX_PULL_BYTES:
+            raise SandboxError(f"{name}: the value is too large to read back")
+        return transfer.decode(data.decode("utf-8", errors="replace"), name)
 
     def set_workspace(self, target: workspace.Target) -> None:
         """Clone `target` into a new directory of the sandbox and chdir the context there."""

@@ -365,6 +365,7 @@ class _ForkServer:
         self.pid = 0
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = host_sock
+        life_r = _lifeline_read_end()
         try:
             self._proc = subprocess.Popen(
                 [
@@ -373,8 +374,10 @@ class _ForkServer:
                     _FORKSERVER_MODULE,
                     "--fd",
                     str(child_sock.fileno()),
+                    "--lifeline",
+                    str(life_r),
                 ],
-                pass_fds=(child_sock.fileno(),),
+                pass_fds=(child_sock.fileno(), life_r),
                 env=_zygote_env(),
                 # `-m` finds the package through sys.path[0] = cwd even when it is not installed;
                 # the zygote removes that entry (no PYTHONPATH entry shadows the stdlib).
@@ -552,6 +555,24 @@ class _ForkServer:
         with contextlib.suppress(OSError):
             self._stderr.close()
         self._mark_down()
+
+
+_lifeline_lock = threading.Lock()
+_lifeline: tuple[int, int] | None = None
+
+
+def _lifeline_read_end() -> int:
+    """The read end of this process's lifeline pipe, passed to every fork server.
+
+    Both ends stay open, and the write end is never written, for as long as this process lives:
+    every kernel holds the read end and kills itself when it reads EOF, that is when this process
+    is gone. Nothing closes it when a fork server stops or dies, so kernels outlive their zygote.
+    """
+    global _lifeline
+    with _lifeline_lock:
+        if _lifeline is None:
+            _lifeline = os.pipe()  # close-on-exec: only the fork servers get the read end
+        return _lifeline[0]
 
 
 _server: _ForkServer | None = None
