@@ -492,9 +492,10 @@ class LocalSandbox(Sandbox):
         res.output = parts.getvalue()
         res.elapsed_s = time.monotonic() - t0
         if res.status == "died":
-            res.error = (
-                res.error or ""
-            ) + "The sandbox's Python process died (its namespace is lost)."
+            res.error = (res.error or "") + (
+                f"The sandbox's Python process died during this cell: {kernel.death()} "
+                "(its variables are lost; no other agent is affected)."
+            )
         return res
 
 
