@@ -58,7 +58,7 @@ class LocalSandbox(Sandbox):
         self.id = f"{spec.run_id}/{safe}"
         self.kernel: KernelHandle | None = None
         self.secret = new_secret()
-        self.bridge = Bridge(self.secret, self._handle, self._deliver)
+        self.bridge = Bridge(self.secret, self._handle, self._deliver, self._discard)
         self._exec_lock = threading.RLock()  # a restart reinstalls the runtime from inside a cell
         self._workspace_made = False
         # A second client (and a kernel subshell) for completion and inspection, so they are
@@ -82,6 +82,10 @@ class LocalSandbox(Sandbox):
         tmp = os.path.join(self.bridge_dir, f".{rid}.tmp")
         transfer.write_new(tmp, data)
         os.replace(tmp, os.path.join(self.bridge_dir, f"{rid}.json"))
+
+    def _discard(self, rid: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.bridge_dir, f"{rid}.json"))
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:

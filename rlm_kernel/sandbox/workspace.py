@@ -270,12 +270,6 @@ def _objects_dir(git_dir: str) -> str:
     return os.path.realpath(os.path.join(git_dir, common, "objects"))
 
 
-@functools.lru_cache(maxsize=1)
-def _empty_template() -> str:
-    """An empty template directory: `git init` copies no sample hooks, no info/exclude."""
-    return tempfile.mkdtemp(prefix="rlm-git-template-")
-
-
 def host_git_dir(dest: str) -> str:
     """The host-owned git dir that computes the patch of workspace `dest` (outside `dest`)."""
     return os.path.normpath(dest) + ".host-git"
@@ -283,7 +277,7 @@ def host_git_dir(dest: str) -> str:
 
 def _init(git_dir: str, *, bare: bool, alternates: str | None) -> None:
     """A fresh repository with no hooks, borrowing `alternates`' objects read-only."""
-    args = ["init", "-q", f"--template={_empty_template()}"]
+    args = ["init", "-q", "--template="]  # no template: no sample hooks, no info/exclude
     if bare:
         args.append("--bare")
     git(*args, git_dir)

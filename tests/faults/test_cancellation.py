@@ -206,6 +206,7 @@ def test_stop_of_an_rlm_cell_at_a_random_point_leaves_nothing(delay: float, note
     what = f"seed {SEED}, Stop (interrupt) of a %%rlm cell after {delay} s"
     sandboxes = set(os.listdir(notebook.sandbox_root))
     kernels = processes_in(notebook.sandbox_root)  # the notebook's own sandbox
+    host_fds = _fds(notebook.km.provisioner.pid)
     records = set((notebook.workdir / "results").glob("*.detail.json"))
     msg_id = notebook.send("%%rlm --quiet\ngo")
     time.sleep(delay)
@@ -219,3 +220,13 @@ def test_stop_of_an_rlm_cell_at_a_random_point_leaves_nothing(delay: float, note
     assert set(os.listdir(notebook.sandbox_root)) == sandboxes, what
     assert processes_in(notebook.sandbox_root) == kernels, what
     assert notebook.execute("print('still here')").stdout == "still here\n", what
+    # No reply an interrupted cell never read stays in the notebook sandbox's bridge directory,
+    # and the kernel holds no more files than before.
+    stale = [p for p in notebook.sandbox_root.rglob("bridge/*") if p.name != "context.pickle"]
+    assert stale == [], (what, stale)
+    assert _fds(notebook.km.provisioner.pid) <= host_fds, what
+
+
+def _fds(pid: int) -> int:
+    """Open file descriptors of a process (sockets, pipes and files)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
