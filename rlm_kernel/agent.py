@@ -208,7 +208,7 @@ class Agent:
                 if not blocks:
                     messages += [
                         {"role": "assistant", "content": text},
-                        {"role": "user", "content": no_code_prompt()},
+                        {"role": "user", "content": no_code_prompt(text)},
                     ]
                     self.emit(
                         EventType.ITERATION_FINISHED, index=index, namespace=None, no_code=True

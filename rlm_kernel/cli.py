@@ -19,6 +19,9 @@ from .sandbox import BACKENDS
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+ANSWER_SHOWN_CHARS = 20_000
+"""An answer longer than this is shortened (head and tail, with a note) where a person reads it:
+on stderr, and on stdout when stdout is a terminal. --answer FILE and the record hold all of it."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -202,6 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for info in result.kept:
             sys.stderr.write(f"kept sandbox: {info['path']}\n")
     answer = str(result)
+    record = _openable(result.record_path)
     if args.answer:
         Path(args.answer).write_text(answer + "\n", encoding="utf-8")
     if args.output:
@@ -210,18 +214,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.output:
             sys.stdout.write(result.patch)
         if not args.quiet:
-            sys.stderr.write(f"\nAnswer:\n{answer}\n")
-    else:
+            sys.stderr.write(f"\nAnswer:\n{_shown(answer, args.answer, record)}\n")
+    elif sys.stdout.isatty():
+        sys.stdout.write(_shown(answer, args.answer, record) + "\n")
+    else:  # redirected: the answer is the command's output, whole
         sys.stdout.write(answer + "\n")
-    if not args.quiet and result.record_path:
-        sys.stderr.write(f"record: {result.record_path}\n")
+    if not args.quiet and record:
+        sys.stderr.write(f"record: {record}\n")
     if result.status != "done":
         return _fail(
             f"run {result.status}: {result.error or 'no final answer'} (partial answer above; "
-            f"record: {result.record_path})",
+            f"record: {record})",
             EXIT_FAILED,
         )
     return EXIT_OK
+
+
+def _openable(path: str | None) -> str | None:
+    """A path the user can open from anywhere: absolute."""
+    return None if path is None else os.path.abspath(path)
+
+
+def _shown(answer: str, answer_file: str | None, record: str | None) -> str:
+    """The answer as printed for a person: whole, or its head and tail with a note on where it is."""
+    if len(answer) <= ANSWER_SHOWN_CHARS:
+        return answer
+    head = ANSWER_SHOWN_CHARS * 3 // 4
+    tail = ANSWER_SHOWN_CHARS - head
+    where = [f"in {os.path.abspath(answer_file)} (--answer)"] if answer_file else []
+    where.append(f'in the record {record} (key "answer")' if record else "in the run record")
+    hint = "" if answer_file else "; --answer FILE writes it to a file"
+    note = (
+        f"[... {len(answer) - head - tail:,} more characters: the answer has {len(answer):,} "
+        f"characters; all of it is {' and '.join(where)}{hint} ...]"
+    )
+    return f"{answer[:head]}\n{note}\n{answer[len(answer) - tail :]}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -27,10 +27,29 @@ from .session import RLMSession, RunHandle
 if TYPE_CHECKING:
     from .session import KernelLike
 
-__all__ = ["RLMMagics", "register", "run_cell_async", "session_for", "transform_cell", "unregister"]
+__all__ = [
+    "RLMMagics",
+    "RunInterrupted",
+    "register",
+    "run_cell_async",
+    "session_for",
+    "transform_cell",
+    "unregister",
+]
 
 _SESSIONS: dict[int, RLMSession] = {}
 _CELL = re.compile(r"%%rlm(?:[ \t]+(.*))?$")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """An interrupt (the Stop button, Ctrl-C) cancelled a `%%rlm` run.
+
+    IPython shows it as one line: the frames of the cell transform and of this module say
+    nothing to the user (the partial answer is shown above it).
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {self}"]
 
 
 class _HelpShown(Exception):
@@ -221,21 +240,25 @@ def _start(session: RLMSession, args: argparse.Namespace, body: str) -> RunHandl
     view = display.RunView(run, quiet=args.quiet, notebook=session.notebook)
     run.sinks.append(view)
     run.start()
-    handle = RunHandle(
-        session,
-        run,
-        view,
-        out_var=args.out,
-        quiet=args.quiet,
-        background=args.background,
-        in_root_sandbox=kernel is not None,
-    )
-    session.add(handle)
-    view.start(step_controls=args.step and session.notebook)
-    if args.background:
-        if session.notebook:  # outputs a finished background run fills in
-            handle.slots = [display.show({"text/plain": ""}, display_id=True) for _ in range(3)]
-        handle.watch()
+    try:
+        handle = RunHandle(
+            session,
+            run,
+            view,
+            out_var=args.out,
+            quiet=args.quiet,
+            background=args.background,
+            in_root_sandbox=kernel is not None,
+        )
+        session.add(handle)
+        view.start(step_controls=args.step and session.notebook)
+        if args.background:
+            if session.notebook:  # outputs a finished background run fills in
+                handle.slots = [display.show({"text/plain": ""}, display_id=True) for _ in range(3)]
+            handle.watch()
+    except BaseException:  # Stop (or a display error) before the cell holds the run: end it
+        run.cancel(reason="interrupted while starting")
+        raise
     return handle
 
 
@@ -243,9 +266,21 @@ async def run_cell_async(line: str, body: str) -> None:
     """What a transformed `%%rlm` cell awaits: start the run, then await it (unless background)."""
     from IPython import get_ipython
 
-    handle = start_cell(session_for(get_ipython()), line, body, awaited=True)
+    try:
+        handle = start_cell(session_for(get_ipython()), line, body, awaited=True)
+    except KeyboardInterrupt:  # Stop while the run was being checked and started
+        raise RunInterrupted(
+            "%%rlm interrupted while its run was starting; nothing of it keeps running"
+        ) from None
     if handle is not None and not handle.background and not await handle.wait_async():
-        raise KeyboardInterrupt(f"run {handle.run_id} cancelled; its sandboxes were removed")
+        raise _interrupted(handle)
+
+
+def _interrupted(handle: RunHandle) -> RunInterrupted:
+    return RunInterrupted(
+        f"run {handle.run_id} cancelled; its sandboxes were removed "
+        "(the partial answer, if any, is above)"
+    )
 
 
 def transform_cell(lines: list[str]) -> list[str]:
@@ -282,7 +317,10 @@ class RLMMagics(Magics):
         if cell is not None:
             handle = start_cell(self.session, line, cell)
             if handle is not None and not handle.background:
-                handle.wait_blocking()
+                try:
+                    handle.wait_blocking()
+                except KeyboardInterrupt:
+                    raise _interrupted(handle) from None
             return
         raw = line.strip()
         if re.match(r"step\b", raw) and " --code" in f" {raw}":

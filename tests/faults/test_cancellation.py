@@ -214,7 +214,11 @@ def test_stop_of_an_rlm_cell_at_a_random_point_leaves_nothing(delay: float, note
     cell = notebook.collect(msg_id, timeout=60)
     print(f"{what}: {cell.content['status']}")
     if cell.content["status"] == "error":
-        assert cell.content["ename"] == "KeyboardInterrupt", (what, cell.content)
+        # RunInterrupted (a KeyboardInterrupt shown as one line) once the cell's code runs
+        assert cell.content["ename"] in ("RunInterrupted", "KeyboardInterrupt"), (
+            what,
+            cell.content,
+        )
     (record,) = set((notebook.workdir / "results").glob("*.detail.json")) - records
     _check_record(json.loads(record.read_text()), what)
     assert set(os.listdir(notebook.sandbox_root)) == sandboxes, what
