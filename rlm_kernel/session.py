@@ -227,7 +227,7 @@ class RunHandle:
             if kernel is not None and kernel.attached is sb:
                 kernel.attach(None)
             if not sb.closed:
-                sb.spec.keep = False  # close() then removes the worktree and the directory
+                sb.spec.keep = False  # close() then removes the workspace and the directory
                 sb.close()
                 n += 1
         self.run.kept.clear()
