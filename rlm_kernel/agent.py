@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -337,13 +338,24 @@ class Agent:
         deadline = time.monotonic() + CHILDREN_GRACE_S
         for t in list(self.child_threads):
             t.join(max(0.0, deadline - time.monotonic()))
+        answered = status == "done"  # a final answer stays the answer, whatever happens next
         patch = ""
         if sandbox is not None:
             try:
                 patch = sandbox.diff()
             except Exception as exc:
-                self.emit(Notice("warning", f"could not compute the patch: {exc}"))
-        if status == "done":
+                where = sandbox.path
+                if self.depth == 0 and run.target.is_repo:
+                    # The run's product is the root's patch: never end "done" without it.
+                    kept = os.path.isdir(where)
+                    sandbox.spec.keep = kept  # its files stay for the user to recover
+                    status = "error"
+                    error = f"could not compute the root's patch: {exc}" + (
+                        f"; its workspace is kept at {where}" if kept else ""
+                    )
+                level = "warning" if self.depth else "error"
+                self.emit(Notice(level, f"could not compute the patch: {exc}"))
+        if answered:
             value = self.final
             text = (
                 value

@@ -256,7 +256,7 @@ class Run:
             if sb.closed:
                 continue
             if remove:
-                sb.spec.keep = False  # close() then removes the worktree and its directory
+                sb.spec.keep = False  # close() then removes the workspace and its directory
             sb.close()
             n += 1
         return n
