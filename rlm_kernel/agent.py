@@ -283,7 +283,8 @@ class Agent:
             status, error = "budget", str(stop)
             self.emit(BudgetHit(stop.limit, str(stop)))
         except (LLMError, SandboxError) as exc:
-            status, error = "error", str(exc)
+            # A cancel can surface as the failure it caused (a sandbox refused while starting).
+            status, error = self._cancel_status() if self.scope.is_set() else ("error", str(exc))
         except Exception as exc:  # a bug in the engine must still give the agent an ending
             status, error = "error", f"internal error: {exc!r}"
             run.log_exception(self.agent_id)
