@@ -41,6 +41,7 @@ __all__ = ["LocalSandbox"]
 
 INTERRUPT_GRACE_S = 3.0  # how long an interrupted cell may take to stop before the kernel restarts
 QUERY_TIMEOUT_S = 5.0  # completion / inspection requests
+REPLY_TIMEOUT_S = 2.0  # the execute_reply of a cell whose idle status arrived (sent before it)
 
 
 class LocalSandbox(Sandbox):
@@ -171,8 +172,11 @@ class LocalSandbox(Sandbox):
         on_output: OutputHook | None = None,
         store_history: bool = True,
         stdin_hook: StdinHook | None = None,
+        msg_id: str | None = None,
+        user_expressions: dict[str, str] | None = None,
     ) -> CellResult:
-        """Run one cell with the bridge open for it (and stdin answered by `stdin_hook`)."""
+        """Run one cell with the bridge open for it (and stdin answered by `stdin_hook`); with
+        `msg_id`, as that request, returning the kernel's execute_reply in `CellResult.reply`."""
         return self._run(
             code,
             timeout=timeout,
@@ -182,6 +186,8 @@ class LocalSandbox(Sandbox):
             wrap=True,
             store_history=store_history,
             stdin_hook=stdin_hook,
+            msg_id=msg_id,
+            user_expressions=user_expressions,
         )
 
     # -- completion and inspection --------------------------------------------------------------
@@ -337,6 +343,8 @@ class LocalSandbox(Sandbox):
         wrap: bool,
         store_history: bool = False,
         stdin_hook: StdinHook | None = None,
+        msg_id: str | None = None,
+        user_expressions: dict[str, str] | None = None,
     ) -> CellResult:
         kernel = self.kernel
         if kernel is None or self.closed:
@@ -359,7 +367,7 @@ class LocalSandbox(Sandbox):
                 "code": code,
                 "silent": silent,
                 "store_history": store_history and not silent,
-                "user_expressions": {},
+                "user_expressions": user_expressions or {},
                 "allow_stdin": stdin_hook is not None,
                 "stop_on_error": False,
             }
@@ -367,13 +375,20 @@ class LocalSandbox(Sandbox):
             if hooked:
                 meta["cellId"] = f"{CELL_PREFIX}{exec_id}:{int(self.snapshot_on_end)}"
             msg = kc.session.msg("execute_request", content, metadata=meta)
+            if msg_id is not None:
+                msg["header"]["msg_id"] = msg["msg_id"] = msg_id
             kc.shell_channel.send(msg)
             main = msg["header"]["msg_id"]
             ids.append(main)
             if wrap and not hooked:
                 ids.append(kc.execute("__rlm__.end()", silent=True, store_history=False))
             try:
-                return self._collect(kernel, main, ids, timeout, cancel, on_output, stdin_hook)
+                res = self._collect(kernel, main, ids, timeout, cancel, on_output, stdin_hook)
+                if msg_id is not None and not res.namespace_lost:
+                    reply = _reply_to(kc.get_shell_msg, main, REPLY_TIMEOUT_S)
+                    if reply is not None:
+                        res.reply = dict(reply.get("content") or {})
+                return res
             finally:
                 self.bridge.end()
                 _drain(kc)

@@ -62,5 +62,6 @@ class RLMKernelConformance(jupyter_kernel_test.KernelTests):
     # "range" is left out: IPython numbers the current session 0 in range replies, as in ipykernel.
     supported_history_operations = ("tail", "search")
     code_inspect_sample = "sample_value"
+    code_page_something = "zip?"
     code_generate_error = "raise ValueError('boom')"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
