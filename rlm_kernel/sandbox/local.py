@@ -501,6 +501,8 @@ class LocalSandbox(Sandbox):
                 msg = kc.get_iopub_msg(timeout=0.05)
             except queue.Empty:
                 continue
+            except _MALFORMED:  # the cell can publish anything on its kernel's iopub: skip it
+                continue
             handle(msg)
         rest = parser.flush()
         if rest:
@@ -522,14 +524,21 @@ def _input_request(kc: Any, main: str) -> dict[str, Any] | None:
     return None
 
 
+# What jupyter_client raises for a message it cannot decode (bad signature, not JSON, no header).
+_MALFORMED = (ValueError, KeyError, TypeError)
+
+
 def _pending(get: Any) -> list[dict[str, Any]]:
-    """Every message already waiting on a channel (`get` is a client's get_*_msg)."""
+    """Every message already waiting on a channel (`get` is a client's get_*_msg); malformed
+    ones are skipped."""
     out: list[dict[str, Any]] = []
     while True:
         try:
             out.append(get(timeout=0))
         except queue.Empty:
             return out
+        except _MALFORMED:
+            continue
 
 
 def _reply_to(get: Any, msg_id: str, timeout: float) -> dict[str, Any] | None:
