@@ -112,6 +112,9 @@ class SandboxLink:
         self.closed = False
         sub = context.socket(zmq.SUB)
         sub.linger = 0
+        # No receive limit (default: 1000 messages, then the rest of a burst is dropped, the
+        # cell's idle status included): the relay reads continuously on the event loop.
+        sub.setsockopt(zmq.RCVHWM, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         # ipykernel greets each new subscription (iopub_welcome), the proof that nothing sent
         # from now on is lost; b"" is not new (the sandbox's own client has it), a unique one is.

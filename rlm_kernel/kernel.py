@@ -507,9 +507,11 @@ class RLMKernel(IPythonKernel):
             else [],
             "user_expressions": expressions if isinstance(expressions, dict) else {},
         }
-        if res.status == "ok":
+        if res.reply.get("status") == "error" and not errors:
+            errors = [res.reply]  # the error message itself was lost in a burst of output
+        if res.status == "ok" and not errors:
             return {"status": "ok", **extra}
-        if res.status == "error" and errors:
+        if res.status in ("ok", "error") and errors:
             err = errors[-1]
             return {
                 "status": "error",

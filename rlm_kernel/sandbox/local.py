@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pickle
 import queue
@@ -39,7 +40,10 @@ from .runtime import CELL_PREFIX
 
 __all__ = ["LocalSandbox"]
 
+log = logging.getLogger(__name__)
+
 INTERRUPT_GRACE_S = 3.0  # how long an interrupted cell may take to stop before the kernel restarts
+LOST_IDLE_S = 2.0  # the cell replied but its idle status has not come: iopub lost it
 QUERY_TIMEOUT_S = 5.0  # completion / inspection requests
 REPLY_TIMEOUT_S = 2.0  # the execute_reply of a cell whose idle status arrived (sent before it)
 
@@ -384,7 +388,7 @@ class LocalSandbox(Sandbox):
                 ids.append(kc.execute("__rlm__.end()", silent=True, store_history=False))
             try:
                 res = self._collect(kernel, main, ids, timeout, cancel, on_output, stdin_hook)
-                if msg_id is not None and not res.namespace_lost:
+                if msg_id is not None and not res.namespace_lost and not res.reply:
                     reply = _reply_to(kc.get_shell_msg, main, REPLY_TIMEOUT_S)
                     if reply is not None:
                         res.reply = dict(reply.get("content") or {})
@@ -412,6 +416,7 @@ class LocalSandbox(Sandbox):
         interrupted_at: float | None = None
         waiting = set(ids)
         last_alive_check = t0
+        replied_at: float | None = None  # when the main request's execute_reply came
 
         def handle(msg: dict[str, Any]) -> None:
             parent = msg.get("parent_header", {}).get("msg_id")
@@ -500,6 +505,18 @@ class LocalSandbox(Sandbox):
             try:
                 msg = kc.get_iopub_msg(timeout=0.05)
             except queue.Empty:
+                # iopub is quiet: if the cell replied long ago, its idle status was lost (a
+                # zmq queue overflowed); do not wait for it for ever.
+                if main not in waiting:
+                    continue
+                if replied_at is None:
+                    for reply in _pending(kc.get_shell_msg):
+                        if reply.get("parent_header", {}).get("msg_id") == main:
+                            replied_at = time.monotonic()
+                            res.reply = dict(reply.get("content") or {})
+                elif time.monotonic() - replied_at > LOST_IDLE_S:
+                    log.warning("sandbox %s: a cell's idle status was lost", self.id)
+                    waiting.clear()
                 continue
             except _MALFORMED:  # the cell can publish anything on its kernel's iopub: skip it
                 continue
