@@ -343,6 +343,11 @@ class CommRouter:
             owner = self.owner.get(cid)
             if owner is None:
                 return False
+            if owner.stale():  # its sandbox went away since the last check: close its comms now
+                if self.links.get(id(owner.sandbox)) is owner:
+                    del self.links[id(owner.sandbox)]
+                self.retire(owner)
+                return True
             link = owner
             if mtype == "comm_close":
                 del self.owner[cid]

@@ -430,7 +430,7 @@ class RLMKernel(IPythonKernel):
         link = await self._on_main(self.relay.link_for(sb))
         # With a link, the relay passes the cell's outputs on as they come (in order with its
         # comm messages); without (Daytona), the worker thread does.
-        cell = self.relay.begin_cell(link, publish) if link is not None else None
+        cell = await self._on_main(self._begin_cell(link, publish)) if link is not None else None
         ask = None
         if allow_stdin:
             ident = self._get_shell_context_var(self._shell_parent_ident)
@@ -461,6 +461,9 @@ class RLMKernel(IPythonKernel):
         if isinstance(res, Exception):  # e.g. the kernel shut the sandbox down under the cell
             return publish.error("SandboxError", f"the cell could not run in the sandbox: {res}")
         return self._reply(sb, res, publish)
+
+    async def _begin_cell(self, link: Any, publish: OutputRelay) -> Any:
+        return self.relay.begin_cell(link, publish)
 
     async def _end_cell(self, cell: Any) -> None:
         self.relay.end_cell(cell)
