@@ -92,9 +92,10 @@ def _notebook(path: Path, cells: list[str]) -> None:
 class Notebook:
     """The notebook page: run its cells in order and read their outputs."""
 
-    def __init__(self, lab: Lab, page: Any, name: str) -> None:
+    def __init__(self, lab: Lab, page: Any, name: str, goto: bool = True) -> None:
         self.page = page
-        page.goto(f"{lab.url}lab/tree/{name}?token={lab.token}")
+        if goto:
+            page.goto(f"{lab.url}lab/tree/{name}?token={lab.token}")
         page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
         lab.wait_kernel_ready()
         self.cells = page.locator(".jp-Notebook .jp-Cell")
@@ -154,6 +155,16 @@ def test_ipywidgets_and_tqdm_in_ordinary_cells(lab: Lab, page: Any, tmp_path: Pa
         nb.run(1)
         _wait(lambda: f"slider value {shown}" in nb.text(1), 30, "the next cell's print")
 
+        # a reloaded page gets the widget back from the sandbox (the kernel turns down
+        # ipywidgets' all-states request, so the page asks each widget for its state)
+        page.keyboard.press("Control+s")
+        _wait(lambda: not page.locator(".jp-mod-dirty").count(), 30, "the save")
+        page.reload()
+        nb = Notebook(lab, page, "widgets.ipynb", goto=False)
+        readout = nb.cells.nth(0).locator(".widget-readout")
+        readout.wait_for(timeout=30_000)
+        _wait(lambda: readout.inner_text().strip() == str(shown), 30, "the restored slider")
+
         nb.run(2)
         bar = nb.cells.nth(2).locator(".widget-hprogress")
         bar.wait_for(timeout=30_000)
@@ -168,7 +179,7 @@ def test_anywidget_counter_after_attach(lab: Lab, page: Any, tmp_path: Path) -> 
     _notebook(
         lab.root / "attach.ipynb",
         [
-            f"%%rlm --repo repo --keep --quiet --model scripted/{NOTEBOOK_MODEL} "
+            f"%%rlm --repo repo --keep --model scripted/{NOTEBOOK_MODEL} "
             f"--results-dir {results}\nFIX it",
             "%rlm attach root.0",
             COUNTER,
@@ -190,5 +201,21 @@ def test_anywidget_counter_after_attach(lab: Lab, page: Any, tmp_path: Path) -> 
             _wait(lambda n=n: button.inner_text() == f"count is {n}", 10, f"count {n}")
         nb.run(3)
         _wait(lambda: "counter 3 child_count 9" in nb.text(3), 30, "the next cell's print")
+
+        # A reloaded page gets both back: the kernel's own widget (the AgentTree) and the
+        # sandbox's counter. The kernel turns down ipywidgets' all-states request (it would
+        # answer for the kernel's widgets only), so the page asks each widget for its state.
+        page.keyboard.press("Control+s")
+        _wait(lambda: not page.locator(".jp-mod-dirty").count(), 30, "the save")
+        page.reload()
+        nb = Notebook(lab, page, "attach.ipynb", goto=False)
+        nb.cells.nth(0).locator(".rlm-agent-tree").wait_for(timeout=30_000)
+        button = nb.cells.nth(2).locator("button.rlm-test-counter")
+        button.wait_for(timeout=30_000)
+        assert button.inner_text() == "count is 3"
+        button.click()
+        _wait(lambda: button.inner_text() == "count is 4", 10, "count 4")
+        nb.run(3)
+        _wait(lambda: "counter 4 child_count 9" in nb.text(3), 30, "the print after the reload")
 
     _drive(test, lab, page, tmp_path)
