@@ -18,7 +18,10 @@ sandbox kernel's iopub, read on the RLM kernel's main event loop, and a DEALER s
   to the frontend. A comm belongs to the sandbox that opened it, so widgets keep working after
   ``%rlm detach``; when that sandbox goes away (closed, died, restarted) the frontend gets a
   ``comm_close`` for each of its comms. The kernel's own comms (the ``%%rlm`` AgentTree) stay
-  with the kernel's comm manager. ``comm_info`` lists both (`CommRouter.comm_info`).
+  with the kernel's comm manager. ``comm_info`` lists both (`CommRouter.comm_info`). A reloaded
+  page asks for every widget's state at once (ipywidgets' ``jupyter.widget.control`` comm); while
+  sandboxes have widgets the relay turns that comm down, and the page falls back to asking each
+  widget listed by ``comm_info``, so the kernel's and the sandboxes' widgets both come back.
 
 Everything a sandbox sends is hostile data: code of the notebook and of agents runs there. Only
 the types above are passed on (never status, replies or input requests); outputs only for a
@@ -239,7 +242,7 @@ class CommRouter:
     async def link_for(self, sandbox: Any) -> SandboxLink | None:
         """The link to `sandbox`'s kernel, made (and subscribed) if needed; None if it has none
         (a Daytona context is no Jupyter kernel). Main thread."""
-        if self.closed:
+        if self.closed or getattr(sandbox, "closed", False):
             return None
         link = self.link_of(sandbox)
         if link is not None:
