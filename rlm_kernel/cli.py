@@ -79,6 +79,16 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-iterations", type=int, metavar="N", help="iterations per agent")
     r.add_argument("--timeout", type=float, metavar="SECONDS", help="global timeout of the run")
     r.add_argument("--keep", action="store_true", help="keep every agent's worktree and say where")
+    r.add_argument(
+        "--isolation",
+        choices=["auto", "bwrap", "none"],
+        help="local sandboxes: bwrap (bubblewrap), none, or auto = bwrap where it works",
+    )
+    r.add_argument(
+        "--no-network",
+        action="store_true",
+        help="no network in the sandboxes (needs --isolation bwrap or auto where it works)",
+    )
     r.add_argument("--answer", metavar="FILE", help="also write the final answer to this file")
     v = r.add_mutually_exclusive_group()
     v.add_argument("--verbose", action="store_true", help="progress plus debug logging on stderr")
@@ -168,6 +178,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "rlm.max_iterations": args.max_iterations,
         "rlm.global_timeout": args.timeout,
         "sandbox.keep": True if args.keep else None,
+        "sandbox.isolation": args.isolation,
+        "sandbox.network": False if args.no_network else None,
     }
     return {k: v for k, v in pairs.items() if v is not None}
 

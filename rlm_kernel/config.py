@@ -78,9 +78,15 @@ class SandboxConfig:
     snapshot: str | None = None  # Daytona: the snapshot sandboxes are created from
     # Ready sandboxes (workspace + kernel) a run keeps for its next sub-agents: "auto" or N >= 0.
     pool_size: int | str = "auto"
+    # Local sandboxes: "bwrap" (bubblewrap namespaces), "none", or "auto" (bwrap where it works).
+    isolation: str = "auto"
+    network: bool = True  # false: bwrap-confined sandboxes get no network (loopback only)
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {"sandbox.backend": ("local", "daytona")}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "sandbox.backend": ("local", "daytona"),
+    "sandbox.isolation": ("auto", "bwrap", "none"),
+}
 # Keys where 0 is meaningful (no retries, root-only runs, greedy sampling); all others must be > 0.
 _ZERO_OK = frozenset({"model.temperature", "model.retries", "rlm.max_depth"})
 

@@ -52,7 +52,7 @@ from contextvars import copy_context
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
-from traitlets import Float, Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 
 from . import __version__
 from .config import RLMConfig, load_config, load_dotenv_file
@@ -60,6 +60,8 @@ from .relay import FrontendInput, OutputRelay, merge_matches, prepare_repl, rout
 from .sandbox import backend_class
 from .sandbox.base import CellResult, Sandbox, SandboxSpec
 from .sandbox.bridge import BridgeRefused
+from .sandbox.isolation import announce
+from .sandbox.isolation import resolve as resolve_isolation
 from .sandbox.workspace import Target
 
 __all__ = ["HOST_CELL_PREFIXES", "RLMKernel", "is_host_cell"]
@@ -91,7 +93,8 @@ class RLMKernel(IPythonKernel):
     ``--RLMKernel.model=…`` on the command line, ``%config RLMKernel.model = "…"`` in a cell)
     override `config_file` (default ./config.yaml, else the defaults) in `rlm_config`: `model`,
     `sub_model`, `max_depth`, `max_iterations`, `max_sandboxes`, `timeout` (rlm.global_timeout),
-    `sandbox` (sandbox.backend) and `config_file`. Unset ones (None) leave the file's values.
+    `sandbox` (sandbox.backend), `isolation` (sandbox.isolation), `network` (sandbox.network) and
+    `config_file`. Unset ones (None) leave the file's values.
     """
 
     implementation = "rlm"
@@ -118,6 +121,14 @@ class RLMKernel(IPythonKernel):
     sandbox = Unicode(
         None, allow_none=True, help="Sandbox backend: local or daytona (sandbox.backend)."
     ).tag(config=True)
+    isolation = Unicode(
+        None,
+        allow_none=True,
+        help="Local sandboxes' isolation: auto, bwrap or none (sandbox.isolation).",
+    ).tag(config=True)
+    network = Bool(None, allow_none=True, help="Network in bwrap sandboxes (sandbox.network).").tag(
+        config=True
+    )
     config_file = Unicode(
         None,
         allow_none=True,
@@ -176,6 +187,8 @@ class RLMKernel(IPythonKernel):
             "rlm.max_sandboxes": self.max_sandboxes,
             "rlm.global_timeout": self.timeout,
             "sandbox.backend": self.sandbox,
+            "sandbox.isolation": self.isolation,
+            "sandbox.network": self.network,
         }
         overrides = {k: v for k, v in pairs.items() if v is not None}
         return load_config(self.config_file or None, overrides)
@@ -190,6 +203,10 @@ class RLMKernel(IPythonKernel):
             cfg = session.config() if session is not None else self.rlm_config
             cls = backend_class(cfg.sandbox.backend)
             cls.check(cfg)
+            iso = None
+            if cfg.sandbox.backend == "local":
+                iso = resolve_isolation(cfg.sandbox.isolation, cfg.sandbox.network)
+                announce(iso)
             spec = SandboxSpec(
                 run_id=self._run_id,
                 agent_id="root",
@@ -197,6 +214,8 @@ class RLMKernel(IPythonKernel):
                 handler=self.notebook_handler,
                 runtime_cfg={"agent_id": "root", "depth": 0, "tools": []},
                 snapshot=cfg.sandbox.snapshot,
+                isolation=iso,
+                readable=(os.getcwd(),),  # RLM_NOTEBOOK_DIR, read-only under bwrap
             )
             sb = cls(spec)
             try:

@@ -72,6 +72,10 @@ def cell_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="global timeout of the run")
     p.add_argument("--sandbox", choices=["local", "daytona"], help="sandbox backend")
     p.add_argument("--keep", action="store_true", help="keep agents' sandboxes (%%rlm attach)")
+    p.add_argument(
+        "--isolation", choices=["auto", "bwrap", "none"], help="local sandboxes' isolation"
+    )
+    p.add_argument("--no-network", action="store_true", help="no network in bwrap sandboxes")
     p.add_argument("--quiet", action="store_true", help="show only the answer and the patch")
     p.add_argument("--config", metavar="FILE", help="YAML config file (default ./config.yaml)")
     p.add_argument("--results-dir", metavar="DIR", help="where run records go")
