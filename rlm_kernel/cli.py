@@ -11,11 +11,17 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
+
+from .config import CLI, SETTINGS
+from .sandbox import BACKENDS
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+ANSWER_SHOWN_CHARS = 20_000
+"""An answer longer than this is shortened (head and tail, with a note) where a person reads it:
+on stderr, and on stdout when stdout is a terminal. --answer FILE and the record hold all of it."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,35 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="PATCH_FILE",
         help="write the patch to this file instead of stdout",
     )
-    r.add_argument(
-        "--model",
-        help="LLM for agents, in litellm form, e.g. openrouter/google/gemini-3-flash-preview "
-        "or scripted/path/to/model.py",
-    )
-    r.add_argument("--sub-model", help="LLM for llm_query/llm_query_batched (default: --model)")
-    r.add_argument(
-        "--sandbox", choices=["local", "daytona"], help="sandbox backend (default: local)"
-    )
-    r.add_argument(
-        "--results-dir", metavar="DIR", help="where run records are written (default: results)"
-    )
-    r.add_argument("--max-depth", type=int, metavar="N", help="deepest agent depth (root = 0)")
-    r.add_argument(
-        "--max-sandboxes", type=int, metavar="N", help="sandboxes the whole run may create"
-    )
-    r.add_argument("--max-iterations", type=int, metavar="N", help="iterations per agent")
-    r.add_argument("--timeout", type=float, metavar="SECONDS", help="global timeout of the run")
-    r.add_argument("--keep", action="store_true", help="keep every agent's worktree and say where")
-    r.add_argument(
-        "--isolation",
-        choices=["auto", "bwrap", "none"],
-        help="local sandboxes: bwrap (bubblewrap), none, or auto = bwrap where it works",
-    )
-    r.add_argument(
-        "--no-network",
-        action="store_true",
-        help="no network in the sandboxes (needs --isolation bwrap or auto where it works)",
-    )
+    SETTINGS.add_flags(r, CLI)  # --model, --sandbox, --max-depth, …: the settings table
     r.add_argument("--answer", metavar="FILE", help="also write the final answer to this file")
     v = r.add_mutually_exclusive_group()
     v.add_argument("--verbose", action="store_true", help="progress plus debug logging on stderr")
@@ -113,9 +91,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--sandbox",
-        choices=["local", "daytona"],
-        default="local",
-        help="backend to clean (default: local)",
+        choices=BACKENDS,
+        default=SETTINGS["sandbox.backend"].default,
+        help="backend to clean (default: %(default)s)",
     )
     c.add_argument("--run", metavar="ID", help="only this run")
 
@@ -167,23 +145,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    pairs = {
-        "model.name": args.model,
-        "model.sub_model": args.sub_model,
-        "sandbox.backend": args.sandbox,
-        "results_dir": args.results_dir,
-        "rlm.max_depth": args.max_depth,
-        "rlm.max_sandboxes": args.max_sandboxes,
-        "rlm.max_iterations": args.max_iterations,
-        "rlm.global_timeout": args.timeout,
-        "sandbox.keep": True if args.keep else None,
-        "sandbox.isolation": args.isolation,
-        "sandbox.network": False if args.no_network else None,
-    }
-    return {k: v for k, v in pairs.items() if v is not None}
-
-
 def _fail(message: str, code: int) -> int:
     sys.stderr.write(f"rlm: error: {message}\n")
     return code
@@ -207,7 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         return _fail("-p/--prompt is empty: give the task for the root agent", EXIT_USAGE)
     try:
-        config = load_config(args.config, _overrides(args))
+        flags = SETTINGS.overrides_from(args, CLI)
+        config = load_config(args.config, flags, source="rlm run options")
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     sinks = [] if args.quiet else [ConsoleProgress()]
@@ -243,6 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for info in result.kept:
             sys.stderr.write(f"kept sandbox: {info['path']}\n")
     answer = str(result)
+    record = _openable(result.record_path)
     if args.answer:
         Path(args.answer).write_text(answer + "\n", encoding="utf-8")
     if args.output:
@@ -251,18 +214,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.output:
             sys.stdout.write(result.patch)
         if not args.quiet:
-            sys.stderr.write(f"\nAnswer:\n{answer}\n")
-    else:
+            sys.stderr.write(f"\nAnswer:\n{_shown(answer, args.answer, record)}\n")
+    elif sys.stdout.isatty():
+        sys.stdout.write(_shown(answer, args.answer, record) + "\n")
+    else:  # redirected: the answer is the command's output, whole
         sys.stdout.write(answer + "\n")
-    if not args.quiet and result.record_path:
-        sys.stderr.write(f"record: {result.record_path}\n")
+    if not args.quiet and record:
+        sys.stderr.write(f"record: {record}\n")
     if result.status != "done":
         return _fail(
             f"run {result.status}: {result.error or 'no final answer'} (partial answer above; "
-            f"record: {result.record_path})",
+            f"record: {record})",
             EXIT_FAILED,
         )
     return EXIT_OK
+
+
+def _openable(path: str | None) -> str | None:
+    """A path the user can open from anywhere: absolute."""
+    return None if path is None else os.path.abspath(path)
+
+
+def _shown(answer: str, answer_file: str | None, record: str | None) -> str:
+    """The answer as printed for a person: whole, or its head and tail with a note on where it is."""
+    if len(answer) <= ANSWER_SHOWN_CHARS:
+        return answer
+    head = ANSWER_SHOWN_CHARS * 3 // 4
+    tail = ANSWER_SHOWN_CHARS - head
+    where = [f"in {os.path.abspath(answer_file)} (--answer)"] if answer_file else []
+    where.append(f'in the record {record} (key "answer")' if record else "in the run record")
+    hint = "" if answer_file else "; --answer FILE writes it to a file"
+    note = (
+        f"[... {len(answer) - head - tail:,} more characters: the answer has {len(answer):,} "
+        f"characters; all of it is {' and '.join(where)}{hint} ...]"
+    )
+    return f"{answer[:head]}\n{note}\n{answer[len(answer) - tail :]}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -275,27 +261,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sys.stderr.write(
             f"Demo: a scripted model investigates the TODOs of a small repository ({repo}).\n"
         )
-        ns = argparse.Namespace(
-            repo=str(repo),
-            prompt=prompt,
-            branch=None,
-            commit=None,
-            config=None,
-            output=None,
-            model=model,
-            sub_model=None,
-            sandbox="local",
-            results_dir=args.results_dir,
-            max_depth=None,
-            max_sandboxes=None,
-            max_iterations=None,
-            timeout=None,
-            keep=False,
-            answer=None,
-            verbose=False,
-            quiet=args.quiet,
-        )
-        return cmd_run(ns)
+        argv = ["run", str(repo), f"--prompt={prompt}", f"--model={model}", "--sandbox=local"]
+        argv += [f"--results-dir={args.results_dir}"] if args.results_dir else []
+        argv += ["--quiet"] if args.quiet else []
+        return cmd_run(_build_parser().parse_args(argv))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

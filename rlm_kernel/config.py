@@ -1,24 +1,42 @@
-"""Configuration: `RLMConfig` (defaults, strict YAML loading, overrides) and environment helpers."""
+"""Configuration: the settings table, `RLMConfig` (strict YAML loading, overrides) and
+environment helpers.
+
+**The settings table.** Every key is declared once, as a field of a section below
+(`ModelConfig`, `RLMSettings`, `SandboxConfig`, then `RLMConfig.results_dir`) made with
+`setting(default, help, ...)`: the annotation is its type; `setting` gives its default, its help
+(Markdown; README's table, config.yaml's comments, the flags' and traitlets' help), what null
+means, its flag on `rlm run` and `%%rlm` (`on`, and the `RLMKernel` traitlet of the same name),
+and its rules (`zero_ok`, `choices`). `SETTINGS` collects them in order and generates the rest
+(`rlm_kernel.settings`): strict validation with pydantic, `%rlm config` parsing, the flags
+(`SETTINGS.add_flags`), the kernel's traitlets (`SETTINGS.kernel_traits`), the packaged
+config.yaml and README's table (`python scripts/settings_docs.py` rewrites both). Adding a key
+is one `setting(...)` field here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import yaml
 from dotenv import dotenv_values
 
+from .sandbox import BACKENDS
+from .settings import CLI, KERNEL, MAGIC, ConfigError, SettingsTable, setting
+
 __all__ = [
+    "CLI",
     "DEFAULT_CONFIG_FILE",
+    "KERNEL",
+    "MAGIC",
     "SANDBOX_ENV_ALLOWLIST",
     "SECRET_ENV_PATTERNS",
+    "SETTINGS",
     "ConfigError",
     "ModelConfig",
     "RLMConfig",
@@ -35,60 +53,138 @@ DEFAULT_CONFIG_FILE: Path = Path(__file__).with_name("config.yaml")
 """The packaged `config.yaml`: every key at its default, with a comment per key."""
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the source and key and says what to do."""
+# -- the settings table ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The `model` section: which LLM to call and how."""
 
-    name: str = "openrouter/google/gemini-3-flash-preview"
-    sub_model: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    timeout: float = 600
-    retries: int = 3
-    api_base: str | None = None
+    name: str = setting(
+        "openrouter/google/gemini-3-flash-preview",
+        "agents' LLM, in litellm form; `scripted/<file.py>` and `replay/<run>.detail.json` work "
+        "offline",
+        flag="--model",
+        metavar="NAME",
+    )
+    sub_model: str | None = setting(
+        None,
+        "LLM of `llm_query` and `llm_query_batched`",
+        none="same as `model.name`",
+        flag="--sub-model",
+        metavar="NAME",
+    )
+    temperature: float | None = setting(
+        None, "sampling temperature", none="provider default", zero_ok=True
+    )
+    max_tokens: int | None = setting(None, "completion tokens per call", none="provider default")
+    timeout: float = setting(600, "seconds per LLM request (its retries included)")
+    retries: int = setting(
+        3,
+        "retries of transient LLM errors (exponential backoff, or the provider's `Retry-After`; "
+        "0 = none)",
+        zero_ok=True,
+    )
+    api_base: str | None = setting(
+        None,
+        "base URL of the provider's API, e.g. a local OpenAI-compatible server "
+        "`http://127.0.0.1:8000/v1` with `model.name: openai/<model>`",
+        none="provider default",
+    )
 
 
 @dataclass(frozen=True)
 class RLMSettings:
     """The `rlm` section: limits and budgets of a run."""
 
-    max_sandboxes: int = 50
-    max_iterations: int = 50
-    global_timeout: float = 3600
-    result_truncation_limit: int = 10000
-    max_depth: int = 5
-    output_truncation_limit: int = 20000
-    exec_timeout: float = 300
-    max_llm_calls: int | None = None
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
-    max_concurrency: int = 16
+    max_sandboxes: int = setting(
+        50, "sandboxes over the whole run, root included", flag="--max-sandboxes", metavar="N"
+    )
+    max_iterations: int = setting(
+        50, "iterations (LLM turns) per agent", flag="--max-iterations", metavar="N"
+    )
+    global_timeout: float = setting(
+        3600, "the run's global timeout, in seconds", flag="--timeout", metavar="SECONDS"
+    )
+    result_truncation_limit: int = setting(
+        10000, "characters of a child's answer returned to its parent"
+    )
+    max_depth: int = setting(
+        5,
+        "deepest agent depth (root = 0; 0 = no sub-agents)",
+        flag="--max-depth",
+        metavar="N",
+        zero_ok=True,
+    )
+    output_truncation_limit: int = setting(
+        20000,
+        "characters of cell output shown to the model (head and tail kept; records keep up to "
+        "1 000 000 per cell)",
+    )
+    exec_timeout: float = setting(
+        300,
+        "seconds per cell; then it is interrupted (and the kernel restarted if it will not stop)",
+    )
+    max_llm_calls: int | None = setting(
+        None, "LLM calls over the run (agent turns and `llm_query`)", none="unlimited"
+    )
+    max_tokens: int | None = setting(
+        None, "tokens over the run (prompt and completion)", none="unlimited"
+    )
+    max_cost_usd: float | None = setting(
+        None, "cost over the run, in USD", none="unlimited", flag="--max-cost-usd", metavar="USD"
+    )
+    max_concurrency: int = setting(
+        16,
+        "agents doing work at once (`llm_query_batched` runs up to 4× this many calls at once)",
+    )
+
+
+ISOLATIONS = ("auto", "bwrap", "none")
+"""The values of `sandbox.isolation` (see `rlm_kernel.sandbox.isolation`)."""
 
 
 @dataclass(frozen=True)
 class SandboxConfig:
     """The `sandbox` section: where agents' code runs."""
 
-    backend: str = "local"
-    keep: bool = False
-    snapshot: str | None = None  # Daytona: the snapshot sandboxes are created from
-    # Ready sandboxes (workspace + kernel) a run keeps for its next sub-agents: "auto" or N >= 0.
-    pool_size: int | str = "auto"
-    # Local sandboxes: "bwrap" (bubblewrap namespaces), "none", or "auto" (bwrap where it works).
-    isolation: str = "auto"
-    network: bool = True  # false: bwrap-confined sandboxes get no network (loopback only)
-
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "sandbox.backend": ("local", "daytona"),
-    "sandbox.isolation": ("auto", "bwrap", "none"),
-}
-# Keys where 0 is meaningful (no retries, root-only runs, greedy sampling); all others must be > 0.
-_ZERO_OK = frozenset({"model.temperature", "model.retries", "rlm.max_depth"})
+    backend: str = setting(
+        "local", "where agents' code runs: {choices}", flag="--sandbox", choices=BACKENDS
+    )
+    keep: bool = setting(
+        False,
+        "keep every agent's sandbox after it ends, and say where (notebooks: for `%rlm attach` "
+        "and `%rlm ns --live`)",
+        flag="--keep",
+        on=(CLI, MAGIC),
+    )
+    snapshot: str | None = setting(
+        None,
+        "Daytona only: the prepared snapshot sandboxes are created from",
+        none="Daytona's default",
+    )
+    pool_size: Literal["auto"] | int = setting(
+        "auto",
+        "ready sandboxes (worktree + kernel) the run keeps for its next sub-agents, made in the "
+        "background while agents think, so `rlm_query` skips `git worktree add` and the kernel "
+        "start; `auto` = none until the run's first `rlm_query`, then 2, growing to the widest "
+        "`rlm_query_batched` seen (at most 8 and `max_concurrency`); never more than the sandbox "
+        "budget left; unused ones are removed when the run ends; `0` = off (local backend only)",
+        zero_ok=True,
+    )
+    isolation: str = setting(
+        "auto",
+        "how local sandboxes are confined: {choices}; `bwrap` = bubblewrap namespaces (see "
+        "Sandboxes below), `none` = plain processes of your user, `auto` = `bwrap` where it "
+        "works here, else `none` (`$RLM_SANDBOX_ISOLATION` replaces `auto`)",
+        flag="--isolation",
+        choices=ISOLATIONS,
+    )
+    network: bool = setting(
+        True,
+        "network for sandboxes; `false` (`--no-network`) gives `bwrap` sandboxes loopback only",
+        flag="--no-network",
+    )
 
 
 @dataclass(frozen=True)
@@ -98,7 +194,13 @@ class RLMConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     rlm: RLMSettings = field(default_factory=RLMSettings)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    results_dir: str = "results"
+    results_dir: str = setting(
+        "results",
+        "where run records go (`<results_dir>/<run_id>.detail.json`)",
+        flag="--results-dir",
+        metavar="DIR",
+        on=(CLI, MAGIC),
+    )
 
     @property
     def sub_model_name(self) -> str:
@@ -110,8 +212,9 @@ class RLMConfig:
         """Build a config from a nested mapping, strictly; missing keys take defaults."""
         if not isinstance(data, Mapping):
             raise ConfigError(
-                f"{source}: the top level must be a mapping of sections (model, rlm, sandbox, "
-                f"results_dir), got {_show(data)}"
+                f"{source}: the top level must be a mapping of sections "
+                f"({', '.join(k for k in [*SETTINGS.sections, *SETTINGS] if '.' not in k)}), "
+                f"got {_show(data)}"
             )
         config: RLMConfig = _build(cls, data, "", source)
         return config
@@ -149,12 +252,12 @@ class RLMConfig:
         """A new config with dotted (or unambiguous bare) keys set, validated like from_dict."""
         data = self.to_dict()
         for key, value in overrides.items():
-            if key in _SECTIONS:  # a whole section: merge a mapping, let from_dict reject others
+            if key in SETTINGS.sections:  # a whole section: merge a mapping; from_dict checks it
                 data[key] = {**data[key], **value} if isinstance(value, Mapping) else value
                 continue
-            dotted = _resolve_key(key, source)
+            dotted = SETTINGS.resolve(key, source)
             if parse_strings and isinstance(value, str):
-                value = _parse_string(dotted, value)
+                value = SETTINGS[dotted].parse(value)
             section, _, leaf = dotted.rpartition(".")
             (data[section] if section else data)[leaf] = value
         return RLMConfig.from_dict(data, source=source)
@@ -166,7 +269,7 @@ class RLMConfig:
     def flat(self) -> dict[str, Any]:
         """The config as dotted keys (`rlm.max_depth`) mapped to values."""
         out: dict[str, Any] = {}
-        for key in _FIELDS:
+        for key in SETTINGS:
             obj: Any = self
             for part in key.split("."):
                 obj = getattr(obj, part)
@@ -174,65 +277,38 @@ class RLMConfig:
         return out
 
 
-def _collect(cls: type, prefix: str = "") -> dict[str, Any]:
-    """Map every dotted leaf key of a config dataclass to its type annotation."""
-    out: dict[str, Any] = {}
-    for name, tp in get_type_hints(cls).items():
-        if dataclasses.is_dataclass(tp):
-            out.update(_collect(tp, f"{prefix}{name}."))  # type: ignore[arg-type]
-        else:
-            out[prefix + name] = tp
-    return out
-
-
-_FIELDS: dict[str, Any] = _collect(RLMConfig)
-_SECTIONS = tuple(n for n, tp in get_type_hints(RLMConfig).items() if dataclasses.is_dataclass(tp))
-_DEFAULTS: dict[str, Any] = RLMConfig().flat()
-_TYPE_WORDS = {
-    bool: "true or false",
-    int: "an integer",
-    float: "a number",
-    str: "a non-empty string",
-}
+SETTINGS = SettingsTable(
+    RLMConfig,
+    yaml_header="""\
+# rlm_kernel configuration: every key at its default.
+#
+# Copy this file to ./config.yaml (or pass it with `rlm run -c FILE`) and change what you need;
+# keys you leave out keep their defaults, unknown keys are errors. `null` means "no limit" or
+# "provider default" where a key allows it. API keys do not belong here: put them in the
+# environment or in a .env file (e.g. OPENROUTER_API_KEY=...).
+#
+# Generated from the settings table in rlm_kernel/config.py: python scripts/settings_docs.py
+""",
+)
+"""The settings table: every key (dotted, in config.yaml's order) and its declaration."""
 
 
 def _show(value: Any) -> str:
-    """Render a bad value for an error message: `'ten' (str)`."""
+    """Render a bad value for an error message: `[1, 2] (list)`."""
     return f"{value!r} ({type(value).__name__})"
 
 
-def _kind(tp: Any) -> tuple[type, bool]:
-    """Split an annotation into (base type, whether None is allowed)."""
-    args = get_args(tp)
-    if not args:
-        return tp, False
-    return next(a for a in args if a is not type(None)), type(None) in args
-
-
-def _suggest(key: str) -> str:
-    """Say what to do about an unknown key: a close match, or the list of valid keys."""
-    names = [*_FIELDS, *_SECTIONS]
-    close = difflib.get_close_matches(key, names, n=1)
-    if not close:  # e.g. 'max_dept' → compare leaf names only
-        leaf = key.rpartition(".")[2]
-        leaves = {k.rpartition(".")[2]: k for k in _FIELDS}
-        close = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1)]
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return "valid keys: " + ", ".join(_FIELDS)
-
-
 def _build(cls: Any, data: Mapping[str, Any], prefix: str, source: str) -> Any:
-    """Construct dataclass `cls` from `data`, validating every key and value."""
+    """Construct dataclass `cls` from `data`, checking every key and value against SETTINGS."""
     hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in hints:
-            raise ConfigError(f"{source}: unknown key {dotted!r} ({_suggest(dotted)})")
+            raise ConfigError(f"{source}: unknown key {dotted!r} ({SETTINGS.suggest(dotted)})")
         tp = hints[key]
         if not dataclasses.is_dataclass(tp):
-            kwargs[key] = _check(dotted, value, source)
+            kwargs[key] = SETTINGS[dotted].check(value, source)
         elif value is None:  # a YAML section whose keys are all commented out
             continue
         elif not isinstance(value, Mapping):
@@ -245,86 +321,18 @@ def _build(cls: Any, data: Mapping[str, Any], prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def _check(key: str, value: Any, source: str) -> Any:
-    """Validate one leaf value for dotted `key` and return it."""
-    if key == "sandbox.pool_size":
-        if value == "auto" or (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        ):
-            return value
-        raise ConfigError(
-            f"{source}: 'sandbox.pool_size' must be 'auto' or an integer >= 0 (0 turns the "
-            f"pool off), got {_show(value)}"
-        )
-    base, optional = _kind(_FIELDS[key])
-    if value is None and optional:
-        return None
-    want = _TYPE_WORDS[base] + (" or null" if optional else "")
-    ok = isinstance(value, base) and not (base is not bool and isinstance(value, bool))
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if ok and base is float:
-        ok = math.isfinite(value)
-    if ok and base is str:
-        ok = bool(value.strip())
-    if not ok:
-        raise ConfigError(
-            f"{source}: {key!r} must be {want}, got {_show(value)}; "
-            f"the default is {_DEFAULTS[key]!r}"
-        )
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise ConfigError(
-            f"{source}: {key!r} must be one of {', '.join(_CHOICES[key])}, got {value!r}"
-        )
-    if base in (int, float):
-        low_ok = value >= 0 if key in _ZERO_OK else value > 0
-        if not low_ok:
-            bound = ">= 0" if key in _ZERO_OK else "> 0"
-            raise ConfigError(f"{source}: {key!r} must be {bound}, got {value!r}")
-    return value
-
-
-def _resolve_key(key: str, source: str) -> str:
-    """Map an override key (dotted, or a bare leaf name when unambiguous) to its dotted key."""
-    norm = str(key).strip().replace("-", "_")
-    if norm in _FIELDS:
-        return norm
-    matches = [k for k in _FIELDS if k.rpartition(".")[2] == norm]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise ConfigError(f"{source}: key {key!r} is ambiguous; write one of {', '.join(matches)}")
-    raise ConfigError(f"{source}: unknown key {key!r} ({_suggest(norm)})")
-
-
-def _parse_string(key: str, text: str) -> Any:
-    """Parse a `key=value` string for the field's type; unparsable text is left for _check."""
-    base, _ = _kind(_FIELDS[key])
-    raw = text.strip()
-    if raw.lower() in ("null", "none", "~"):
-        return None
-    if base is bool:
-        words = {"true": True, "yes": True, "on": True, "1": True}
-        words.update({"false": False, "no": False, "off": False, "0": False})
-        return words.get(raw.lower(), text)
-    if base in (int, float):
-        try:
-            return base(raw)
-        except ValueError:
-            return text
-    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
-        return raw[1:-1]
-    return raw
-
-
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    source: str = "overrides",
 ) -> RLMConfig:
-    """Load `path` (default: ./config.yaml if present, else defaults), then apply overrides."""
+    """Load `path` (default: ./config.yaml if present, else defaults), then apply overrides
+    (errors in them name `source`: the flags, the traitlets)."""
     if path is None and Path("config.yaml").is_file():
         path = "config.yaml"
     config = RLMConfig() if path is None else RLMConfig.from_yaml(path)
-    return config.with_overrides(overrides) if overrides else config
+    return config.with_overrides(overrides, source=source) if overrides else config
 
 
 def load_dotenv_file(path: str | os.PathLike[str] | None = None) -> dict[str, str]:

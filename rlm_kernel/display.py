@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .answer import answer_bundle
 from .console import ICONS, render_tree, summary_line
 from .events import Event
 from .records import TreeState
@@ -25,6 +26,7 @@ __all__ = [
     "StepControls",
     "answer_bundle",
     "diff_bundle",
+    "gate_text",
     "result_bundles",
     "show",
     "summary_text",
@@ -33,6 +35,7 @@ __all__ = [
 
 Bundle = dict[str, Any]
 REFRESH_S = 0.25  # at most 4 progress updates per second
+_GATE_CODE_LINES = 30  # lines of a waiting agent's proposed code in the cell's text output
 
 
 def show(bundle: Bundle, *, display_id: bool = False) -> Any:
@@ -43,31 +46,6 @@ def show(bundle: Bundle, *, display_id: bool = False) -> Any:
 
 
 # -- the answer, the patch, the summary ------------------------------------------------------------
-
-
-def _md_cell(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return html.escape(" ".join(text.split())).replace("|", "\\|") or " "
-
-
-def answer_bundle(answer: Any, status: str = "done", error: str | None = None) -> Bundle:
-    """The final answer as Markdown (a SUBMIT dict as a field table) with a text fallback."""
-    if isinstance(answer, dict):
-        rows = "\n".join(f"| `{k}` | {_md_cell(v)} |" for k, v in answer.items())
-        plain = json.dumps(answer, ensure_ascii=False, indent=1, default=str)
-        return {
-            "text/markdown": f"| field | value |\n|---|---|\n{rows}",
-            "application/json": json.loads(json.dumps(answer, default=str)),
-            "text/plain": plain,
-        }
-    if answer is None or answer == "":
-        why = f": {error}" if error else ""
-        return {
-            "text/markdown": f"*(no answer — the run ended with status {status}{html.escape(why)})*",
-            "text/plain": f"(no answer — the run ended with status {status}{why})",
-        }
-    text = str(answer)
-    return {"text/markdown": text, "text/plain": text}
 
 
 def _diff_stats(patch: str) -> tuple[int, int, int]:
@@ -131,6 +109,38 @@ def summary_text(record: dict[str, Any], patch_path: str | None = None) -> str:
         f"{ICONS.get(status, '?')} {status} — {summary_line(record)} · run {record.get('run_id')}"
     )
     return line + (f" · patch {patch_path}" if patch_path else "")
+
+
+def gate_text(run: Run) -> str:
+    """What a paused or stepping run waits for, in words ("" while it runs freely or has ended):
+    who waits at the step gate, and the code it proposes to run.
+
+    Shown as the cell's text output under the tree, so a notebook read without widget state
+    (GitHub, nbviewer, an editor without the widget) still says why the run stands still.
+    """
+    if run.done or not run.gate.stepping:
+        return ""
+    how = "Step or Continue in the tree above, or %rlm step / %rlm continue"
+    waiting = run.gate.waiting
+    if not waiting:
+        return f"‖ paused (step mode): each agent stops before running its next code ({how})"
+    head, rest = waiting[0], waiting[1:]
+    more = ""
+    if rest:  # agent ids, in the order they will be let through
+        names = ", ".join(str(w["agent_id"]) for w in rest[:5]) + (", …" if len(rest) > 5 else "")
+        more = f" ({len(rest)} more wait{'s' * (len(rest) == 1)}: {names})"
+    code = str(head.get("code", "")).rstrip().splitlines()
+    shown = [f"    {ln}" for ln in code[:_GATE_CODE_LINES]]
+    if len(code) > _GATE_CODE_LINES:
+        shown.append(f"    … ({len(code) - _GATE_CODE_LINES} more lines)")
+    # iterations counted from 1, as the tree's own label says it
+    return "\n".join(
+        [
+            f"‖ {head['agent_id']}, iteration {int(str(head['index'])) + 1}, waits at the step "
+            f"gate to run this code{more} ({how}):",
+            *shown,
+        ]
+    )
 
 
 def table_bundle(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Bundle:
@@ -238,6 +248,9 @@ class RunView:
         self._console: Callable[[Event], None] | None = None
         self.controls: StepControls | None = None
         self.widget: Any = None
+        self._gate: Any = None  # the text line saying what a paused run waits for
+        self._gate_text = ""
+        self._cell = _cell_id()  # the cell that started the run (outputs may be added there)
         if not notebook and not quiet:
             from .console import ConsoleProgress
 
@@ -288,6 +301,8 @@ class RunView:
 
             self.widget = AgentTree.from_run(self.run)
             display(self.widget)  # type: ignore[no-untyped-call]
+            if step_controls:
+                self._show_gate(gate_text(self.run) or " ")
             return
         except ImportError:
             self.widget = None
@@ -300,10 +315,22 @@ class RunView:
             self.controls = StepControls(self.run)
             display(self.controls.widget)  # type: ignore[no-untyped-call]
 
+    def _show_gate(self, text: str) -> None:
+        self._gate_text = text
+        if self._gate is None:
+            self._gate = show({"text/plain": text}, display_id=True)
+        else:
+            self._gate.update({"text/plain": text}, raw=True)
+
     def refresh(self, force: bool = False) -> None:
         """Re-render if something changed and the last update is ≥ REFRESH_S old (or `force`)."""
         if self.controls is not None:
             self.controls.update(self.run.gate.waiting, self.run.done)
+        if self.widget is not None and not self.quiet:
+            text = gate_text(self.run)
+            # A line first appears in the run's own cell (not in the cell of a later %rlm wait).
+            if text != self._gate_text and (self._gate is not None or _cell_id() == self._cell):
+                self._show_gate(text)
         if self._handle is None:
             return
         now = time.monotonic()
@@ -312,6 +339,17 @@ class RunView:
         self._shown = self._version
         self._last = now
         self._handle.update({"text/plain": self.text()}, raw=True)
+
+
+def _cell_id() -> str | None:
+    """The id of the request (cell) being executed in this context, in a Jupyter kernel."""
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        return None if kernel is None else str(kernel.get_parent()["header"]["msg_id"])
+    except Exception:  # no kernel, or no request: nothing to compare
+        return None
 
 
 def result_bundles(

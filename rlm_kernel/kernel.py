@@ -52,10 +52,10 @@ from contextvars import copy_context
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
-from traitlets import Bool, Float, Integer, Unicode
+from traitlets import Unicode
 
 from . import __version__
-from .config import RLMConfig, load_config, load_dotenv_file
+from .config import KERNEL, SETTINGS, RLMConfig, load_config, load_dotenv_file
 from .relay import FrontendInput, OutputRelay, merge_matches, prepare_repl, route_sigint
 from .sandbox import backend_class
 from .sandbox.base import CellResult, Sandbox, SandboxSpec
@@ -91,44 +91,16 @@ class RLMKernel(IPythonKernel):
 
     Configurable traitlets (``c.RLMKernel.model = "…"`` in ``ipython_kernel_config.py``,
     ``--RLMKernel.model=…`` on the command line, ``%config RLMKernel.model = "…"`` in a cell)
-    override `config_file` (default ./config.yaml, else the defaults) in `rlm_config`: `model`,
-    `sub_model`, `max_depth`, `max_iterations`, `max_sandboxes`, `timeout` (rlm.global_timeout),
-    `sandbox` (sandbox.backend), `isolation` (sandbox.isolation), `network` (sandbox.network) and
-    `config_file`. Unset ones (None) leave the file's values.
+    override `config_file` (default ./config.yaml, else the defaults) in `rlm_config`: one per
+    setting that the table (`config.SETTINGS`) puts on KERNEL, named after its flag (`model`,
+    `timeout`, `sandbox`, …), and `config_file`. Unset ones (None) leave the file's values.
     """
 
     implementation = "rlm"
     implementation_version = __version__
 
-    model = Unicode(
-        None, allow_none=True, help="LLM for agents (litellm name; overrides model.name)."
-    ).tag(config=True)
-    sub_model = Unicode(
-        None, allow_none=True, help="LLM for llm_query (overrides model.sub_model)."
-    ).tag(config=True)
-    max_depth = Integer(None, allow_none=True, help="Deepest agent depth (rlm.max_depth).").tag(
-        config=True
-    )
-    max_iterations = Integer(
-        None, allow_none=True, help="Iterations per agent (rlm.max_iterations)."
-    ).tag(config=True)
-    max_sandboxes = Integer(
-        None, allow_none=True, help="Sandboxes a run may create (rlm.max_sandboxes)."
-    ).tag(config=True)
-    timeout = Float(None, allow_none=True, help="Seconds a run may take (rlm.global_timeout).").tag(
-        config=True
-    )
-    sandbox = Unicode(
-        None, allow_none=True, help="Sandbox backend: local or daytona (sandbox.backend)."
-    ).tag(config=True)
-    isolation = Unicode(
-        None,
-        allow_none=True,
-        help="Local sandboxes' isolation: auto, bwrap or none (sandbox.isolation).",
-    ).tag(config=True)
-    network = Bool(None, allow_none=True, help="Network in bwrap sandboxes (sandbox.network).").tag(
-        config=True
-    )
+    # A traitlet per setting on KERNEL in the settings table (config.SETTINGS), made there.
+    locals().update(SETTINGS.kernel_traits())
     config_file = Unicode(
         None,
         allow_none=True,
@@ -179,19 +151,8 @@ class RLMKernel(IPythonKernel):
     @property
     def rlm_config(self) -> RLMConfig:
         """The configuration: `config_file` (or ./config.yaml) with the kernel's traitlets on top."""
-        pairs = {
-            "model.name": self.model,
-            "model.sub_model": self.sub_model,
-            "rlm.max_depth": self.max_depth,
-            "rlm.max_iterations": self.max_iterations,
-            "rlm.max_sandboxes": self.max_sandboxes,
-            "rlm.global_timeout": self.timeout,
-            "sandbox.backend": self.sandbox,
-            "sandbox.isolation": self.isolation,
-            "sandbox.network": self.network,
-        }
-        overrides = {k: v for k, v in pairs.items() if v is not None}
-        return load_config(self.config_file or None, overrides)
+        overrides = SETTINGS.overrides_from(self, KERNEL)
+        return load_config(self.config_file or None, overrides, source="RLMKernel traitlets")
 
     def root_sandbox(self) -> Sandbox:
         """The notebook's root sandbox, started on first use (thread-safe)."""

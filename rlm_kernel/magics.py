@@ -21,15 +21,35 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 
 from . import display
+from .config import MAGIC, SETTINGS
 from .session import RLMSession, RunHandle
 
 if TYPE_CHECKING:
     from .session import KernelLike
 
-__all__ = ["RLMMagics", "register", "run_cell_async", "session_for", "transform_cell", "unregister"]
+__all__ = [
+    "RLMMagics",
+    "RunInterrupted",
+    "register",
+    "run_cell_async",
+    "session_for",
+    "transform_cell",
+    "unregister",
+]
 
 _SESSIONS: dict[int, RLMSession] = {}
 _CELL = re.compile(r"%%rlm(?:[ \t]+(.*))?$")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """An interrupt (the Stop button, Ctrl-C) cancelled a `%%rlm` run.
+
+    IPython shows it as one line: the frames of the cell transform and of this module say
+    nothing to the user (the partial answer is shown above it).
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {self}"]
 
 
 class _HelpShown(Exception):
@@ -59,26 +79,14 @@ def cell_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", metavar="URL_OR_PATH", help="git repository the agents work on")
     p.add_argument("-b", "--branch", help="branch of --repo (default: its HEAD)")
     p.add_argument("--commit", metavar="SHA", help="commit of --repo (overrides --branch)")
-    p.add_argument("--model", help="agents' LLM (litellm name, or scripted/<file.py>)")
-    p.add_argument("--sub-model", metavar="MODEL", help="LLM of llm_query (default: --model)")
     p.add_argument("--context", metavar="VAR", help="give this variable's value as `context`")
     p.add_argument("--signature", metavar="SIG", help="typed SUBMIT, e.g. 'q: str -> a: int'")
     p.add_argument("-o", "--out", metavar="VAR", help="bind the result object to VAR (and _rlm)")
     p.add_argument("--step", action="store_true", help="stop before every code block")
     p.add_argument("--background", action="store_true", help="return at once; control later")
-    p.add_argument("--max-depth", type=int, metavar="N", help="deepest agent depth (root = 0)")
-    p.add_argument("--max-sandboxes", type=int, metavar="N", help="sandboxes for the whole run")
-    p.add_argument("--max-iterations", type=int, metavar="N", help="iterations per agent")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="global timeout of the run")
-    p.add_argument("--sandbox", choices=["local", "daytona"], help="sandbox backend")
-    p.add_argument("--keep", action="store_true", help="keep agents' sandboxes (%%rlm attach)")
-    p.add_argument(
-        "--isolation", choices=["auto", "bwrap", "none"], help="local sandboxes' isolation"
-    )
-    p.add_argument("--no-network", action="store_true", help="no network in bwrap sandboxes")
+    SETTINGS.add_flags(p, MAGIC)  # --model, --sandbox, --max-depth, …: the settings table
     p.add_argument("--quiet", action="store_true", help="show only the answer and the patch")
     p.add_argument("--config", metavar="FILE", help="YAML config file (default ./config.yaml)")
-    p.add_argument("--results-dir", metavar="DIR", help="where run records go")
     return p
 
 
@@ -193,11 +201,10 @@ def start_cell(
 
 
 def _start(session: RLMSession, args: argparse.Namespace, body: str) -> RunHandle:
-    from .cli import _overrides  # the flag → config key mapping `rlm run` uses too
     from .runner import Run
     from .sandbox.base import NO_CONTEXT
 
-    config = session.config(_overrides(args), args.config)
+    config = session.config(SETTINGS.overrides_from(args, MAGIC), args.config)
     task = session.interpolate(body.strip())
     common: dict[str, Any] = {"config": config, "signature": args.signature, "step": args.step}
     kernel = session.kernel
@@ -233,21 +240,25 @@ def _start(session: RLMSession, args: argparse.Namespace, body: str) -> RunHandl
     view = display.RunView(run, quiet=args.quiet, notebook=session.notebook)
     run.sinks.append(view)
     run.start()
-    handle = RunHandle(
-        session,
-        run,
-        view,
-        out_var=args.out,
-        quiet=args.quiet,
-        background=args.background,
-        in_root_sandbox=kernel is not None,
-    )
-    session.add(handle)
-    view.start(step_controls=args.step and session.notebook)
-    if args.background:
-        if session.notebook:  # outputs a finished background run fills in
-            handle.slots = [display.show({"text/plain": ""}, display_id=True) for _ in range(3)]
-        handle.watch()
+    try:
+        handle = RunHandle(
+            session,
+            run,
+            view,
+            out_var=args.out,
+            quiet=args.quiet,
+            background=args.background,
+            in_root_sandbox=kernel is not None,
+        )
+        session.add(handle)
+        view.start(step_controls=args.step and session.notebook)
+        if args.background:
+            if session.notebook:  # outputs a finished background run fills in
+                handle.slots = [display.show({"text/plain": ""}, display_id=True) for _ in range(3)]
+            handle.watch()
+    except BaseException:  # Stop (or a display error) before the cell holds the run: end it
+        run.cancel(reason="interrupted while starting")
+        raise
     return handle
 
 
@@ -255,9 +266,21 @@ async def run_cell_async(line: str, body: str) -> None:
     """What a transformed `%%rlm` cell awaits: start the run, then await it (unless background)."""
     from IPython import get_ipython
 
-    handle = start_cell(session_for(get_ipython()), line, body, awaited=True)
+    try:
+        handle = start_cell(session_for(get_ipython()), line, body, awaited=True)
+    except KeyboardInterrupt:  # Stop while the run was being checked and started
+        raise RunInterrupted(
+            "%%rlm interrupted while its run was starting; nothing of it keeps running"
+        ) from None
     if handle is not None and not handle.background and not await handle.wait_async():
-        raise KeyboardInterrupt(f"run {handle.run_id} cancelled; its sandboxes were removed")
+        raise _interrupted(handle)
+
+
+def _interrupted(handle: RunHandle) -> RunInterrupted:
+    return RunInterrupted(
+        f"run {handle.run_id} cancelled; its sandboxes were removed "
+        "(the partial answer, if any, is above)"
+    )
 
 
 def transform_cell(lines: list[str]) -> list[str]:
@@ -294,7 +317,10 @@ class RLMMagics(Magics):
         if cell is not None:
             handle = start_cell(self.session, line, cell)
             if handle is not None and not handle.background:
-                handle.wait_blocking()
+                try:
+                    handle.wait_blocking()
+                except KeyboardInterrupt:
+                    raise _interrupted(handle) from None
             return
         raw = line.strip()
         if re.match(r"step\b", raw) and " --code" in f" {raw}":
@@ -312,12 +338,12 @@ class RLMMagics(Magics):
         print(help_text())
 
     def _cmd_config(self, a: argparse.Namespace) -> None:
-        from .config import ConfigError, _resolve_key
+        from .config import ConfigError
 
         s = self.session
         try:
             for key in a.reset if a.reset is not None else []:
-                s.overrides.pop(_resolve_key(key, "%rlm config --reset"), None)
+                s.overrides.pop(SETTINGS.resolve(key, "%rlm config --reset"), None)
             if a.reset is not None and not a.reset:
                 s.overrides.clear()
             pairs: dict[str, str] = {}
@@ -485,10 +511,12 @@ class RLMMagics(Magics):
             with open(os.path.expanduser(spec), encoding="utf-8") as fh:
                 return fh.read()
         if spec.isidentifier():
+            from .sandbox.base import SandboxError
+
             try:
                 value = self.session.get(spec)
-            except KeyError:
-                value = None
+            except (KeyError, SandboxError):
+                value = None  # not a variable holding plain text: the spec is the code
             if isinstance(value, str):
                 return value
         return spec

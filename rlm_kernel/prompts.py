@@ -17,9 +17,11 @@ __all__ = [
     "system_prompt",
     "task_prompt",
     "truncate_middle",
+    "unclosed_fence",
 ]
 
 _FENCE = re.compile(r"```(?:python|repl|py)[^\n]*\n(.*?)```", re.DOTALL)
+_OPENING = re.compile(r"```(?:python|repl|py)\b[^\n]*(?:\n|$)")
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,20 @@ def task_prompt(task: str, info: AgentPromptInfo) -> str:
     return f"Task:\n{task}{extra}\n\nStart by exploring with code."
 
 
-def no_code_prompt() -> str:
-    """The corrective turn after a reply without a code block."""
+def unclosed_fence(text: str) -> bool:
+    """Whether a reply opens a ```python (```repl, ```py) block that no closing ``` ends."""
+    return _OPENING.search(_FENCE.sub("", text)) is not None
+
+
+def no_code_prompt(reply: str = "") -> str:
+    """The corrective turn after a reply without a (complete) code block."""
+    if unclosed_fence(reply):
+        return (
+            "Your reply opened a ```python code block but never closed it (no closing ``` line), "
+            "so nothing ran: the reply may have been cut off. Send the code again as a complete "
+            "block that ends with a line of ```; keep it shorter if it was long. To finish, call "
+            "FINAL(answer) in code."
+        )
     return (
         "Your reply had no ```python code block, so nothing ran. Reply with code in a ```python "
         "block; to finish, call FINAL(answer) in code."

@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from .events import Event, EventType
 __all__ = ["Recorder", "TreeState", "load_index", "load_record", "write_json_atomic"]
 
 _INDEX_KEEP = 1000
+_ONCE_MIN_CHARS = 65536
+"""A root result (or patch) this long that equals the run's answer (patch) is stored once."""
+_SAME_AS = "[stored once: the same as the record's {key!r} ({chars:,} characters)]"
 
 
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> None:
@@ -150,6 +154,22 @@ class TreeState:
         out["root"] = self.nodes.get(self.root_id) if self.root_id else None
         return out
 
+    def to_record(self) -> dict[str, Any]:
+        """`to_dict()` as written to disk: a long root result or patch that is also the run's
+        answer or patch is stored once (`load_record` puts it back)."""
+        out = self.to_dict()
+        root = out.get("root")
+        if not root:
+            return out
+        for node_key, run_key in (("result", "answer"), ("patch", "patch")):
+            value = root.get(node_key)
+            if value is None or value != out.get(run_key):
+                continue
+            chars = len(value) if isinstance(value, str) else len(json.dumps(value, default=str))
+            if chars >= _ONCE_MIN_CHARS:
+                root = out["root"] = {**root, node_key: _SAME_AS.format(key=run_key, chars=chars)}
+        return out
+
 
 class Recorder:
     """An event consumer that keeps `{run_id}.detail.json` current (throttled) and updates index.json."""
@@ -184,7 +204,7 @@ class Recorder:
                 # Records written while the run goes are compact (fast, off the agents' critical
                 # path); the final one is indented for people reading it.
                 final = ev.type is EventType.RUN_FINISHED
-                write_json_atomic(self.path, self.state.to_dict(), indent=1 if final else None)
+                write_json_atomic(self.path, self.state.to_record(), indent=1 if final else None)
             elif self._timer is None:
                 self._timer = threading.Timer(self._last + self.min_interval_s - now, self._flush)
                 self._timer.daemon = True
@@ -203,7 +223,7 @@ class Recorder:
                 return  # the run finished meanwhile
             self._timer = None
             self._last = time.monotonic()
-            write_json_atomic(self.path, self.state.to_dict(), indent=None)
+            write_json_atomic(self.path, self.state.to_record(), indent=None)
 
     def _update_index(self) -> None:
         rec = self.state.to_dict()
@@ -224,7 +244,7 @@ class Recorder:
             "root_status": root.get("status"),
         }
         index_path = self.dir / "index.json"
-        with _file_lock(self.dir / ".index.lock"):
+        with _dir_lock(self.dir):
             runs = [r for r in load_index(self.dir) if r.get("run_id") != entry["run_id"]]
             runs.insert(0, entry)
             runs.sort(key=lambda r: r.get("started_at") or "", reverse=True)
@@ -232,16 +252,21 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Any:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            import fcntl
-
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - Windows
-            pass
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the results directory itself (flock on its descriptor), so runs in
+    several processes update index.json in turn and no lock file is left in the results."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locking (one writer at a time)
         yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def load_index(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -256,9 +281,15 @@ def load_index(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a `detail.json` record."""
+    """Read a `detail.json` record (a root result or patch stored once is filled in again)."""
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a run record")
+    root = data.get("root")
+    if isinstance(root, dict):
+        for node_key, run_key in (("result", "answer"), ("patch", "patch")):
+            value = root.get(node_key)
+            if isinstance(value, str) and value.startswith(_SAME_AS[:32]) and run_key in data:
+                root[node_key] = data[run_key]
     return data

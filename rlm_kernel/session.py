@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from IPython.core.error import UsageError
 
-from .config import RLMConfig, load_config
+from .config import SETTINGS, RLMConfig, load_config
 
 if TYPE_CHECKING:
     from .display import RunView
@@ -275,12 +275,10 @@ class RLMSession:
 
     def set_config(self, pairs: dict[str, str]) -> RLMConfig:
         """Validate and keep `key=value` session defaults; errors name the key."""
-        from .config import _resolve_key
-
         cfg = self.config()
         parsed: dict[str, Any] = {}
         for key, text in pairs.items():
-            dotted = _resolve_key(key, "%rlm config")
+            dotted = SETTINGS.resolve(key, "%rlm config")
             new = cfg.with_overrides({dotted: text}, source="%rlm config", parse_strings=True)
             parsed[dotted] = new.flat()[dotted]
             cfg = new
@@ -289,10 +287,18 @@ class RLMSession:
 
     # -- the namespace ------------------------------------------------------------------------------
     def get(self, name: str) -> Any:
-        """A namespace value (from the root sandbox in the kernel); KeyError when undefined."""
+        """A namespace value (in the kernel: from the root sandbox, as plain JSON data only);
+        KeyError when undefined, SandboxError when it cannot leave the sandbox."""
         if self.kernel is None:
             return self.shell.user_ns[name]
         return self.kernel.root_sandbox().pull(name)
+
+    def get_text(self, name: str) -> str:
+        """`str(value)` of a namespace value, computed where it lives (the root sandbox in the
+        kernel: no object leaves it); KeyError when undefined."""
+        if self.kernel is None:
+            return str(self.shell.user_ns[name])
+        return str(self.kernel.root_sandbox().pull(name, as_text=True))
 
     def put(self, name: str, value: Any) -> None:
         """Bind a namespace value (pushed into the root sandbox in the kernel)."""
@@ -303,7 +309,7 @@ class RLMSession:
 
     def interpolate(self, text: str) -> str:
         """`{var}` interpolation of a task from the namespace."""
-        return interpolate(text, self.get)
+        return interpolate(text, self.get_text)
 
     def bind_context(self, var: str) -> str:
         """Kernel mode: `context = VAR` in the root sandbox; returns a description for the prompt."""

@@ -1,4 +1,5 @@
-"""Shared fixtures: scripted-model configs, small git repositories, and the leftovers check."""
+"""Shared fixtures: scripted-model configs, small git repositories, and the leftovers check;
+the session checks of tests/session_checks.py (a clean checkout, no open connections)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from session_checks import pytest_sessionfinish, pytest_sessionstart
 
 from rlm_kernel.config import RLMConfig
 from rlm_kernel.paths import tmp_root
+
+__all__ = ["pytest_sessionfinish", "pytest_sessionstart"]  # hooks: the session checks
 
 MODELS = Path(__file__).parent / "models"
 _SESSION_TMP: list[str] = []

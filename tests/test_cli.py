@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rlm_kernel.cli import main
+from rlm_kernel.records import load_record
 
 RLM = str(Path(sys.executable).parent / "rlm")
 
@@ -86,16 +90,92 @@ def test_missing_api_key_is_reported_before_anything_starts(tmp_path: Path) -> N
 
 def test_demo_runs_offline(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [RLM, "demo", "--results-dir", str(tmp_path / "results")],
+        [RLM, "demo", "--results-dir", "results"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         timeout=120,
+        env={**os.environ, "COLUMNS": "60"},
     )
     assert proc.returncode == 0, proc.stderr
     assert "+    return len(text.splitlines())" in proc.stdout
-    assert "done: 7 agents, depth 2" in proc.stderr
-    assert len(list((tmp_path / "results").glob("*.detail.json"))) == 1
+    assert "done: 7 agents, depth 2" in " ".join(proc.stderr.split())
+    (record,) = (tmp_path / "results").glob("*.detail.json")
+    # the record as the user can open it from anywhere; nothing but records in results/
+    assert f"record: {record}\n" in proc.stderr and record.is_absolute()
+    assert sorted(p.suffix for p in record.parent.iterdir()) == [".json", ".json", ".patch"]
+
+    # progress lines fit COLUMNS, tasks are cut at word boundaries, and the three
+    # sub-sub-agents (same long task, different TODO) can be told apart
+    progress = proc.stderr.split("\nAnswer:\n")[0].splitlines()[1:]  # after the "Demo: …" line
+    assert progress and all(len(ln) <= 60 for ln in progress), progress
+    rec = json.loads(record.read_text())
+    tasks = {n["agent_id"]: n["task"] for n in _walk(rec["root"])}
+    started = {ln.split()[1]: ln.split(": ", 1)[1] for ln in progress if ln.startswith("▶ ")}
+    assert set(started) == set(tasks)
+    for agent, shown in started.items():
+        words = tasks[agent].split()
+        for part in shown.split(" … "):
+            part = part.removeprefix("… ").removesuffix("…")
+            got = part.split()
+            # every shown word is a word of the task; only the last one may be cut short
+            assert any(words[i : i + len(got) - 1] == got[:-1] for i in range(len(words))), shown
+            assert any(w.startswith(got[-1]) for w in words), shown
+    cousins = [a for a in started if a.count(".") == 2]  # in the order they started
+    assert len({started[a] for a in cousins}) == 3, started
+    for agent in cousins[1:]:  # those that started after a cousin show what is theirs
+        module = tasks[agent].split("reason: ")[1].split(":")[0]
+        assert module in started[agent], started[agent]
+
+
+def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for c in node["children"] for n in _walk(c))]
+
+
+def test_refused_sub_agents_are_one_line(tmp_path: Path) -> None:
+    model = Path(__file__).parent / "models" / "limits.py"
+    cmd = [RLM, "run", "-p", "refused", "--model", f"scripted/{model}", "--max-sandboxes", "3"]
+    proc = subprocess.run(
+        [*cmd, "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "2 done\n"
+    refusals = [ln for ln in proc.stderr.splitlines() if "budget" in ln]
+    assert refusals == ["! root: sandbox budget exhausted (max_sandboxes=3) (10 times)"]
+
+
+def test_a_10_mb_answer_is_capped_on_the_terminal(
+    tmp_path: Path, make_repo: Callable[..., Path]
+) -> None:
+    model = Path(__file__).parent / "models" / "finals.py"
+    answer_file = tmp_path / "answer.txt"
+    cmd = [RLM, "run", "-p", "huge", "--model", f"scripted/{model}", "--results-dir", "results"]
+    proc = subprocess.run(
+        [*cmd, str(make_repo()), "--answer", "answer.txt"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # the (empty) patch
+    assert len(proc.stderr) < 25_000  # not 10 MB
+    assert "the answer has 10,000,005 characters; all of it is in " in proc.stderr
+    assert f"in {answer_file} (--answer) and in the record {tmp_path}/results/" in proc.stderr
+    assert answer_file.read_text() == "line\n" + "x" * 10_000_000 + "\n"
+    (record,) = (tmp_path / "results").glob("*.detail.json")
+    assert record.stat().st_size < 10_000_000 + 100_000  # the answer is stored once
+    assert load_record(record)["root"]["result"] == "line\n" + "x" * 10_000_000
+
+    # without a repository the answer is the command's output: whole when redirected
+    proc = subprocess.run(
+        [*cmd, "--quiet"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "line\n" + "x" * 10_000_000 + "\n" and proc.stderr == ""
 
 
 def test_run_without_repository_prints_the_answer(tmp_path: Path) -> None:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
-from rlm_kernel.console import ConsoleProgress, render_tree, summary_line
+from rlm_kernel.console import (
+    ConsoleProgress,
+    clip,
+    columns,
+    distinct_task,
+    render_tree,
+    summary_line,
+)
 from rlm_kernel.events import Event, EventType
 
 
@@ -156,3 +164,120 @@ def test_console_progress_tty_redraws_tree_in_place() -> None:
     assert text.endswith(
         "done: 2 agents, depth 1, 0 iterations, 0 LLM calls, 0 tokens, $0.0000, 0.5 s\n"
     )
+
+
+# -- fitting the terminal ------------------------------------------------------------------------
+
+RATE = "Assess how hard this TODO is to fix (easy/medium/hard), with one reason: "
+TODOS = [
+    "textkit/lines.py:6: # TODO: do not count the empty string after a trailing newline",
+    "textkit/report.py:9: # TODO: include the longest word, quoted, once it handles punctuation",
+    "textkit/words.py:6: # TODO: treat hyphenated words as one word even across lines",
+]
+
+
+def test_clip_cuts_at_a_word_boundary() -> None:
+    assert clip("explore the numbers of lines", 20) == "explore the numbers…"
+    assert clip("short", 20) == "short"
+    assert clip("a  b\n c", 20) == "a b c"
+    assert clip("x" * 30, 10) == "x" * 9 + "…"  # one long word: cut inside it
+    assert clip("reason: textkit", 12) == "reason…"  # no dangling punctuation
+
+
+def test_distinct_task_shows_the_part_that_differs() -> None:
+    tasks = [RATE + t for t in TODOS]
+    for room in (40, 60, 80):
+        shown = [distinct_task(t, [o for o in tasks if o != t], room) for t in tasks]
+        assert len(set(shown)) == 3, shown
+        for s, todo in zip(shown, TODOS, strict=True):
+            assert len(s) <= room
+            assert s.startswith("Assess how") and f" … {todo.split()[0]}" in s
+    # with room for the difference, or nothing to tell apart, it is the task, cut normally
+    assert distinct_task(tasks[0], tasks[1:], 200) == tasks[0]
+    assert distinct_task(tasks[0], [], 60) == clip(tasks[0], 60)
+    assert distinct_task("count a", ["count b"], 60) == "count a"
+
+
+def test_render_tree_fits_the_width_and_tells_cousins_apart() -> None:
+    kids = [
+        _node(f"root.{i}", "done", f"look at module {i}", 1, [_node(f"root.{i}.0", "running", RATE + t, 1, depth=2)], depth=1)
+        for i, t in enumerate(TODOS)
+    ]  # fmt: skip
+    for width in (50, 70, 100):
+        lines = render_tree(_node("root", "running", "survey " * 30, 1, kids), width)
+        assert all(len(ln) <= width for ln in lines), lines
+        grand = [ln.split("] ", 1)[1] for ln in lines if re.search(r"root\.\d\.0 ", ln)]
+        assert len(set(grand)) == 3, grand
+
+
+def _started(agent: str, depth: int, task: str) -> Event:
+    return Event(EventType.AGENT_STARTED, "r", agent, {"depth": depth, "task": task})
+
+
+def test_console_lines_fit_columns(monkeypatch: Any) -> None:
+    monkeypatch.setenv("COLUMNS", "64")
+    out = io.StringIO()
+    progress = ConsoleProgress(out)
+    progress(_started("root", 0, "Investigate the TODO comments across this repository " * 3))
+    for i, t in enumerate(TODOS):
+        progress(_started(f"root.{i}.0", 2, RATE + t))
+    progress(
+        Event(
+            EventType.AGENT_FINISHED,
+            "r",
+            "root.0.0",
+            {"status": "error", "error": "the model returned 3 empty replies in a row; check " * 3},
+        )
+    )
+    progress(Event(EventType.RUN_FINISHED, "r", None, {"status": "error", "elapsed_s": 1.0}))
+    lines = out.getvalue().splitlines()
+    assert all(len(ln) <= 64 for ln in lines), lines
+    started = [ln for ln in lines if ln.startswith("▶ root.")]
+    assert len(set(ln.split(": ", 1)[1] for ln in started)) == 3
+    assert "textkit/report.py" in started[1] and "textkit/words.py" in started[2]
+    # an error is wrapped, not cut: every word of it is there
+    assert " ".join(lines).count("check") == 3
+
+
+def test_columns_prefers_the_environment(monkeypatch: Any) -> None:
+    monkeypatch.setenv("COLUMNS", "123")
+    assert columns(io.StringIO()) == 123
+    monkeypatch.delenv("COLUMNS")
+    assert columns(io.StringIO()) >= 20  # StringIO has no terminal: shutil's fallback
+
+
+def test_repeated_refusals_become_one_line_with_a_count() -> None:
+    out = io.StringIO()
+    progress = ConsoleProgress(out, width=100)
+    msg = "sandbox budget exhausted (max_sandboxes=10)"
+    progress(_started("root", 0, "fan out"))
+    for _ in range(51):
+        progress(
+            Event(EventType.BUDGET_HIT, "r", "root", {"limit": "max_sandboxes", "message": msg})
+        )
+    progress(_started("root.0", 1, "part 0"))
+    progress(
+        Event(
+            EventType.BUDGET_HIT,
+            "r",
+            "root.0",
+            {"limit": "max_llm_calls", "message": "LLM call budget exhausted"},
+        )
+    )
+    progress(
+        Event(
+            EventType.BUDGET_HIT,
+            "r",
+            "root.1",
+            {"limit": "max_llm_calls", "message": "LLM call budget exhausted"},
+        )
+    )
+    progress(Event(EventType.RUN_FINISHED, "r", None, {"status": "done", "elapsed_s": 1.0}))
+    lines = out.getvalue().splitlines()
+    assert lines[:3] == [
+        "▶ root (depth 0): fan out",
+        f"! root: {msg} (51 times)",
+        "▶ root.0 (depth 1): part 0",
+    ]
+    assert lines[3] == "! root.0, root.1: LLM call budget exhausted (2 times)"
+    assert lines[4].startswith("done: ")

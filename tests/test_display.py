@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rlm_kernel.answer import looks_like_markdown
 from rlm_kernel.display import answer_bundle, diff_bundle, summary_text, table_bundle
 
 PATCH = """diff --git a/a.py b/a.py
@@ -15,19 +16,68 @@ index 1..2 100644
 """
 
 
-def test_answer_is_markdown_with_a_text_fallback() -> None:
+DEMO_ANSWER = """Found TODOs in textkit/lines.py, textkit/report.py, textkit/words.py.
+
+textkit/lines.py:6: # TODO: do not count the empty string after a trailing newline as a line
+difficulty: easy: one call to str.splitlines() fixes it
+
+textkit/words.py:6: # TODO: treat hyphenated words as one word even when split across lines
+difficulty: medium: needs a rule for line-break hyphens"""
+
+
+def test_a_markdown_answer_is_markdown_with_a_text_fallback() -> None:
     assert answer_bundle("**done**") == {"text/markdown": "**done**", "text/plain": "**done**"}
+    md = answer_bundle("## Result\n- one\n- two\n\nsee `x.py`\nand then y")
+    # single line breaks stay breaks (two trailing spaces), lists and headings are left alone
+    assert md["text/markdown"] == "## Result\n- one\n- two\n\nsee `x.py`  \nand then y"
 
 
-def test_a_submit_dict_is_a_field_table_and_json() -> None:
-    b = answer_bundle({"answer": "a | b", "confidence": 0.5})
-    assert b["text/markdown"].splitlines() == [
-        "| field | value |",
-        "|---|---|",
-        "| `answer` | a \\| b |",
-        "| `confidence` | 0.5 |",
-    ]
-    assert b["application/json"] == {"answer": "a | b", "confidence": 0.5}
+def test_a_plain_multi_line_answer_keeps_its_lines() -> None:
+    b = answer_bundle(DEMO_ANSWER)
+    assert b == {"text/plain": DEMO_ANSWER}  # no Markdown: nothing joins its lines
+    assert not looks_like_markdown(DEMO_ANSWER)
+    for md in ("# Title", "1. first", "a **b** c", "use `x`", "[a](http://b)", "> quoted", "*so*"):
+        assert looks_like_markdown(md), md
+    for plain in ("2 * 3 * 4", "a_b_c and snake_case", "x:1 # comment", "cost: $5", "__init__.py"):
+        assert not looks_like_markdown(plain), plain
+
+
+def test_a_huge_answer_is_shown_as_head_and_tail() -> None:
+    b = answer_bundle("a" * 300_000 + "END")
+    assert len(b["text/plain"]) < 101_000 and b["text/plain"].endswith("END")
+    assert "200,003 more characters" in b["text/plain"] and ".answer" in b["text/plain"]
+
+
+CHAPTERS = [
+    {"chapter": i, "title": f"Chapter {i}", "characters": {"Alice": 10 * i}, "quote": "q" * 90}
+    for i in range(1, 13)
+]
+
+
+def test_a_submit_dict_is_a_field_table_with_long_values_folded() -> None:
+    notes = "x\n" * 9  # more lines than fit inline
+    fields = {"answer": "a | <b>", "confidence": 0.5, "chapters": CHAPTERS, "notes": notes}
+    b = answer_bundle(fields)
+    assert set(b) == {"text/html", "text/plain"}
+    html = b["text/html"]
+    # short values inline, escaped; long ones folded: a <details> whose summary says what it is
+    assert '<td style="text-align: left; vertical-align: top">a | &lt;b&gt;' in html.replace(
+        '<div style="white-space: pre-wrap">', ""
+    )
+    assert "<code>0.5</code>" in html
+    assert html.count("<details>") == 2
+    assert "12 items: [{&quot;chapter&quot;: 1, &quot;title&quot;: &quot;Chapter 1&quot;" in html
+    # a list of records opens as a table with a column per key
+    for col in ("chapter", "title", "characters", "quote"):
+        assert f">{col}</th>" in html
+    assert "{&quot;Alice&quot;: 120}" in html
+    plain = b["text/plain"].splitlines()
+    assert plain[0] == "answer      a | <b>"
+    assert plain[1] == "confidence  0.5"
+    assert plain[2].startswith('chapters    [12 items] [{"chapter": 1,') and len(plain[2]) <= 112
+    assert plain[3] == "notes       x (18 characters)"
+    prose = answer_bundle({"summary": "word " * 100})["text/html"]  # 500 characters: inline
+    assert "<details>" not in prose
 
 
 def test_no_answer_says_why() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -298,3 +299,18 @@ def test_background_step_in_plain_ipython(shell: Any, capsys: pytest.CaptureFixt
         assert time.monotonic() < deadline, "the background run never bound its result"
         time.sleep(0.02)
     assert shell.user_ns["res"].answer == "a=1 b=None mine=3"
+
+
+def test_an_interrupted_run_shows_one_line(shell: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from rlm_kernel.magics import RunInterrupted
+
+    shell.user_ns["RunInterrupted"] = RunInterrupted
+    try:
+        err = cell_error(
+            shell, "def inner():\n    raise RunInterrupted('run r1 cancelled')\ninner()"
+        )
+    finally:
+        shell.user_ns.pop("RunInterrupted")
+    assert isinstance(err, KeyboardInterrupt)
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out).strip()
+    assert shown == "KeyboardInterrupt: run r1 cancelled"  # no frames, no cell source

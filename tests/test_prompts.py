@@ -10,6 +10,7 @@ from rlm_kernel.prompts import (
     system_prompt,
     task_prompt,
     truncate_middle,
+    unclosed_fence,
 )
 from rlm_kernel.signature import Signature
 
@@ -241,3 +242,15 @@ def test_task_prompt_and_no_code_prompt() -> None:
     with_ctx = task_prompt("Count words", _info(has_context=True))
     assert "The variable `context` in your REPL holds the data" in with_ctx
     assert "```python" in no_code_prompt() and "FINAL(answer)" in no_code_prompt()
+
+
+def test_an_unclosed_fence_gets_its_own_message() -> None:
+    cut = "Let me look:\n```python\nfor f in files:\n    print(f"
+    assert extract_code_blocks(cut) == [] and unclosed_fence(cut)
+    msg = no_code_prompt(cut)
+    assert "never closed" in msg and "closing ```" in msg and "no ```python code block" not in msg
+    # a closed block, prose, or a bare ``` (another language) is not an unclosed python block
+    for text in ("```python\nx = 1\n```", "just prose", "```\nx = 1", "```bash\nls"):
+        assert not unclosed_fence(text), text
+        assert "no ```python code block" in no_code_prompt(text)
+    assert unclosed_fence("```python\nx = 1\n```\nthen\n```repl\ny = 2")  # the second one

@@ -408,3 +408,59 @@ def test_secret_values_are_masked_in_records_and_the_index(
     monkeypatch.setenv("PLAIN_SETTING", "sk-live-abcdef123456-not-secret-by-name")
     write_json_atomic(tmp_path / "r.json", {"task": "use sk-live-abcdef123456 and abc"})
     assert load_record(tmp_path / "r.json") == {"task": "use *** and abc"}
+
+
+def test_index_updates_in_turn_and_leave_no_lock_file(tmp_path: Path) -> None:
+    import threading
+
+    def one(i: int) -> None:
+        rec = Recorder(tmp_path)
+        for ev in _events(f"run-{i}", f"2025-01-01T10:00:{i:02d}"):
+            rec(ev)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r["run_id"] for r in load_index(tmp_path)] == [f"run-{i}" for i in range(7, -1, -1)]
+    # only the records and the index: no lock file, no temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["index.json", *(f"run-{i}.detail.json" for i in range(8))]
+    )
+
+
+def _with_answer(answer: Any, patch: str) -> list[Event]:
+    out = []
+    for ev in _events():
+        if ev.agent_id == "root" and ev.type is EventType.AGENT_FINISHED:
+            ev = Event(ev.type, ev.run_id, "root", {**ev.data, "result": answer, "patch": patch})
+        elif ev.type is EventType.RUN_FINISHED:
+            ev = Event(ev.type, ev.run_id, None, {**ev.data, "answer": answer, "patch": patch})
+        out.append(ev)
+    return out
+
+
+@pytest.mark.parametrize(
+    "answer", ["y" * 200_000, {"rows": ["z" * 100] * 1000, "n": 1}], ids=["str", "dict"]
+)
+def test_a_long_answer_is_stored_once(tmp_path: Path, answer: Any) -> None:
+    patch = "+" + "p" * 100_000 + "\n"
+    rec = Recorder(tmp_path)
+    for ev in _with_answer(answer, patch):
+        rec(ev)
+    assert rec.path is not None
+    raw = rec.path.read_text()
+    size = len(json.dumps(answer)) + len(patch)
+    assert size < len(raw) < size + 10_000  # the answer and the patch once, not twice
+    on_disk = json.loads(raw)
+    assert on_disk["answer"] == answer and on_disk["patch"] == patch
+    assert on_disk["root"]["result"].startswith("[stored once: the same as the record's 'answer'")
+    loaded = load_record(rec.path)  # readers get the whole tree back
+    assert loaded["root"]["result"] == answer and loaded["root"]["patch"] == patch
+    # a short answer stays in both places (records stay easy to read)
+    small = Recorder(tmp_path / "small")
+    for ev in _events():
+        small(ev)
+    assert small.path is not None
+    assert json.loads(small.path.read_text())["root"]["result"] == "42"

@@ -171,6 +171,12 @@ def test_a_reply_without_code_gets_a_corrective_turn(config: Config) -> None:
     assert (res.status, res.answer) == ("done", "4")
 
 
+def test_an_unclosed_code_block_is_reported_as_such(config: Config) -> None:
+    # the model checks the wording of each corrective turn (tests/models/finals.py "unclosed")
+    res = rlm_kernel.run("unclosed", config=config("finals.py"))
+    assert (res.status, res.answer) == ("done", "told twice"), res.error
+
+
 def test_forged_bridge_requests_have_no_effect(config: Config) -> None:
     res = rlm_kernel.run("forge", config=config("security.py"))
     assert (res.status, res.answer) == ("done", "real answer")

@@ -14,10 +14,15 @@ Protocol: JSON lines over the Unix stream socket inherited as fd ``N``.
 The zygote creates no threads and no zmq context, so ``os.fork()`` is safe. Each child becomes a
 session leader (``setsid``: its subprocesses share its process group), changes directory, replaces
 ``os.environ`` with the requested environment, sends stdout and stderr to its log file and runs
-``IPKernelApp``. On EOF (the host died or is done) or SIGTERM the zygote SIGTERMs the process
-groups of its live kernels, SIGKILLs what is left after a grace period, and exits. Kernels whose
-zygote is SIGKILLed exit on their own within about a second (ipykernel's parent poller, armed
-with ``parent_handle`` = the zygote's pid).
+``IPKernelApp``. On EOF (the host is done) or SIGTERM the zygote SIGTERMs the process groups of
+its live kernels, SIGKILLs what is left after a grace period, and exits.
+
+Kernels do not depend on the zygote staying alive: agent code can kill it (``os.kill(os.getppid(),
+9)`` from any kernel), and that must not take the other agents' kernels down. Instead every
+kernel holds the read end of the host's *lifeline* pipe (``--lifeline N``, kept as fd 3 in the
+kernel), whose write end only the host holds: when the host process dies, for any reason, the
+pipe reaches EOF and each kernel kills its own process group. The host starts a new zygote for
+the next kernel when the old one is gone.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import atexit
 import contextlib
 import errno
+import fcntl
 import gc
 import importlib
 import json
@@ -86,8 +92,9 @@ EXTRA_PRELOAD = (
     "pygments.styles",
 )
 OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime",)
-SHUTDOWN_GRACE_S = 1.0
-_REPORT_TIMEOUT_S = 10.0  # a confined kernel's set-up (namespaces, mounts) reports its pid  # SIGTERM → SIGKILL for kernels left when the zygote exits
+LIFELINE_FD = 3  # the lifeline's read end in every kernel
+SHUTDOWN_GRACE_S = 1.0  # SIGTERM → SIGKILL for kernels left when the zygote exits
+_REPORT_TIMEOUT_S = 10.0  # a confined kernel's set-up (namespaces, mounts) reports its pid
 _MAX_LINE = 16 * 1024 * 1024
 
 
@@ -139,9 +146,14 @@ class _Zygote:
     """The fork server's state and its single-threaded event loop."""
 
     def __init__(
-        self, sock: socket.socket, import_env: Mapping[str, str], confined: bool = False
+        self,
+        sock: socket.socket,
+        import_env: Mapping[str, str],
+        lifeline: int | None = None,
+        confined: bool = False,
     ) -> None:
         self.sock = sock
+        self.lifeline = lifeline
         self.confined = confined  # under bubblewrap: every kernel gets its own namespaces
         self.fds: list[int] = []  # received log-file descriptors, oldest first
         self.import_env = dict(import_env)
@@ -410,7 +422,6 @@ class _Zygote:
     ) -> NoReturn:
         """Become the kernel (confined: the init of its namespace, then the kernel): never returns."""
         code = 1
-        parent_handle = self.pid
         try:
             os.setsid()
             _set_comm(b"rlm-kernel")
@@ -422,20 +433,27 @@ class _Zygote:
             self.sock.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
+            if report is not None and report.fileno() <= LIFELINE_FD:  # keep it out of the way
+                report = socket.socket(fileno=fcntl.fcntl(report.fileno(), fcntl.F_DUPFD, 10))
             null_fd = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null_fd, 0)
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)
+            first = 3
+            if self.lifeline is not None:
+                os.dup2(self.lifeline, LIFELINE_FD, inheritable=False)
+                first = LIFELINE_FD + 1
             if report is None:
-                os.closerange(3, _max_fd())
+                os.closerange(first, _max_fd())
             else:
                 keep = report.fileno()
-                os.closerange(3, keep)
+                os.closerange(first, keep)
                 os.closerange(keep + 1, _max_fd())
             _fresh_stdio()
             if view is not None and report is not None:
-                parent_handle = 1  # our parent is the namespace's init, which outlives us
-                _confine_child(view, report)
+                _confine_child(view, report)  # returns in the kernel, forked by its init
+            if self.lifeline is not None:
+                _watch_lifeline(LIFELINE_FD)
             os.chdir(cwd)
             os.environ.clear()
             os.environ.update(env)
@@ -447,14 +465,7 @@ class _Zygote:
             self.inbuf = b""  # other kernels' pending requests
             from ipykernel.kernelapp import IPKernelApp
 
-            IPKernelApp.launch_instance(
-                argv=[
-                    "-f",
-                    connection_file,
-                    f"--IPKernelApp.parent_handle={parent_handle}",
-                    *KERNEL_OPTIONS,
-                ]
-            )
+            IPKernelApp.launch_instance(argv=["-f", connection_file, *KERNEL_OPTIONS])
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -494,6 +505,22 @@ def _confine_child(view: dict[str, Any], report: socket.socket) -> None:
     report.close()
     os.setsid()  # its own session and process group, as an unconfined kernel's
     confine.drop_privileges()
+
+
+def _watch_lifeline(fd: int) -> None:
+    """In a kernel: kill its process group when the host's lifeline pipe reaches EOF."""
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rlm-lifeline", daemon=True).start()
 
 
 def _set_comm(name: bytes) -> None:
@@ -564,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlm_kernel.sandbox.forkserver")
     parser.add_argument("--fd", type=int, required=True, help="inherited Unix stream socket")
     parser.add_argument(
+        "--lifeline", type=int, help="inherited read end of the host's lifeline pipe"
+    )
+    parser.add_argument(
         "--confined", action="store_true", help="under bubblewrap: confine every kernel"
     )
     args = parser.parse_args(argv)
@@ -583,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{threading.active_count()} threads after pre-imports; forking is unsafe")
     gc.collect()
     gc.freeze()  # keep the pre-imported objects out of the children's GC (fewer copied pages)
-    return _Zygote(sock, import_env, confined=args.confined).serve()
+    return _Zygote(sock, import_env, args.lifeline, confined=args.confined).serve()
 
 
 if __name__ == "__main__":

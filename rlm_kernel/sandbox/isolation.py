@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..config import ISOLATIONS
 from .base import SandboxError
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
     "zygote_command",
 ]
 
-SETTINGS = ("auto", "bwrap", "none")
+SETTINGS = ISOLATIONS
 ENV_VAR = "RLM_SANDBOX_ISOLATION"
 PRIVATE_HOME = "/tmp/home"
 _PROBE_TIMEOUT_S = 20.0

@@ -1,5 +1,12 @@
-"""The agent tree live in JupyterLab 4: a `%%rlm --step` cell on the `rlm` kernel, driven through
-the widget's buttons in headless Chromium (root, 4 children, 2 grandchildren)."""
+"""`%%rlm` cells live in JupyterLab 4 on the `rlm` kernel, in headless Chromium: a `--step` run
+driven through the agent tree's buttons (root, 4 children, 2 grandchildren), and how answers and
+an interrupted run look (a plain answer of several lines, a SUBMIT dict, the Stop button).
+
+Screenshots go to a temporary directory, or to $RLM_SCREENSHOTS when it is set (kept there):
+`agent-tree.png` (the README's picture; scripts/refresh-readme-image copies it into docs/),
+`step-gate.png`, `answer-lines.png`, `answer-fields.png`, `answer-fields-open.png`,
+`interrupted.png`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,8 +34,15 @@ from rlm_kernel.cli import main as rlm_main
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 MODEL = Path(__file__).parents[1] / "widget" / "models" / "tree7.py"
-SCREENSHOT = Path(__file__).parents[2] / "docs" / "images" / "agent-tree.png"
+ANSWERS = Path(__file__).parents[1] / "models" / "answers.py"
 LATENCY = "0.3"  # per LLM call: slow enough that Pause lands while agents are between gates
+
+
+def _shots(tmp_path: Path) -> Path:
+    """Where screenshots go: $RLM_SCREENSHOTS (kept), else the test's temporary directory."""
+    where = Path(os.environ.get("RLM_SCREENSHOTS") or tmp_path / "screenshots")
+    where.mkdir(parents=True, exist_ok=True)
+    return where
 
 
 def _display_shows_the_tree() -> bool:
@@ -165,17 +180,18 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         server.stop()
 
 
-def _notebook(path: Path, source: str) -> None:
+def _notebook(path: Path, *sources: str) -> None:
     nb = {
         "cells": [
             {
                 "cell_type": "code",
                 "execution_count": None,
-                "id": "rlm-step",
+                "id": f"rlm-{i}",
                 "metadata": {},
                 "outputs": [],
                 "source": source,
             }
+            for i, source in enumerate(sources)
         ],
         "metadata": {
             "kernelspec": {"name": "rlm", "display_name": "RLM (Python)", "language": "python"}
@@ -218,7 +234,7 @@ def test_step_pause_continue_in_jupyterlab(lab: Lab, page: Any, tmp_path: Path) 
     try:
         _drive(lab, page, tmp_path)
     except Exception as exc:
-        shot = tmp_path / "failure.png"
+        shot = _shots(tmp_path) / "failure.png"
         page.screenshot(path=str(shot))
         raise AssertionError(
             f"{exc}\nscreenshot: {shot}\nJupyterLab log:\n{lab.log_text()}"
@@ -226,10 +242,12 @@ def test_step_pause_continue_in_jupyterlab(lab: Lab, page: Any, tmp_path: Path) 
 
 
 def _drive(lab: Lab, page: Any, tmp_path: Path) -> None:
-    results = tmp_path / "results"
+    # Paths relative to the notebook (the kernel's working directory), so the README's picture
+    # shows no temporary path of the machine that took it.
+    shutil.copy(MODEL, lab.root / "tree7.py")
     _notebook(
         lab.root / "tree.ipynb",
-        f"%%rlm --step --model scripted/{MODEL} --results-dir {results} --max-sandboxes 20\n"
+        "%%rlm --step --model scripted/tree7.py --results-dir results --max-sandboxes 20\n"
         "survey the project",
     )
     page.goto(f"{lab.url}lab/tree/tree.ipynb?token={lab.token}")
@@ -268,6 +286,10 @@ def _drive(lab: Lab, page: Any, tmp_path: Path) -> None:
     click("step")  # the root's code runs and starts four children, which stop at the gate
     _wait(lambda: len(waiting()) == 4, 60, "four children at the gate")
     assert page.locator('li[data-id="root"] > ul > li').count() == 4
+    # the cell's text output says it too (for a notebook read without widget state)
+    gate_line = page.locator(".jp-OutputArea-output pre", has_text="waits at the step gate")
+    _wait(lambda: "(3 more wait: root." in gate_line.inner_text(), 10, "the gate in text")
+    gate_line.screenshot(path=str(_shots(tmp_path) / "step-gate.png"))
 
     # Pause: after Continue has let agents go, nothing new happens for 2 s
     click("resume")
@@ -324,6 +346,7 @@ def _drive(lab: Lab, page: Any, tmp_path: Path) -> None:
         )
         assert got == kids, (parent, got)
     assert tree.locator(".rlm-controls").is_hidden()
+    assert gate_line.count() == 0  # nothing waits any more
 
     # a child's code and output
     tree.locator('.rlm-row[data-id="root.2"]').click()
@@ -340,9 +363,8 @@ def _drive(lab: Lab, page: Any, tmp_path: Path) -> None:
     top = cell.bounding_box()
     box = tree.bounding_box()
     assert top and box
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(
-        path=str(SCREENSHOT),
+        path=str(_shots(tmp_path) / "agent-tree.png"),
         clip={
             "x": top["x"],
             "y": top["y"],
@@ -350,3 +372,92 @@ def _drive(lab: Lab, page: Any, tmp_path: Path) -> None:
             "height": box["y"] + box["height"] - top["y"] + 2,
         },
     )
+
+
+# -- answers and the Stop button ----------------------------------------------------------------
+
+
+def test_answers_and_an_interrupted_run_in_jupyterlab(lab: Lab, page: Any, tmp_path: Path) -> None:
+    try:
+        _answers(lab, page, tmp_path)
+    except Exception as exc:
+        shot = _shots(tmp_path) / "failure.png"
+        page.screenshot(path=str(shot), full_page=True)
+        raise AssertionError(
+            f"{exc}\nscreenshot: {shot}\nJupyterLab log:\n{lab.log_text()}"
+        ) from exc
+
+
+TEXT = '.jp-OutputArea-output[data-mime-type="text/plain"]'  # a text output (not the widget's)
+
+
+def _run_cell(page: Any, index: int) -> Any:
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Control+Enter")
+    return cell
+
+
+def _answers(lab: Lab, page: Any, tmp_path: Path) -> None:
+    shutil.copy(ANSWERS, lab.root / "answers.py")
+    opts = "--model scripted/answers.py --results-dir results"
+    _notebook(
+        lab.root / "answers.ipynb",
+        f"%%rlm {opts}\nLINES: what are the TODOs?",
+        f"%%rlm {opts}\nFIELDS: who is in each chapter?",
+        f"%%rlm {opts}\nSLEEP until stopped",
+    )
+    page.goto(f"{lab.url}lab/tree/answers.ipynb?token={lab.token}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
+    lab.wait_kernel_ready()
+    shots = _shots(tmp_path)
+
+    # a plain answer of several lines keeps its lines
+    cell = _run_cell(page, 0)
+    cell.locator(TEXT, has_text="✓ done — ").wait_for(timeout=60_000)
+    answer = cell.locator(TEXT, has_text="Found TODOs in")
+    lines = [ln for ln in answer.inner_text().splitlines() if ln.strip()]
+    assert lines[0] == "Found TODOs in textkit/lines.py, textkit/report.py, textkit/words.py."
+    assert lines[1].startswith("textkit/lines.py:6: # TODO: do not count the empty string")
+    assert lines[2] == "difficulty: easy: one call to str.splitlines() fixes it"
+    assert len(lines) == 7
+    cell.screenshot(path=str(shots / "answer-lines.png"))
+
+    # a SUBMIT dict is a field table; long values are folded, and open as a table
+    cell = _run_cell(page, 1)
+    cell.locator(TEXT, has_text="✓ done — ").wait_for(timeout=60_000)
+    table = cell.locator("table.rlm-fields")
+    fields = table.locator(":scope > tbody > tr > td:first-child").all_inner_texts()
+    assert fields == ["summary", "chapters", "appearances", "notes"]
+    folds = table.locator("details")
+    assert folds.count() == 2  # chapters and appearances; the short notes stay open
+    assert all(not d.get_attribute("open") for d in folds.all())
+    assert "6 items: [{" in folds.nth(0).locator("summary").inner_text()
+    cell.screenshot(path=str(shots / "answer-fields.png"))
+    folds.nth(0).locator("summary").click()
+    inner = folds.nth(0).locator("table")
+    inner.wait_for(timeout=5_000)
+    assert inner.locator("th").all_inner_texts() == ["chapter", "title", "characters", "quote"]
+    assert inner.locator("tbody tr").count() == 6
+    table.scroll_into_view_if_needed()
+    table.screenshot(path=str(shots / "answer-fields-open.png"))
+
+    # Stop during a run: one line, not the cell transform's traceback; the partial answer above
+    cell = _run_cell(page, 2)
+    rows = cell.locator(".rlm-row")
+    _wait(lambda: rows.count() == 3, 60, "the root and its two sleeping children")
+    time.sleep(0.5)
+    page.locator('.jp-NotebookPanel-toolbar [data-command="notebook:interrupt-kernel"]').click()
+    error = cell.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+    error.wait_for(timeout=30_000)
+    text = error.inner_text().strip()
+    assert re.fullmatch(
+        r"KeyboardInterrupt: run \S+ cancelled; its sandboxes were removed "
+        r"\(the partial answer, if any, is above\)",
+        text,
+    ), text
+    partial = cell.locator(TEXT, has_text="[partial answer: cancelled")
+    assert partial.count() == 1
+    cell.scroll_into_view_if_needed()
+    page.mouse.move(0, 0)
+    cell.screenshot(path=str(shots / "interrupted.png"))

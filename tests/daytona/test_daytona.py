@@ -291,6 +291,74 @@ def test_cleanup_deletes_labelled_leftovers(emulator: DaytonaEmulator) -> None:
         b.close()
 
 
+# What `rlm` sees when the Daytona SDK cannot be imported: blocked at the import boundary (None in
+# sys.modules, as for a base install without the `daytona` extra), or a broken installation.
+_NO_SDK = """import sys
+sys.modules["daytona"] = None
+from rlm_kernel.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "-p", "a task", "--sandbox", "daytona"],
+        ["cleanup", "--sandbox", "daytona"],
+    ],
+    ids=["run", "cleanup"],
+)
+def test_the_backend_without_the_sdk_says_which_pip_command_installs_it(
+    tmp_path: Path, args: list[str]
+) -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    model = f"scripted/{Path(__file__).parents[1] / 'models' / 'echo.py'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAYTONA_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_SDK, *args, *(["--model", model] if args[0] == "run" else [])],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr  # one line, no traceback
+    pip = f"{shlex.quote(sys.executable)} -m pip install 'rlm-kernel[daytona]'"
+    assert (
+        "the daytona sandbox backend needs the daytona package, which is not installed" in lines[0]
+    )
+    assert lines[0].endswith(f"install it with {pip}")
+    assert not (tmp_path / "results").exists()  # nothing was created
+
+
+def test_a_broken_sdk_installation_is_named_with_the_command_that_repairs_it(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "daytona"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import daytona_api_client_that_is_missing\n")
+    code = (
+        "from rlm_kernel.sandbox import backend_class\n"
+        "from rlm_kernel.sandbox.base import SandboxError\n"
+        "try:\n    backend_class('daytona')\nexcept SandboxError as exc:\n    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    ).stdout
+    assert "the daytona sandbox backend cannot import its SDK (daytona)" in out
+    assert (
+        "daytona_api_client_that_is_missing" in out and "pip install 'rlm-kernel[daytona]'" in out
+    )
+
+
 def test_parallel_creation(config: Config, emulator: DaytonaEmulator) -> None:
     emulator.create_delay_s = 0.5
     try:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from kernel.conftest import rlm_kernelspec  # the session-wide private kernelspec
+from session_checks import close_llm_clients
 
 from rlm_kernel.config import RLMConfig
 
@@ -38,6 +39,7 @@ def llm_server(server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.delenv("LLM_API_KEY", raising=False)
     yield server
     server.reset()
+    close_llm_clients()  # litellm keeps a client (and its connection) per request timeout
 
 
 @pytest.fixture

@@ -84,6 +84,8 @@ CLI_CASES: list[tuple[list[str], list[str]]] = [
     (["--max-depth", "two"], ["argument --max-depth: invalid int value: 'two'", "rlm run --help"]),
     (["--timeout", "0"], ["'rlm.global_timeout' must be > 0"]),
     (["--max-iterations", "0"], ["'rlm.max_iterations' must be > 0"]),
+    (["--max-cost-usd", "0"], ["rlm run options: 'rlm.max_cost_usd' must be > 0, got 0.0"]),
+    (["--max-cost-usd", "inf"], ["'rlm.max_cost_usd' must be a number or null, got inf"]),
     (["--sandbox", "cloud"], ["invalid choice: 'cloud'", "'local', 'daytona'"]),
     (["--model", ""], ["'model.name' must be a non-empty string", "the default is"]),
     (["--model", "nosuchprovider/x"], ["Unknown LLM provider", "'provider/model' format"]),
@@ -159,6 +161,7 @@ def shell(workdir: Path) -> Iterator[Any]:
 MAGIC_CASES: list[tuple[str, list[str]]] = [
     ("%%rlm --max-depth -1", ["'rlm.max_depth' must be >= 0, got -1"]),
     ("%%rlm --max-sandboxes 0", ["'rlm.max_sandboxes' must be > 0"]),
+    ("%%rlm --max-cost-usd -1", ["%%rlm options: 'rlm.max_cost_usd' must be > 0, got -1.0"]),
     ("%%rlm --timeout abc", ["argument --timeout: invalid float value: 'abc'"]),
     ("%%rlm --sandbox cloud", ["invalid choice: 'cloud'"]),
     ("%%rlm -o class", ["-o/--out needs a variable name, got 'class'"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -187,6 +188,7 @@ class Comms:
         self.msg_id = msg_id
         self.models: dict[str, dict[str, Any]] = {}
         self.waiting: list[dict[str, Any]] = []
+        self.texts: dict[str, str] = {}  # text/plain of the cell's outputs, by display id
 
     def pump(self, until: Callable[[], bool], timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -202,6 +204,10 @@ class Comms:
                 self.models[c["comm_id"]] = dict(c["data"]["state"])
             elif msg["msg_type"] == "comm_msg" and c["data"].get("method") == "update":
                 self.models.setdefault(c["comm_id"], {}).update(c["data"]["state"])
+            elif msg["msg_type"] in ("display_data", "update_display_data"):
+                display_id = c.get("transient", {}).get("display_id")
+                if display_id and "text/plain" in c["data"]:
+                    self.texts[display_id] = c["data"]["text/plain"]
             elif msg["msg_type"] == "comm_msg" and c["data"].get("method") == "custom":
                 run = c["data"]["content"].get("run") or {}
                 if "waiting" in run:  # the agent tree's deltas carry the step gate's queue
@@ -231,15 +237,43 @@ def test_step_buttons_work_while_the_cell_awaits(kernel: RLMKernelProcess) -> No
     msg_id = kernel.send("%%rlm --step -o w\nSTEPS please")
     comms = Comms(kernel, msg_id)
     comms.pump(lambda: comms.code().startswith("a = 1"))
+    # The cell's text output says what the run waits for (for readers without widget state).
+    gate = "‖ root, iteration 1, waits at the step gate to run this code (Step or Continue"
+
+    def says(first: str, code: str) -> bool:
+        lines = "".join(comms.texts.values()).splitlines()
+        return bool(lines) and lines[0].startswith(first) and lines[1] == f"    {code}"
+
+    comms.pump(lambda: says(gate, "a = 1"))
     comms.control("step")
     comms.pump(lambda: comms.code().startswith("b = 2"))
+    comms.pump(lambda: says(gate.replace("iteration 1", "iteration 2"), "b = 2"))
     # Teaching mode: edit the proposal, then Step runs the edited code.
     comms.control("step", code="mine = 5")
     comms.pump(lambda: comms.code().startswith("FINAL("))
     comms.control("resume")
+    comms.pump(lambda: list(comms.texts.values()) == [""])  # the run ended: nothing waits
     reply = kernel.collect(msg_id, timeout=30)
     ok(reply)
     assert ok(kernel.execute("print(w.answer)")).stdout == "a=1 b=None mine=5\n"
+
+
+def test_pausing_a_free_run_says_so_in_the_cells_text(kernel: RLMKernelProcess) -> None:
+    msg_id = kernel.send("%%rlm\nSLEEP now")
+    comms = Comms(kernel, msg_id)
+    comms.pump(lambda: any(st.get("_model_name") == "AnyModel" for st in comms.models.values()))
+    assert not comms.texts  # running freely: no text line under the tree
+    comms.control("pause")
+    comms.pump(lambda: any(t.startswith("‖ paused (step mode)") for t in comms.texts.values()))
+    comms.control("cancel")
+    cell = ok(kernel.collect(msg_id, timeout=30))
+    texts = {
+        o["content"]["transient"]["display_id"]: o["content"]["data"]["text/plain"]
+        for o in cell.outputs
+        if o["msg_type"] == "update_display_data"
+    }
+    assert list(texts.values()) == [""]  # the run ended: the line is emptied
+    assert "[partial answer: cancelled" in "".join(displays(cell, "text/plain"))
 
 
 # -- (c) namespaces, attach and release --------------------------------------------------------------
@@ -299,8 +333,20 @@ def test_interrupt_cancels_the_tree_within_two_seconds(kernel: RLMKernelProcess)
     cell = kernel.collect(msg_id, timeout=30)
     took = time.monotonic() - t0
     assert took < 2 + 0.5, f"the interrupted cell took {took:.2f} s"
-    assert cell.content["status"] == "error" and cell.content["ename"] == "KeyboardInterrupt"
+    assert cell.content["status"] == "error" and cell.content["ename"] == "RunInterrupted"
     assert "cancelled; its sandboxes were removed" in cell.content["evalue"]
+    # What the notebook shows: one line, not the frames of the cell transform (`await
+    # __import__('rlm_kernel.magics')...`) and of magics.py; the partial answer above it.
+    (error,) = cell.of_type("error")
+    for traceback in (error["traceback"], cell.content["traceback"]):
+        text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(traceback))
+        assert re.fullmatch(
+            r"KeyboardInterrupt: run \d{8}-\d{6}-[0-9a-f]{6} cancelled; its sandboxes were "
+            r"removed \(the partial answer, if any, is above\)",
+            text,
+        ), text
+    answer = displays(cell, "text/plain")[-2]
+    assert answer.startswith("[partial answer: cancelled: interrupted (kernel interrupt)]"), answer
     assert set(os.listdir(kernel.sandbox_root)) == before
     assert "application/vnd.jupyter.widget-view+json" in cell.of_type("display_data")[0]["data"]
     assert ok(kernel.execute("print('still here')")).stdout == "still here\n"
@@ -474,7 +520,8 @@ def test_load_ext_in_a_stock_python_kernel(tmp_path: Path) -> None:
         k.km.interrupt_kernel()
         cell = k.collect(msg_id, timeout=30)
         assert time.monotonic() - t0 < 2 + 0.5
-        assert cell.content["ename"] == "KeyboardInterrupt"
+        assert cell.content["ename"] == "RunInterrupted"
+        assert len(cell.content["traceback"]) == 1  # one line, no frames
         assert set(os.listdir(k.sandbox_root)) == before
     finally:
         k.shutdown()

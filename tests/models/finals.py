@@ -1,4 +1,5 @@
-"""Every way of finishing: FINAL, FINAL_VAR, the answer dict and typed SUBMIT."""
+"""Every way of finishing: FINAL, FINAL_VAR, the answer dict and typed SUBMIT; a 10 MB FINAL;
+replies without code or with a code block that is never closed."""
 
 
 def respond(messages, info):
@@ -25,4 +26,14 @@ def respond(messages, info):
             return "I think the answer is 4, no code needed."
         assert "no ```python code block" in last, last
         return "```repl\nFINAL(str(2 + 2))\n```"
+    if task == "huge":
+        return '```python\nFINAL("line\\n" + "x" * 10_000_000)\n```'
+    if task == "unclosed":
+        if it == 0:
+            return "Here is the code:\n```python\nprint('cut off by max_tokens'"
+        if it == 1:
+            assert "never closed" in last and "no ```python code block" not in last, last
+            return "No code at all this time."
+        assert "no ```python code block" in last, last
+        return "```python\nFINAL('told twice')\n```"
     return "```python\nFINAL('unknown task')\n```"

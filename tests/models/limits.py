@@ -14,6 +14,8 @@ def respond(messages, info):
         return '```python\nr = rlm_query("go deeper")\nFINAL(r)\n```'
     if root_task.startswith("sandboxes"):
         return '```python\nimport json\nrs = rlm_query_batched(["a", "b", "c"])\nFINAL(json.dumps([[str(r), r.status] for r in rs]))\n```'
+    if root_task.startswith("refused"):
+        return '```python\nrs = rlm_query_batched(["a"] * 12)\nFINAL(f"{sum(r.status == \'done\' for r in rs)} done")\n```'
     if task in ("a", "b", "c", "live", "sleeper"):
         if task == "sleeper":
             return "```python\nimport time\ntime.sleep(120)\n```"

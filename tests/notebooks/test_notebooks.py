@@ -75,8 +75,9 @@ def test_01_quickstart(notebook_dir: Path) -> None:
     nb = execute(notebook_dir, "01-quickstart.ipynb")
     run = cell(nb, "%%rlm")
     assert WIDGET in run.outputs[0].data  # the live agent tree comes first
-    (answer,) = data(run, "text/markdown")
+    (answer,) = [t for t in data(run, "text/plain") if t.startswith("Found TODOs in")]
     assert "Fixed the easiest one (textkit/lines.py" in answer
+    assert not data(run, "text/markdown")  # a plain answer: shown as text, its lines kept
     (diff,) = data(run, "text/x-diff")
     assert "+    return len(text.splitlines())" in diff and "tests/test_lines.py" in diff
     applied = stdout(cell(nb, "import sys"))
@@ -142,8 +143,9 @@ def test_04_long_context(notebook_dir: Path) -> None:
     nb = execute(notebook_dir, "04-long-context.ipynb")
     assert stdout(cell(nb, "import os")).startswith("148,481 characters, 26,458 words")
     run = cell(nb, "%%rlm")
-    (answer,) = data(run, "text/markdown")
+    (answer,) = data(run, "text/html")  # the SUBMIT fields as a table, long values folded
     assert "Only Alice is named in every chapter (395 times)" in answer
+    assert answer.count("<details>") == 2 and "12 items: [{" in answer
     rec = only_record(notebook_dir)
     assert rec["status"] == "done" and rec["usage"]["llm_calls"] == 4 + 12  # 12 llm_query
     result = rec["root"]["result"]
@@ -179,8 +181,9 @@ def test_05_daytona(notebook_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None
     finally:
         emu.stop()
     run = cell(nb, "%%rlm")
-    (answer,) = data(run, "text/markdown")
+    (answer,) = [t for t in data(run, "text/plain") if t.startswith("Found TODOs in")]
     assert "Fixed the easiest one (textkit/lines.py" in answer
+    assert not data(run, "text/markdown")  # a plain answer: shown as text, its lines kept
     (diff,) = data(run, "text/x-diff")
     assert "+    return len(text.splitlines())" in diff
     where = stdout(cell(nb, "def agents"))
