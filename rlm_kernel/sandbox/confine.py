@@ -238,6 +238,11 @@ def enter(view: Mapping[str, Any]) -> None:
         hidden: list[str] = []
         for _, _, kind, p in ops:
             if kind == "hide":
+                if not os.path.lexists(p):
+                    # e.g. the tmp root inside the private /tmp: hidden there too, so that the
+                    # kernel's own paths under it stay the only writable ones
+                    with contextlib.suppress(OSError):
+                        os.makedirs(p)
                 if os.path.isdir(p):
                     _mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
                     hidden.append(p)
