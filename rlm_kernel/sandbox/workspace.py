@@ -60,6 +60,7 @@ _SAFE = [
 _NO_NET = ["-c", "protocol.allow=never"]
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _BASE_FILE = "rlm-base"
+_INDEX_FILE = "rlm-index"
 """git's empty tree: the base of a workspace without a target."""
 _clone_locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -277,15 +278,19 @@ def host_git_dir(dest: str) -> str:
 
 def _init(git_dir: str, *, bare: bool, alternates: str | None) -> None:
     """A fresh repository with no hooks, borrowing `alternates`' objects read-only."""
-    args = ["init", "-q", "--template="]  # no template: no sample hooks, no info/exclude
     if bare:
-        args.append("--bare")
-    git(*args, git_dir)
-    objects = git_dir if bare else os.path.join(git_dir, ".git")
+        # What `git init --bare` makes, minus templates and config (none is needed): written
+        # directly, since a host git dir is made for every sandbox.
+        for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags"):
+            os.makedirs(os.path.join(git_dir, sub), exist_ok=True)
+        with open(os.path.join(git_dir, "HEAD"), "w") as fh:
+            fh.write("ref: refs/heads/main\n")
+        objects = os.path.join(git_dir, "objects")
+    else:
+        git("init", "-q", "--template=", git_dir)  # no template: no sample hooks
+        objects = os.path.join(git_dir, ".git", "objects")
     if alternates is not None:
-        info = os.path.join(objects, "objects", "info")
-        os.makedirs(info, exist_ok=True)
-        with open(os.path.join(info, "alternates"), "w") as fh:
+        with open(os.path.join(objects, "info", "alternates"), "w") as fh:
             fh.write(alternates + "\n")
 
 
@@ -304,9 +309,23 @@ def create_workspace(target: Target, dest: str) -> str:
     _init(dest, bare=False, alternates=alternates)
     own = os.path.join(dest, ".git")
     # Checked out by the host's git with this fresh repository's (empty) config: no filters,
-    # no hooks; the index it writes gives the agent a clean `git status`.
-    safe_git("read-tree", "-u", "--reset", target.commit, git_dir=own, work_tree=dest)
-    safe_git("update-ref", "--no-deref", "HEAD", target.commit, git_dir=own)
+    # no hooks; the index it writes gives the agent a clean `git status`. Parallel checkout
+    # (one worker per core) halves the time on a tree of hundreds of files.
+    safe_git(
+        "-c",
+        "checkout.workers=0",
+        "read-tree",
+        "-u",
+        "--reset",
+        target.commit,
+        git_dir=own,
+        work_tree=dest,
+    )
+    with open(os.path.join(own, "HEAD"), "w") as fh:  # detached at the base commit
+        fh.write(target.commit + "\n")
+    # The host's index starts as the checkout's (written by the host's git a moment ago, before
+    # any agent code ran): its stat data lets the patch hash only the files that changed.
+    shutil.copyfile(os.path.join(own, "index"), os.path.join(host, _INDEX_FILE))
     return target.commit
 
 
@@ -345,7 +364,7 @@ def diff(workdir: str) -> str:
         raise TargetError(f"the host's git dir of {workdir} is missing ({host})") from None
     if not os.path.isdir(workdir):
         raise TargetError(f"the workspace {workdir} is gone")
-    index = os.path.join(host, "rlm-index")
+    index = os.path.join(host, _INDEX_FILE)
     if not os.path.exists(index):
         safe_git("read-tree", tree, git_dir=host, index=index)
     safe_git("add", "-A", git_dir=host, work_tree=workdir, index=index)
