@@ -194,6 +194,13 @@ class RLMKernel(IPythonKernel):
         root = self._root
         return root is not None and not root.closed
 
+    def host_path(self, path: str) -> str:
+        """A path named by the notebook's code, as the host finds it (a bwrap root sandbox's
+        /tmp is private: see `LocalSandbox.host_path`)."""
+        root = self._root
+        mapper = getattr(root, "host_path", None) if root is not None and not root.closed else None
+        return str(mapper(path)) if mapper is not None else path
+
     def set_root_target(self, target: Target) -> None:
         """Give the root sandbox a workspace of `target` now, or at its creation if not started."""
         with self._root_lock:

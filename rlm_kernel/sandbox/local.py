@@ -323,6 +323,18 @@ class LocalSandbox(Sandbox):
                 os.unlink(path)
         return transfer.decode(text, name)
 
+    def host_path(self, path: str) -> str:
+        """The host's path for a path the sandbox's code made: under bwrap its /tmp is private
+        (`<sandbox>/tmp` on the host), so a repository a notebook cell created in a temporary
+        directory is found there; any other path, or one that exists here, is returned as is."""
+        if not self.isolation.confined or not os.path.isabs(path) or os.path.exists(path):
+            return path
+        rel = os.path.relpath(os.path.normpath(path), "/tmp")
+        if rel.startswith(".."):
+            return path
+        mapped = os.path.join(self.root, "tmp", rel)
+        return mapped if os.path.exists(mapped) else path
+
     def set_workspace(self, target: workspace.Target) -> None:
         """Give the REPL a fresh workspace of `target` and chdir the kernel into it."""
         old_target, old_path = self.spec.target, self.path

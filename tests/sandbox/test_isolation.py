@@ -210,6 +210,67 @@ def test_agent_code_writes_only_its_workspace_and_temp_dir(
                 os.unlink(path)
 
 
+READ = r"""
+import json, os
+out = {}
+for p in %(paths)r:
+    try:
+        out[p] = sorted(os.listdir(p)) if os.path.isdir(p) else open(p).read()
+    except OSError as exc:
+        out[p] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("iso", [BWRAP, NONE], ids=["bwrap", "none"])
+def test_agent_code_cannot_read_home_the_start_directory_the_repository_or_other_agents(
+    iso: Isolation,
+    sandbox: Make,
+    make_repo: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "notes.txt").write_text("the user's notes\n")
+    monkeypatch.chdir(start)
+    repo = make_repo({"f.txt": "committed\n"})
+    (repo / "draft.txt").write_text("not committed\n")
+    target = resolve_target(repo)
+    a = sandbox(iso, target, agent="a")
+    b = sandbox(iso, target, agent="b")
+    home = os.path.expanduser("~")
+    paths = {
+        "home": home,
+        "the start directory": str(start / "notes.txt"),
+        "the repository's working tree": str(repo / "draft.txt"),
+        "the repository's git config": str(repo / ".git" / "config"),
+        "another agent's workspace": os.path.join(b.path, "f.txt"),
+        "a file in the host's /tmp": str(tmp_path / "host-only.txt"),
+    }
+    (tmp_path / "host-only.txt").write_text("host\n")
+    out = run(a, READ % {"paths": list(paths.values())})
+    if not iso.confined:
+        assert out[paths["the start directory"]] == "the user's notes\n"
+        assert out[paths["another agent's workspace"]] == "committed\n"
+        return
+    for what in (
+        "the start directory",
+        "the repository's working tree",
+        "the repository's git config",
+        "another agent's workspace",
+        "a file in the host's /tmp",
+    ):
+        assert out[paths[what]] in ("FileNotFoundError", "NotADirectoryError"), (what, out)
+    # home is empty but for the Python installation it may hold (shown back, read-only)
+    shown = set(out[paths["home"]]) if isinstance(out[paths["home"]], list) else set()
+    real = set(os.listdir(home))
+    python = {p.relative_to(home).parts[0] for p in map(Path, sys.path) if p.is_relative_to(home)}
+    assert shown <= python, shown
+    assert not (real - python) & shown
+    assert run(a, "import json\nprint(json.dumps(open('f.txt').read()))") == "committed\n"
+
+
 @pytest.mark.parametrize("iso", [BWRAP, NONE], ids=["bwrap", "none"])
 def test_agent_code_cannot_see_or_signal_the_hosts_processes(iso: Isolation, sandbox: Make) -> None:
     sb = sandbox(iso)
@@ -229,11 +290,44 @@ def test_agent_code_cannot_see_or_signal_the_hosts_processes(iso: Isolation, san
     out = run(sb, code)
     if iso.confined:
         assert sorted(out["procs"].values()) == ["rlm-init", "rlm-kernel"], out
+        # what it starts, even in a new session, dies with its kernel
+        tag = f"{secrets.randbelow(10**6)}.{secrets.randbelow(10**3) + 1}"
+        sb.execute(
+            f"import subprocess\nsubprocess.Popen(['sleep', '{tag}'], start_new_session=True)",
+            timeout=30,
+        )
+        assert _processes_with_arg(tag), "the sleeper did not start"
+        sb.close()
+        assert _wait(lambda: not _processes_with_arg(tag)), "the sleeper outlived its kernel"
         assert (out["pid"], out["ppid"]) == (2, 1)
         assert out["host"] == "no such process" or os.getpid() in (1, 2)
         assert str(os.getpid()) not in out["procs"] or os.getpid() in (1, 2)
     else:
         assert str(os.getpid()) in out["procs"] and out["host"] == "visible"
+
+
+def _processes_with_arg(arg: str) -> list[int]:
+    """Host pids whose command line has `arg`."""
+    pids = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if arg.encode() in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0"):
+                    pids.append(int(p))
+            except OSError:
+                pass
+    return pids
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @pytest.fixture
