@@ -191,7 +191,8 @@ def zygote_command(iso: Isolation) -> list[str]:
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup-try",
-        "--die-with-parent",
+        # No --die-with-parent: kernels outlive their fork server (bwrap's init stays while they
+        # live) and die with the host instead, through the lifeline pipe they inherit.
         "--ro-bind",
         "/",
         "/",

@@ -1032,7 +1032,7 @@ class KernelHandle:
             view = dict(self._view)
             if not view:
                 tmp = os.path.join(self._runtime_dir, "tmp")
-                os.makedirs(tmp, mode=0o700, exist_ok=True)
+                os.makedirs(os.path.join(tmp, "home"), mode=0o700, exist_ok=True)
                 view = iso_mod.kernel_view(writable=[self.cwd], private_tmp=tmp)
             # The kernel binds its sockets in its dirs; the connection file stays as we wrote it.
             view["rw"] = [*view.get("rw", []), *dirs]

@@ -7,13 +7,16 @@ instead when `CI` is set and bwrap is installed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ import pytest
 import rlm_kernel
 from rlm_kernel.config import RLMConfig
 from rlm_kernel.paths import tmp_root
-from rlm_kernel.sandbox import isolation
+from rlm_kernel.sandbox import isolation, kernels
 from rlm_kernel.sandbox.base import SandboxSpec
 from rlm_kernel.sandbox.isolation import Isolation, IsolationError
 from rlm_kernel.sandbox.local import LocalSandbox
@@ -320,8 +323,6 @@ def _processes_with_arg(arg: str) -> list[int]:
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    import time
-
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -484,3 +485,72 @@ def test_the_tier_is_said_once_on_stderr() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stderr.count("rlm: local sandboxes run without isolation") == 1
     assert "bubblewrap unusable: test" in proc.stderr
+
+
+def test_confined_kernels_outlive_a_killed_fork_server(tmp_path: Path) -> None:
+    require_bwrap()
+    start = functools.partial(
+        kernels.start_kernel, str(tmp_path), {"PATH": os.environ["PATH"]}, isolation=BWRAP
+    )
+    h = start(runtime_dir=str(tmp_path / "rt1"))
+    try:
+        server = kernels._confined[BWRAP.key]
+        os.kill(server.pid, signal.SIGKILL)  # from the host: agents cannot see it
+        assert _wait(lambda: not server.alive())
+        time.sleep(1.0)
+        assert h.is_alive()
+        assert h.client.execute_interactive("x = 6 * 7", timeout=30)["content"]["status"] == "ok"
+        h2 = start(runtime_dir=str(tmp_path / "rt2"))
+        try:
+            assert kernels._confined[BWRAP.key].pid != server.pid
+            assert h2.client.execute_interactive("1", timeout=30)["content"]["status"] == "ok"
+        finally:
+            h2.shutdown()
+    finally:
+        h.shutdown()
+
+
+HOST = """
+import os, sys, time
+from rlm_kernel.sandbox.isolation import Isolation
+from rlm_kernel.sandbox.kernels import start_kernel
+h = start_kernel(sys.argv[1], {"PATH": os.environ["PATH"]}, runtime_dir=sys.argv[2],
+                 isolation=Isolation("bwrap"))
+h.client.execute(f"import subprocess; subprocess.Popen(['sleep', {sys.argv[3]!r}])")
+print(h.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_confined_kernels_die_with_their_host(tmp_path: Path) -> None:
+    require_bwrap()
+    tag = f"{secrets.randbelow(10**6)}.{secrets.randbelow(10**3) + 1}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOST, str(tmp_path), str(tmp_path / "rt"), tag],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        kernel_pid = int(proc.stdout.readline())
+        assert _wait(lambda: bool(_processes_with_arg(tag))), (
+            "the kernel's subprocess did not start"
+        )
+        proc.kill()
+        proc.wait()
+        assert _wait(
+            lambda: not _processes_with_arg(tag) and not Path(f"/proc/{kernel_pid}").exists()
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_a_cells_temporary_repository_is_found_by_the_host(sandbox: Make) -> None:
+    sb = sandbox(BWRAP)
+    made = run(sb, "import json, tempfile\nprint(json.dumps(tempfile.mkdtemp(prefix='repo-')))")
+    assert made.startswith("/tmp/") and not os.path.exists(made)
+    assert sb.host_path(made) == os.path.join(sb.root, "tmp", made.removeprefix("/tmp/"))
+    assert sb.host_path("/etc") == "/etc" and sb.host_path("relative") == "relative"
