@@ -417,6 +417,9 @@ def recv_pid(sock: socket.socket, bufsize: int = 1 << 16) -> tuple[bytes, int | 
 def run_init(kernel_pid: int) -> NoReturn:
     """Be the PID namespace's init: reap every process, exit with the kernel's status."""
     _set_comm(b"rlm-init")
+    # Not the fork server's directory (this project's checkout): /proc/1/cwd leads nowhere.
+    with contextlib.suppress(OSError):
+        os.chdir("/")
     with contextlib.suppress(OSError):
         _lib().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # the kernel may not ptrace or read us
 

@@ -241,7 +241,7 @@ def probe() -> str | None:
 
     root = str(tmp_root())
     scratch = tempfile.mkdtemp(prefix="probe-", dir=root)
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    package_root = _project_root()
     try:
         cmd = [
             *zygote_command(Isolation("bwrap")),
@@ -301,6 +301,11 @@ def _python_paths() -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _project_root() -> str:
+    """The directory holding the rlm_kernel package (an editable install's checkout)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _package_dirs() -> list[str]:
     """The directories of rlm_kernel (and rlm_widget): what a kernel imports from this project."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -346,11 +351,18 @@ def kernel_view(
             ro.extend(d for d in _package_dirs() if _under(d, p))
         elif any(_under(p, h) for h in hide) or _under(p, "/tmp"):
             ro.append(p)
-    for p in wanted:
-        ro.append(p)
+    ro.extend(wanted)
+    # A `.env` stays hidden in the readable directories, and in this project's own directory (an
+    # editable install's checkout, where a user may keep the keys `rlm` reads) when it is visible.
+    project = _project_root()
+    secret_dirs = list(wanted)
+    if not any(_under(project, h) for h in hide) or any(_under(project, r) for r in ro):
+        secret_dirs.append(project)
+    for p in secret_dirs:
         for name in _SECRET_FILES:
             if os.path.isfile(os.path.join(p, name)):
                 hide.append(os.path.join(p, name))
+    hide = list(dict.fromkeys(hide))
     ro = [p for p in dict.fromkeys(ro) if not any(_under(p, w) for w in rw)]
     return {"hide": hide, "ro": ro, "rw": rw, "tmp": _norm(private_tmp)}
 

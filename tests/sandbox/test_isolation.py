@@ -11,10 +11,12 @@ import functools
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -154,6 +156,47 @@ def test_agent_code_finds_no_key(iso: Isolation, sandbox: Make, secret_key: str)
         assert out["pids"] <= 3 and out["ps_lines"] <= 4  # init, kernel (and ps): nothing else
     else:  # the same attack without isolation: the host's environ and .env give the key away
         assert any(w.startswith("/proc/") for w in found), out
+
+
+@pytest.fixture
+def visible_dir() -> Iterator[Path]:
+    """A directory outside /tmp (whose host copy a bwrap sandbox never sees): under /var/tmp."""
+    base = Path("/var/tmp")
+    if not os.access(base, os.W_OK):
+        pytest.skip("/var/tmp is not writable here: no directory a bwrap sandbox would see")
+    d = Path(tempfile.mkdtemp(prefix="rlm-test-project-", dir=base))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("iso", [BWRAP, NONE], ids=["bwrap", "none"])
+def test_a_env_file_in_this_projects_checkout_stays_hidden(
+    iso: Isolation, sandbox: Make, visible_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rlm run from elsewhere with an editable install whose checkout holds the user's .env: the
+    checkout is readable (the kernel imports from it), its .env is not; /proc/1/cwd (the
+    kernel's init, forked by the fork server that runs in the checkout) is not the checkout."""
+    key = KEY_PREFIX + secrets.token_hex(16)
+    (visible_dir / ".env").write_text(f"RLMTEST_API_KEY={key}\n")
+    (visible_dir / "README.md").write_text("the project\n")
+    monkeypatch.setattr(isolation, "_project_root", lambda: str(visible_dir))
+    sb = sandbox(iso)
+    code = (
+        f"import json, os\nd = {str(visible_dir)!r}\n"
+        "def read(p, f=lambda p: open(p).read()):\n    try:\n        return f(p)\n"
+        "    except OSError as exc:\n        return type(exc).__name__\n"
+        "print(json.dumps({'env': read(os.path.join(d, '.env')), "
+        "'readme': read(os.path.join(d, 'README.md')), "
+        "'init_cwd': read('/proc/1/cwd', os.readlink)}))\n"
+    )
+    out = run(sb, code)
+    assert out["readme"] == "the project\n"
+    if iso.confined:
+        assert out["env"] == "" and out["init_cwd"] in ("/", "PermissionError"), out
+    else:
+        assert key in out["env"]
 
 
 WRITE = r"""
