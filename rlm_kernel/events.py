@@ -89,7 +89,8 @@ class EventPayload:
 
 @dataclass(frozen=True, slots=True)
 class RunStarted(EventPayload):
-    """The run began (its record's header fields; `step`: it starts paused in step mode)."""
+    """The run began (its record's header fields; `step`: it starts paused in step mode;
+    `isolation`: the local sandboxes' tier, None on other backends)."""
 
     kind = EventType.RUN_STARTED
     task: str
@@ -100,6 +101,7 @@ class RunStarted(EventPayload):
     config: dict[str, Any]
     started_at: str
     step: bool = False
+    isolation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
