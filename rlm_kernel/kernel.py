@@ -222,7 +222,7 @@ class RLMKernel(IPythonKernel):
             cls = backend_class(cfg.sandbox.backend)
             cls.check(cfg)
             iso = None
-            if cfg.sandbox.backend == "local":
+            if cls.capabilities.isolation:
                 iso = resolve_isolation(cfg.sandbox.isolation, cfg.sandbox.network)
                 announce(iso)
             spec = SandboxSpec(
@@ -255,8 +255,7 @@ class RLMKernel(IPythonKernel):
         """A path named by the notebook's code, as the host finds it (a bwrap root sandbox's
         /tmp is private: see `LocalSandbox.host_path`)."""
         root = self._root
-        mapper = getattr(root, "host_path", None) if root is not None and not root.closed else None
-        return str(mapper(path)) if mapper is not None else path
+        return root.host_path(path) if root is not None and not root.closed else path
 
     def set_root_target(self, target: Target) -> None:
         """Give the root sandbox a workspace of `target` now, or at its creation if not started."""
@@ -511,7 +510,7 @@ class RLMKernel(IPythonKernel):
                 **extra,
             }
         if res.status == "restarted":
-            if sb.backend != "local" and res.error:  # e.g. Daytona restarted the context empty
+            if not sb.capabilities.interrupt and res.error:  # e.g. Daytona restarted it empty
                 return publish.error("SandboxRestarted", res.error)
             return publish.error(
                 "KeyboardInterrupt",

@@ -447,7 +447,7 @@ class Run:
             )
 
         if (
-            not cls.pool_capable
+            not cls.capabilities.pool
             or pool_target(setting, limits.max_concurrency, limits.max_depth, 1) <= 0
         ):
             return None
@@ -517,8 +517,9 @@ class Run:
         self.isolation = self._isolation()
 
     def _isolation(self) -> Isolation | None:
-        """The local sandboxes' tier (said once on stderr; recorded); None on other backends."""
-        if self.config.sandbox.backend != "local":
+        """The sandboxes' isolation tier (said once on stderr; recorded); None on backends that
+        run elsewhere."""
+        if not backend_class(self.config.sandbox.backend).capabilities.isolation:
             return None
         iso = resolve_isolation(self.config.sandbox.isolation, self.config.sandbox.network)
         announce(iso)

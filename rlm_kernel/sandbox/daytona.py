@@ -33,15 +33,16 @@ from typing import TYPE_CHECKING, Any
 from . import transfer, workspace
 from .base import (
     NO_CONTEXT,
+    Capabilities,
     CellResult,
-    OutputBuffer,
     OutputHook,
     Sandbox,
     SandboxError,
     SandboxSpec,
     StdinHook,
 )
-from .bridge import Bridge, FrameParser, new_secret
+from .bridge import Bridge, new_secret
+from .cells import CellCollector
 
 if TYPE_CHECKING:
     from ..config import RLMConfig
@@ -55,6 +56,10 @@ AGENT_LABEL = "rlm-agent"
 CREATE_TIMEOUT_S = 120
 _NO_LIMIT_S = 10.0**6  # a cell timeout this long means "none" (notebook cells)
 RESTARTED = "the REPL was restarted by Daytona: variables are lost"
+NO_STDIN = (
+    "input() cannot be answered in a Daytona sandbox (its REPL has no stdin): put the value in "
+    "the code, or use the local sandbox backend (sandbox.backend=local)"
+)
 _GIT = "git -c user.name=rlm -c user.email=rlm@localhost -c commit.gpgsign=false"
 
 _clients: dict[tuple[str, str, str], Any] = {}
@@ -147,6 +152,8 @@ class DaytonaSandbox(Sandbox):
     """A Daytona sandbox with one code-interpreter context."""
 
     backend = "daytona"
+    # No Jupyter kernel, no stdin, no IPython history; a stopped cell takes its context with it.
+    capabilities = Capabilities()
 
     def __init__(self, spec: SandboxSpec) -> None:
         super().__init__(spec)
@@ -160,13 +167,18 @@ class DaytonaSandbox(Sandbox):
         self._exec_lock = threading.RLock()
         self._key = ""
         self._needs_context = False
-        self._cell: dict[str, Any] | None = None  # notices of the running cell land here
+        self._cell: CellCollector | None = None  # notices of the running cell land here
 
     # -- checks ---------------------------------------------------------------------------------
     @classmethod
     def check(cls, config: RLMConfig | None = None) -> None:
         """Credentials present and accepted by Daytona (raises SandboxError otherwise)."""
         _check_credentials()
+
+    @classmethod
+    def cleanup(cls, run_id: str | None = None) -> list[str]:
+        """Delete Daytona sandboxes left by rlm runs (see `cleanup_daytona`)."""
+        return cleanup_daytona(run_id)
 
     # -- bridge plumbing ------------------------------------------------------------------------
     def _handle(self, op: str, args: dict[str, Any]) -> Any:
@@ -177,10 +189,7 @@ class DaytonaSandbox(Sandbox):
         if op in ("display", "cell_error"):
             cell = self._cell
             if cell is not None:
-                cell["events"].append((op, args))
-                hook = cell.get("on_output")
-                if hook is not None:
-                    hook(_output_message(op, args))
+                cell.message(_output_message(op, args))
             return None
         return self.spec.handler(op, args)
 
@@ -291,7 +300,9 @@ class DaytonaSandbox(Sandbox):
             "import rlm_kernel.sandbox.runtime as _rlm_runtime\n"
             f"_rlm_runtime.install(globals(), __import__('json').loads({json.dumps(cfg)!r}))\n"
             f"__rlm_sentinel__ = {self.sentinel!r}\n"
-            "del _rlm_runtime, _s, _o\n"
+            f"def _no_stdin(*_a, **_k):\n    raise EOFError({NO_STDIN!r})\n"
+            "__import__('builtins').input = _no_stdin\n"
+            "del _rlm_runtime, _s, _o, _no_stdin\n"
         )
         res = self.sandbox.code_interpreter.run_code(code, context=self.ctx, timeout=120)
         if res.error is not None:
@@ -336,8 +347,9 @@ class DaytonaSandbox(Sandbox):
         msg_id: str | None = None,
         user_expressions: dict[str, str] | None = None,
     ) -> CellResult:
-        """Run one cell in the context, with the bridge open for it (no Jupyter kernel here:
-        `msg_id` and `user_expressions` are ignored)."""
+        """Run one cell in the context, with the bridge open for it. No Jupyter kernel, stdin or
+        history here (see `capabilities`): `msg_id`, `user_expressions` and `store_history` are
+        ignored, and `input()` raises EOFError saying so, with or without `stdin_hook`."""
         return self._run(code, timeout=timeout, cancel=cancel, on_output=on_output, wrap=True)
 
     def _wrapped(self, exec_id: str, code: str) -> str:
@@ -369,32 +381,26 @@ class DaytonaSandbox(Sandbox):
             exec_id = os.urandom(8).hex()
             marker = f"RLM-RESTARTED-{exec_id}"
             source = self._wrapped(exec_id, code) if wrap else code
-            parser = FrameParser()
-            parts = OutputBuffer()
-            res = CellResult()
-            cell: dict[str, Any] = {"events": [], "on_output": on_output}
-            self._cell = cell
+            col = CellCollector(self.bridge, on_output, timeout=timeout, cancel=cancel)
+            lost: list[bool] = []
+            self._cell = col
             self.bridge.begin(exec_id)
             box: dict[str, Any] = {}
             done = threading.Event()
 
-            def emit(name: str, text: str) -> None:
-                if name == "stdout":
-                    text, frames = parser.feed(text)
-                    for raw in frames:
-                        self.bridge.dispatch(raw)
-                if text:
-                    parts.append(text)
-                    if on_output is not None:
-                        on_output({"msg_type": "stream", "content": {"name": name, "text": text}})
+            def stdout(text: str) -> None:
+                if wrap and marker in text:  # the context was restarted empty: not run
+                    lost.append(True)
+                    text = text.replace(marker + "\n", "").replace(marker, "")
+                col.stream("stdout", text)
 
             def work() -> None:
                 try:
                     box["result"] = self.sandbox.code_interpreter.run_code(
                         source,
                         context=self.ctx,
-                        on_stdout=lambda m: emit("stdout", m.output),
-                        on_stderr=lambda m: emit("stderr", m.output),
+                        on_stdout=lambda m: stdout(m.output),
+                        on_stderr=lambda m: col.stream("stderr", m.output),
                         # 0 = no timeout (a notebook cell runs until it ends or is stopped)
                         timeout=0 if timeout >= _NO_LIMIT_S else max(1, math.ceil(timeout)),
                     )
@@ -403,89 +409,64 @@ class DaytonaSandbox(Sandbox):
                 finally:
                     done.set()
 
-            t0 = time.monotonic()
             threading.Thread(target=work, name=f"daytona-cell-{self.id}", daemon=True).start()
             try:
                 while not done.wait(0.05):
-                    if cancel is not None and cancel.is_set():
-                        res.status = "cancelled"
-                        break
-                    if timeout < _NO_LIMIT_S and time.monotonic() - t0 > timeout + 30:
-                        res.status = "timeout"  # the daemon did not end it: stop waiting
+                    # Daytona times the cell out itself; stop waiting 30 s after it should have.
+                    reason = col.stop_reason(slack=30)
+                    if reason is not None:
+                        col.result.status = reason
                         break
             finally:
                 self.bridge.end()
                 self._cell = None
-            rest = parser.flush()
-            if rest:
-                parts.append(rest)
-            output = parts.getvalue()
-            if res.status in ("cancelled", "timeout"):
-                # Let requests in flight (e.g. rlm_query waiting for cancelled children) end first,
-                # so the children are finished and recorded before this agent.
-                wait_until = time.monotonic() + 10
-                while self.bridge.pending() and time.monotonic() < wait_until:
-                    time.sleep(0.02)
-                # No interrupt API: drop the context (its cell dies with it) and make a new one
-                # before the next cell; the variables are gone.
-                self._drop_context()
-                res.error = (
-                    f"the cell was {'cancelled' if res.status == 'cancelled' else 'stopped'}; "
-                    "the REPL will be restarted: variables are lost"
-                )
-            elif "error" in box:
-                exc = box["error"]
-                from daytona.common.errors import DaytonaTimeoutError
+            self._settle(col, box, timeout, bool(lost))
+            return col.finish()
 
-                if isinstance(exc, DaytonaTimeoutError):
-                    res.status = "timeout"
-                    lost = self._restarted()
-                    res.error = f"TimeoutError: the cell did not finish within {timeout:g} s" + (
-                        f"; {RESTARTED}" if lost else ""
-                    )
-                    if lost:
-                        res.status = "restarted"
-                        self._install_runtime()
-                else:
-                    res.status = "error"
-                    res.error = (
-                        "ConnectionError: the connection to the Daytona sandbox was lost during "
-                        f"this cell ({self._scrub(str(exc))}). The cell was NOT run again; it may "
-                        "have run partly or completely, so check its effects before repeating it."
-                    )
-            else:
-                result = box["result"]
-                if wrap and marker in output:
-                    output = output.replace(marker + "\n", "").replace(marker, "")
+    def _settle(self, col: CellCollector, box: dict[str, Any], timeout: float, lost: bool) -> None:
+        """How the cell ended, beyond its outputs: stopped, timed out, cut off, restarted."""
+        status = col.result.status
+        if status in ("cancelled", "timeout"):
+            # Let requests in flight (e.g. rlm_query waiting for cancelled children) end first,
+            # so the children are finished and recorded before this agent.
+            wait_until = time.monotonic() + 10
+            while self.bridge.pending() and time.monotonic() < wait_until:
+                time.sleep(0.02)
+            # No interrupt API: drop the context (its cell dies with it) and make a new one
+            # before the next cell; the variables are gone.
+            self._drop_context()
+            how = "cancelled" if status == "cancelled" else "stopped"
+            col.fail(status, f"the cell was {how}; the REPL will be restarted: variables are lost")
+        elif "error" in box:
+            exc = box["error"]
+            from daytona.common.errors import DaytonaTimeoutError
+
+            if isinstance(exc, DaytonaTimeoutError):
+                gone = self._restarted()
+                if gone:
                     self._install_runtime()
-                    res.status = "restarted"
-                    res.error = (
-                        f"RuntimeError: {RESTARTED} (Daytona restarted the interpreter, e.g. "
-                        "after a timeout). This cell was not run; define what you need again."
-                    )
-                elif result.error is not None:
-                    err = result.error
-                    res.status = "error"
-                    res.error = (err.traceback or "").strip() or f"{err.name}: {err.value}"
-            for op, args in cell["events"]:
-                res.outputs.append(_output_message(op, args))
-                if op == "cell_error":
-                    res.status = "error"
-                    res.error = str(args.get("traceback") or "").strip() or (
-                        f"{args.get('ename')}: {args.get('evalue')}"
-                    )
-                elif op == "display":
-                    data = args.get("data") or {}
-                    kind = "execute_result" if args.get("result") else "display_data"
-                    if ("text/plain" in data and len(data) == 1) or kind == "execute_result":
-                        output += str(data.get("text/plain", "")) + "\n"
-                    else:
-                        output += f"<display: {', '.join(sorted(data))}>\n"
-            if res.error and res.status != "ok":
-                output += res.error.rstrip() + "\n"
-            res.output = output
-            res.elapsed_s = time.monotonic() - t0
-            return res
+                col.fail(
+                    "restarted" if gone else "timeout",
+                    f"TimeoutError: the cell did not finish within {timeout:g} s"
+                    + (f"; {RESTARTED}" if gone else ""),
+                )
+            else:
+                col.fail(
+                    "error",
+                    "ConnectionError: the connection to the Daytona sandbox was lost during "
+                    f"this cell ({self._scrub(str(exc))}). The cell was NOT run again; it may "
+                    "have run partly or completely, so check its effects before repeating it.",
+                )
+        elif lost:
+            self._install_runtime()
+            col.fail(
+                "restarted",
+                f"RuntimeError: {RESTARTED} (Daytona restarted the interpreter, e.g. after a "
+                "timeout). This cell was not run; define what you need again.",
+            )
+        elif box["result"].error is not None and status == "ok":
+            err = box["result"].error
+            col.fail("error", (err.traceback or "").strip() or f"{err.name}: {err.value}")
 
     def _drop_context(self) -> None:
         ctx, self.ctx = self.ctx, None
