@@ -20,6 +20,7 @@ __all__ = [
     "MAX_CELL_OUTPUT_CHARS",
     "NO_CONTEXT",
     "Capabilities",
+    "Cell",
     "CellResult",
     "OutputBuffer",
     "Repl",
@@ -161,6 +162,20 @@ class Capabilities:
     """The REPL runs on this machine and may be told its paths (e.g. `RLM_NOTEBOOK_DIR`)."""
 
 
+@dataclass
+class Cell:
+    """One cell to run, as `Repl.execute` was given it."""
+
+    code: str
+    timeout: float
+    cancel: threading.Event | None = None
+    on_output: OutputHook | None = None
+    store_history: bool = True
+    stdin_hook: StdinHook | None = None
+    msg_id: str | None = None
+    user_expressions: dict[str, str] | None = None
+
+
 class Workspace(abc.ABC):
     """What a sandbox's files do: a workspace of a target, its changes as a patch."""
 
@@ -185,7 +200,6 @@ class Repl(abc.ABC):
 
     namespace: list[dict[str, Any]]
 
-    @abc.abstractmethod
     def execute(
         self,
         code: str,
@@ -206,6 +220,13 @@ class Repl(abc.ABC):
         REPL's messages answer the frontend's request; the kernel's reply lands in
         `CellResult.reply`); backends without them ignore them.
         """
+        cell = Cell(code, timeout, cancel, on_output, store_history, stdin_hook, msg_id)
+        cell.user_expressions = user_expressions
+        return self.run(cell)
+
+    @abc.abstractmethod
+    def run(self, cell: Cell) -> CellResult:
+        """Run `cell` (see `execute`, which every caller uses)."""
 
     def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
         """A Jupyter `complete_reply` content for `code` in the REPL's namespace (none by default)."""
@@ -310,6 +331,14 @@ class Sandbox(Workspace, Repl):
         """Answer this sandbox's bridge requests with `handler` from now on (e.g. a new run's root)."""
         self.spec.handler = handler
 
-    @abc.abstractmethod
     def close(self) -> None:
         """Remove everything this sandbox made; idempotent, never raises."""
+        with self._close_lock:
+            if self.closed:
+                return
+            self.closed = True
+        self._remove()
+
+    @abc.abstractmethod
+    def _remove(self) -> None:
+        """close()'s work, done once: stop the REPL, remove (or keep) the workspace."""

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import shlex
 import tempfile
 import threading
@@ -31,16 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import transfer, workspace
-from .base import (
-    NO_CONTEXT,
-    Capabilities,
-    CellResult,
-    OutputHook,
-    Sandbox,
-    SandboxError,
-    SandboxSpec,
-    StdinHook,
-)
+from .base import Capabilities, Cell, CellResult, OutputHook, Sandbox, SandboxError, SandboxSpec
 from .bridge import Bridge, new_secret
 from .cells import CellCollector
 
@@ -148,7 +138,7 @@ def _is_url(text: str | None) -> bool:
     return bool(text) and ("://" in str(text) or str(text).startswith("git@"))
 
 
-class DaytonaSandbox(Sandbox):
+class DaytonaSandbox(transfer.Transfers, Sandbox):
     """A Daytona sandbox with one code-interpreter context."""
 
     backend = "daytona"
@@ -282,18 +272,7 @@ class DaytonaSandbox(Sandbox):
         self._install_runtime()
 
     def _install_runtime(self) -> None:
-        cfg = dict(self.spec.runtime_cfg)
-        cfg["secret"] = self.secret
-        cfg["bridge_dir"] = self.bridge_dir
-        if self.spec.context is not NO_CONTEXT:
-            try:
-                blob = pickle.dumps(self.spec.context, protocol=4)
-            except Exception as exc:
-                raise SandboxError(
-                    f"the context cannot be sent to the sandbox (not picklable: {exc})"
-                ) from exc
-            cfg["context_path"] = f"{self.bridge_dir}/context.pickle"
-            self.sandbox.fs.upload_file(blob, cfg["context_path"])
+        cfg = self.runtime_config()
         code = (
             f"import sys as _s, os as _o\n_s.path.insert(0, {self.root + '/pkg'!r})\n"
             f"_o.chdir({self.path!r})\n"
@@ -311,12 +290,8 @@ class DaytonaSandbox(Sandbox):
                 f"{res.error.value}\n{res.error.traceback}"
             )
 
-    def close(self) -> None:
-        """Delete the Daytona sandbox (idempotent, never raises)."""
-        with self._close_lock:
-            if self.closed:
-                return
-            self.closed = True
+    def _remove(self) -> None:
+        """Delete the Daytona sandbox (unless kept)."""
         self.bridge.end()
         sb = self.sandbox
         if sb is None:
@@ -335,22 +310,13 @@ class DaytonaSandbox(Sandbox):
                 time.sleep(0.5 * (attempt + 1))
 
     # -- execution ------------------------------------------------------------------------------
-    def execute(
-        self,
-        code: str,
-        *,
-        timeout: float,
-        cancel: threading.Event | None = None,
-        on_output: OutputHook | None = None,
-        store_history: bool = True,
-        stdin_hook: StdinHook | None = None,
-        msg_id: str | None = None,
-        user_expressions: dict[str, str] | None = None,
-    ) -> CellResult:
+    def run(self, cell: Cell) -> CellResult:
         """Run one cell in the context, with the bridge open for it. No Jupyter kernel, stdin or
         history here (see `capabilities`): `msg_id`, `user_expressions` and `store_history` are
         ignored, and `input()` raises EOFError saying so, with or without `stdin_hook`."""
-        return self._run(code, timeout=timeout, cancel=cancel, on_output=on_output, wrap=True)
+        return self._run(
+            cell.code, timeout=cell.timeout, cancel=cell.cancel, on_output=cell.on_output, wrap=True
+        )
 
     def _wrapped(self, exec_id: str, code: str) -> str:
         return (
@@ -552,49 +518,29 @@ class DaytonaSandbox(Sandbox):
         """Run the runtime's reset()."""
         self._quiet("__rlm__.reset()", "reset the sandbox's REPL runtime")
 
-    def push(self, name: str, value: Any) -> None:
-        """Upload a pickle of `value` and load it into the namespace as `name`."""
-        if not name.isidentifier():
-            raise SandboxError(f"{name!r} is not a valid variable name")
-        try:
-            blob = pickle.dumps(value, protocol=4)
-        except Exception as exc:
-            raise SandboxError(
-                f"{name}: the value cannot be sent to the sandbox (not picklable: {exc})"
-            ) from exc
-        path = f"{self.bridge_dir}/push-{os.urandom(6).hex()}.pickle"
-        self.sandbox.fs.upload_file(blob, path)
-        self._quiet(
-            f"import pickle as _p, os as _o\nwith open({path!r}, 'rb') as _f:\n    {name} = _p.load(_f)\n"
-            f"_o.unlink({path!r})\ndel _p, _o, _f\n",
-            f"set {name} in the sandbox",
-        )
+    # -- the primitives of `transfer.Transfers` (push, pull, the runtime's configuration) -------
+    def _bridge_file(self, name: str) -> str:
+        return f"{self.bridge_dir}/{name}"
 
-    def pull(self, name: str, *, as_text: bool = False) -> Any:
-        """The context's variable `name` as plain data (or `str(value)`), computed in the sandbox.
+    def _write_file(self, path: str, data: bytes) -> None:
+        self.sandbox.fs.upload_file(data, path)
 
-        Only JSON text crosses (see `transfer`); KeyError when it does not exist.
-        """
-        path = f"{self.bridge_dir}/pull-{os.urandom(6).hex()}.json"
-        self._quiet(transfer.pull_code(name, path, as_text), f"read {name} from the sandbox")
-        try:
-            data = self.sandbox.fs.download_file(path)
-        finally:
-            with contextlib.suppress(Exception):
-                self._sh(f"rm -f {shlex.quote(path)}")
+    def _read_file(self, path: str) -> str:
+        data: bytes = self.sandbox.fs.download_file(path)
         if len(data) > transfer.MAX_PULL_BYTES:
-            raise SandboxError(f"{name}: the value is too large to read back")
-        return transfer.decode(data.decode("utf-8", errors="replace"), name)
+            raise SandboxError("the value is too large to read back")
+        return data.decode("utf-8", errors="replace")
+
+    def _remove_file(self, path: str) -> None:
+        with contextlib.suppress(Exception):
+            self._sh(f"rm -f {shlex.quote(path)}")
 
     def set_workspace(self, target: workspace.Target) -> None:
         """Clone `target` into a new directory of the sandbox and chdir the context there."""
         old = self.path
         new = f"{self.root}/work-{os.urandom(3).hex()}"
         base = self._make_workspace(target, new)
-        self._quiet(
-            f"import os as _o\n_o.chdir({new!r})\nif '__rlm__' in globals(): __rlm__.workspace = _o.getcwd()\ndel _o\n",
-            "move to the new workspace",
-        )
+        self._quiet(transfer.chdir_code(new), "move to the new workspace")
         self.spec.target, self.path, self.base_commit = target, new, base
         with contextlib.suppress(Exception):
             self._sh(f"rm -rf {shlex.quote(old)}")

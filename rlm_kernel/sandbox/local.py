@@ -12,24 +12,14 @@ import contextlib
 import json
 import logging
 import os
-import pickle
 import shutil
 import threading
 from typing import Any
 
 from ..config import sandbox_env
 from ..paths import tmp_root
-from . import isolation, transfer, workspace
-from .base import (
-    NO_CONTEXT,
-    Capabilities,
-    CellResult,
-    OutputHook,
-    Sandbox,
-    SandboxError,
-    SandboxSpec,
-    StdinHook,
-)
+from . import base, isolation, transfer, workspace
+from .base import Capabilities, Cell, CellResult, Sandbox, SandboxError, SandboxSpec
 from .bridge import Bridge, new_secret
 from .cells import CellCollector
 from .cleanup import cleanup_local, write_owner
@@ -41,7 +31,7 @@ __all__ = ["LocalSandbox"]
 log = logging.getLogger(__name__)
 
 
-class LocalSandbox(Sandbox):
+class LocalSandbox(transfer.Transfers, Sandbox):
     """A worktree and an IPython kernel on this machine."""
 
     backend = "local"
@@ -153,35 +143,16 @@ class LocalSandbox(Sandbox):
         # Which agent this sandbox serves (a pooled one's directory is named pool-<n>).
         with open(os.path.join(self.root, "agent"), "w") as fh:
             fh.write(self.spec.agent_id + "\n")
-        cfg = dict(self.spec.runtime_cfg)
-        cfg["secret"] = self.secret
-        cfg["bridge_dir"] = self.bridge_dir
-        if self.spec.context is not NO_CONTEXT:
-            path = os.path.join(self.bridge_dir, "context.pickle")
-            try:
-                transfer.write_new(path, pickle.dumps(self.spec.context, protocol=4))
-            except SandboxError:
-                raise
-            except Exception as exc:
-                raise SandboxError(
-                    f"the context cannot be sent to the sandbox (not picklable: {exc})"
-                ) from exc
-            cfg["context_path"] = path
+        cfg = self.runtime_config()
         code = (
             "import rlm_kernel.sandbox.runtime as _rlm_runtime\n"
             f"_rlm_runtime.install(get_ipython(), __import__('json').loads({json.dumps(cfg)!r}))\n"
             "del _rlm_runtime\n"
         )
-        res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
-        if res.error:
-            raise SandboxError(f"could not install the REPL runtime in the sandbox: {res.error}")
+        self._quiet(code, "install the REPL runtime in the sandbox")
 
-    def close(self) -> None:
+    def _remove(self) -> None:
         """Stop the kernel and remove the worktree (unless kept) and every temporary file."""
-        with self._close_lock:
-            if self.closed:
-                return
-            self.closed = True
         self._query.close()
         if self.kernel is not None:
             self.kernel.shutdown()
@@ -198,31 +169,20 @@ class LocalSandbox(Sandbox):
             os.rmdir(run_dir)  # the last sandbox of a run removes the run's directory
 
     # -- execution ------------------------------------------------------------------------------
-    def execute(
-        self,
-        code: str,
-        *,
-        timeout: float,
-        cancel: threading.Event | None = None,
-        on_output: OutputHook | None = None,
-        store_history: bool = True,
-        stdin_hook: StdinHook | None = None,
-        msg_id: str | None = None,
-        user_expressions: dict[str, str] | None = None,
-    ) -> CellResult:
+    def run(self, cell: Cell) -> CellResult:
         """Run one cell with the bridge open for it (and stdin answered by `stdin_hook`); with
         `msg_id`, as that request, returning the kernel's execute_reply in `CellResult.reply`."""
         return self._run(
-            code,
-            timeout=timeout,
-            cancel=cancel,
-            on_output=on_output,
+            cell.code,
+            timeout=cell.timeout,
+            cancel=cell.cancel,
+            on_output=cell.on_output,
             silent=False,
             wrap=True,
-            store_history=store_history,
-            stdin_hook=stdin_hook,
-            msg_id=msg_id,
-            user_expressions=user_expressions,
+            store_history=cell.store_history,
+            stdin_hook=cell.stdin_hook,
+            msg_id=cell.msg_id,
+            user_expressions=cell.user_expressions,
         )
 
     # -- completion and inspection --------------------------------------------------------------
@@ -263,48 +223,27 @@ class LocalSandbox(Sandbox):
 
     def reset_agent(self) -> None:
         """Run the runtime's reset()."""
-        res = self._run(
-            "__rlm__.reset()", timeout=30, cancel=None, on_output=None, silent=True, wrap=False
-        )
+        self._quiet("__rlm__.reset()", "reset the sandbox's REPL runtime", timeout=30)
+
+    # -- the primitives of `transfer.Transfers` (push, pull, the runtime's configuration) -------
+    def _bridge_file(self, name: str) -> str:
+        return os.path.join(self.bridge_dir, name)
+
+    def _write_file(self, path: str, data: bytes) -> None:
+        transfer.write_new(path, data)
+
+    def _read_file(self, path: str) -> str:
+        return transfer.read_file(path)
+
+    def _remove_file(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+    def _quiet(self, code: str, what: str, timeout: int = 60) -> str:
+        res = self._run(code, timeout=timeout, cancel=None, on_output=None, silent=True, wrap=False)
         if res.error:
-            raise SandboxError(f"could not reset the sandbox's REPL runtime: {res.error}")
-
-    def push(self, name: str, value: Any) -> None:
-        """Pickle `value` into the bridge directory and load it into the namespace as `name`."""
-        if not name.isidentifier():
-            raise SandboxError(f"{name!r} is not a valid variable name")
-        path = os.path.join(self.bridge_dir, f"push-{os.urandom(6).hex()}.pickle")
-        try:
-            blob = pickle.dumps(value, protocol=4)
-        except Exception as exc:
-            raise SandboxError(
-                f"{name}: the value cannot be sent to the sandbox (not picklable: {exc})"
-            ) from exc
-        transfer.write_new(path, blob)
-        code = (
-            f"import pickle as _p, os as _o\nwith open({path!r}, 'rb') as _f:\n    {name} = _p.load(_f)\n"
-            f"_o.unlink({path!r})\ndel _p, _o, _f\n"
-        )
-        res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
-        if res.error:
-            raise SandboxError(f"could not set {name} in the sandbox: {res.error}")
-
-    def pull(self, name: str, *, as_text: bool = False) -> Any:
-        """The REPL variable `name` as plain data (or `str(value)`), computed in the sandbox.
-
-        Only JSON text crosses (see `transfer`); KeyError when it does not exist.
-        """
-        path = os.path.join(self.bridge_dir, f"pull-{os.urandom(6).hex()}.json")
-        code = transfer.pull_code(name, path, as_text)
-        try:
-            res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
-            if res.error:
-                raise SandboxError(f"could not read {name} from the sandbox: {res.error}")
-            text = transfer.read_file(path)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        return transfer.decode(text, name)
+            raise SandboxError(f"could not {what}: {res.error}")
+        return res.output
 
     def host_path(self, path: str) -> str:
         """The host's path for a path the sandbox's code made: under bwrap its /tmp is private
@@ -335,17 +274,11 @@ class LocalSandbox(Sandbox):
                 raise SandboxError(
                     f"could not show the new workspace to the sandbox: {exc}"
                 ) from exc
-        res = self._run(
-            f"import os as _o\n_o.chdir({new_path!r})\nif '__rlm__' in globals(): __rlm__.workspace = _o.getcwd()\ndel _o\n",
-            timeout=30,
-            cancel=None,
-            on_output=None,
-            silent=True,
-            wrap=False,
-        )
-        if res.error:
+        try:
+            self._quiet(transfer.chdir_code(new_path), "move the sandbox to the new workspace", 30)
+        except SandboxError:
             workspace.remove_workspace(target, new_path)
-            raise SandboxError(f"could not move the sandbox to the new workspace: {res.error}")
+            raise
         self.spec.target, self.path, self.base_commit = target, new_path, base
         if self._workspace_made:
             workspace.remove_workspace(old_target, old_path)
@@ -367,11 +300,11 @@ class LocalSandbox(Sandbox):
         *,
         timeout: float,
         cancel: threading.Event | None,
-        on_output: OutputHook | None,
+        on_output: base.OutputHook | None,
         silent: bool,
         wrap: bool,
         store_history: bool = False,
-        stdin_hook: StdinHook | None = None,
+        stdin_hook: base.StdinHook | None = None,
         msg_id: str | None = None,
         user_expressions: dict[str, str] | None = None,
     ) -> CellResult:
