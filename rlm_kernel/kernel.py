@@ -154,7 +154,7 @@ class RLMKernel(IPythonKernel):
         self._main_thread = threading.current_thread()
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._link_check: PeriodicCallback | None = None
-        from .sandbox.kernels import _zmq_context
+        from .sandbox.kernelproc import _zmq_context
 
         self.relay = CommRouter(
             self._session,

@@ -14,7 +14,8 @@ from typing import Any
 
 from .base import CellResult, SandboxError, StdinHook
 from .cells import CellCollector
-from .kernels import KernelHandle, _Client, _zmq_context
+from .kernelproc import _Client, _zmq_context
+from .kernels import KernelHandle
 from .runtime import CELL_PREFIX
 
 __all__ = ["QueryClient", "run_cell"]
