@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shlex
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,6 +32,17 @@ from . import transfer, workspace
 from .base import Capabilities, Cell, CellResult, OutputHook, Sandbox, SandboxError, SandboxSpec
 from .bridge import Bridge, new_secret
 from .cells import CellCollector
+from .daytona_api import (
+    AGENT_LABEL,
+    RUN_LABEL,
+    bundle_of,
+    check_credentials,
+    cleanup_daytona,
+    credentials,
+    daytona_client,
+    is_url,
+    scrub,
+)
 
 if TYPE_CHECKING:
     from ..config import RLMConfig
@@ -41,8 +51,6 @@ __all__ = ["DaytonaSandbox", "cleanup_daytona", "daytona_client"]
 
 log = logging.getLogger(__name__)
 
-RUN_LABEL = "rlm-run"
-AGENT_LABEL = "rlm-agent"
 CREATE_TIMEOUT_S = 120
 _NO_LIMIT_S = 10.0**6  # a cell timeout this long means "none" (notebook cells)
 RESTARTED = "the REPL was restarted by Daytona: variables are lost"
@@ -51,91 +59,6 @@ NO_STDIN = (
     "the code, or use the local sandbox backend (sandbox.backend=local)"
 )
 _GIT = "git -c user.name=rlm -c user.email=rlm@localhost -c commit.gpgsign=false"
-
-_clients: dict[tuple[str, str, str], Any] = {}
-_clients_lock = threading.Lock()
-_bundles: dict[tuple[str, str], bytes] = {}
-_bundles_lock = threading.Lock()
-
-
-def _credentials() -> tuple[str, str, str]:
-    """(api key, api url, target) from the environment, then `.env`; a clear error without a key."""
-    from ..config import load_dotenv_file
-
-    with contextlib.suppress(Exception):
-        load_dotenv_file()
-    key = os.environ.get("DAYTONA_API_KEY", "").strip()
-    url = os.environ.get("DAYTONA_API_URL", "").strip() or "https://app.daytona.io/api"
-    target = os.environ.get("DAYTONA_TARGET", "").strip()
-    if not key:
-        raise SandboxError(
-            "the daytona sandbox backend needs DAYTONA_API_KEY (in the environment or in .env; "
-            "create a key at https://app.daytona.io/dashboard/keys); DAYTONA_API_URL and "
-            "DAYTONA_TARGET are optional"
-        )
-    return key, url, target
-
-
-def _scrub(text: str, key: str) -> str:
-    return text.replace(key, "***") if key else text
-
-
-def daytona_client() -> Any:
-    """A shared `daytona.Daytona` client for the current credentials."""
-    key, url, target = _credentials()
-    with _clients_lock:
-        client = _clients.get((key, url, target))
-        if client is None:
-            from daytona import Daytona, DaytonaConfig
-
-            try:
-                client = Daytona(DaytonaConfig(api_key=key, api_url=url, target=target or None))
-            except Exception as exc:
-                raise SandboxError(
-                    f"cannot connect to Daytona at {url}: {_scrub(str(exc), key)}"
-                ) from None
-            _clients[(key, url, target)] = client
-    return client
-
-
-def _check_credentials() -> None:
-    """One cheap authenticated call, so a wrong key fails before anything is created."""
-    from daytona import ListSandboxesQuery
-
-    key, url, _ = _credentials()
-    client = daytona_client()
-    try:
-        for _sb in client.list(ListSandboxesQuery(labels={RUN_LABEL: "-"}, limit=1)):
-            break
-    except Exception as exc:
-        text = _scrub(str(exc), key)
-        if "401" in text or "403" in text or "nauthori" in text or "credential" in text.lower():
-            raise SandboxError(
-                f"Daytona rejected the API key (DAYTONA_API_KEY) at {url}: {text}"
-            ) from None
-        raise SandboxError(f"cannot reach Daytona at {url}: {text}") from None
-
-
-def _bundle(target: workspace.Target) -> bytes:
-    """A `git bundle` of the target's base commit (and its history), cached."""
-    assert target.git_dir is not None and target.commit is not None
-    key = (target.git_dir, target.commit)
-    with _bundles_lock:
-        data = _bundles.get(key)
-        if data is not None:
-            return data
-        with tempfile.TemporaryDirectory(prefix="rlm-bundle-") as tmp:
-            out = os.path.join(tmp, "base.bundle")
-            workspace.bundle(target, out)
-            data = Path(out).read_bytes()
-        if len(_bundles) >= 4:
-            _bundles.clear()
-        _bundles[key] = data
-        return data
-
-
-def _is_url(text: str | None) -> bool:
-    return bool(text) and ("://" in str(text) or str(text).startswith("git@"))
 
 
 class DaytonaSandbox(transfer.Transfers, Sandbox):
@@ -163,7 +86,7 @@ class DaytonaSandbox(transfer.Transfers, Sandbox):
     @classmethod
     def check(cls, config: RLMConfig | None = None) -> None:
         """Credentials present and accepted by Daytona (raises SandboxError otherwise)."""
-        _check_credentials()
+        check_credentials()
 
     @classmethod
     def cleanup(cls, run_id: str | None = None) -> list[str]:
@@ -192,7 +115,7 @@ class DaytonaSandbox(transfer.Transfers, Sandbox):
         from daytona import CreateSandboxFromSnapshotParams
 
         client = daytona_client()
-        self._key = _credentials()[0]
+        self._key = credentials()[0]
         labels = {RUN_LABEL: self.spec.run_id, AGENT_LABEL: self.spec.agent_id}
         params = CreateSandboxFromSnapshotParams(
             labels=labels,
@@ -225,7 +148,7 @@ class DaytonaSandbox(transfer.Transfers, Sandbox):
             ) from None
 
     def _scrub(self, text: str) -> str:
-        return _scrub(text, self._key)
+        return scrub(text, self._key)
 
     def _sh(self, cmd: str, cwd: str | None = None, timeout: int = 300) -> str:
         res = self.sandbox.process.exec(cmd, cwd=cwd, timeout=timeout)
@@ -240,12 +163,12 @@ class DaytonaSandbox(transfer.Transfers, Sandbox):
                 f"git init -q {q} && cd {q} && {_GIT} commit -q --allow-empty -m 'rlm: empty workspace'"
             )
             return self._sh("git rev-parse HEAD", cwd=dest).strip()
-        if _is_url(target.origin):
+        if is_url(target.origin):
             # Daytona's own git API clones the URL inside the sandbox.
             self.sandbox.git.clone(str(target.origin), dest, commit_id=target.commit)
         else:
             bundle = f"{self.root}/base.bundle"
-            self.sandbox.fs.upload_file(_bundle(target), bundle)
+            self.sandbox.fs.upload_file(bundle_of(target), bundle)
             self._sh(
                 f"git init -q {q} && cd {q} && git fetch -q {shlex.quote(bundle)} "
                 f"'refs/rlm-bundle/*:refs/rlm-bundle/*' && git checkout -q --detach "
@@ -573,29 +496,3 @@ def _output_message(op: str, args: dict[str, Any]) -> dict[str, Any]:
     if kind == "execute_result":
         content["execution_count"] = None
     return {"msg_type": kind, "content": content}
-
-
-def cleanup_daytona(run_id: str | None = None) -> list[str]:
-    """Delete Daytona sandboxes left by rlm runs (all, or one run's), found by the `rlm-run` label."""
-    from . import require_sdk
-
-    require_sdk("daytona")
-    from daytona import ListSandboxesQuery
-
-    _check_credentials()
-    client = daytona_client()
-    found: list[Any] = []
-    for sb in client.list(ListSandboxesQuery()):
-        labels = dict(getattr(sb, "labels", None) or {})
-        if RUN_LABEL in labels and (run_id is None or labels[RUN_LABEL] == run_id):
-            found.append(sb)
-    removed: list[str] = []
-    for sb in found:
-        try:
-            sb.delete(timeout=60)
-            removed.append(
-                f"{sb.id} ({sb.labels.get(RUN_LABEL)}/{sb.labels.get(AGENT_LABEL, '?')})"
-            )
-        except Exception as exc:
-            log.warning("could not delete Daytona sandbox %s: %s", sb.id, exc)
-    return removed

@@ -27,11 +27,11 @@ from typing import Any, Protocol, TypeVar, cast
 
 import zmq
 import zmq.asyncio
+from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.blocking.client import BlockingKernelClient
-from jupyter_client.client import KernelClient
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 
-from .forkserver import KERNEL_OPTIONS
+from .forkchild import KERNEL_OPTIONS
 
 _POLL_S = 0.05  # shell poll while waiting for kernel_info_reply
 _IOPUB_RESEND_S = 0.2  # resend kernel_info when iopub has not shown our request by then
@@ -229,19 +229,20 @@ class _Client(BlockingKernelClient):
 
     def execute_interactive(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Execute code and relay its output (see KernelClient.execute_interactive)."""
-        return _run_async(lambda: KernelClient._async_execute_interactive(self, *args, **kwargs))
+        return _run_async(lambda: AsyncKernelClient.execute_interactive(self, *args, **kwargs))
 
     def _recv_reply(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Wait for the reply to a request (used by ``execute(..., reply=True)``)."""
-        return _run_async(lambda: KernelClient._async_recv_reply(self, *args, **kwargs))
+        """Wait for the reply to a request (used by ``execute(..., reply=True)``; jupyter_client
+        has no public coroutine for it, so this one private name stays)."""
+        return _run_async(lambda: AsyncKernelClient._recv_reply(self, *args, **kwargs))
 
     def wait_for_ready(self, timeout: float | None = None) -> None:
         """Wait for the kernel to answer kernel_info (slow; start_kernel already did this)."""
-        _run_async(lambda: KernelClient._async_wait_for_ready(self, timeout=timeout))
+        _run_async(lambda: AsyncKernelClient.wait_for_ready(self, timeout=timeout))
 
     def is_alive(self) -> bool:
         """Whether the kernel looks alive to this client (prefer KernelHandle.is_alive)."""
-        return bool(_run_async(lambda: KernelClient._async_is_alive(self)))
+        return bool(_run_async(lambda: AsyncKernelClient.is_alive(self)))
 
 
 class _SpecManager(KernelSpecManager):

@@ -290,13 +290,7 @@ class KernelHandle:
             if server is None:
                 return None
             if not os.path.exists(cf):
-                write_connection_file(
-                    cf,
-                    ip=ipc_prefix,
-                    transport="ipc",
-                    key=secrets.token_hex(32).encode(),
-                    kernel_name="python3",
-                )
+                _write_ipc_connection_file(cf, ipc_prefix)
             try:
                 return server.spawn(self.cwd, self._env, cf, self.log_path)
             except _ForkServerDown as exc:
@@ -308,13 +302,7 @@ class KernelHandle:
         """Fork a kernel from the bwrap fork server, in a view that adds its runtime dirs."""
         for attempt in range(2):
             server = _get_confined_server(self._ready_timeout, self.isolation)
-            write_connection_file(
-                cf,
-                ip=ipc_prefix,
-                transport="ipc",
-                key=secrets.token_hex(32).encode(),
-                kernel_name="python3",
-            )
+            _write_ipc_connection_file(cf, ipc_prefix)
             view = dict(self._view)
             if not view:
                 tmp = os.path.join(self._runtime_dir, "tmp")
@@ -383,6 +371,17 @@ class KernelHandle:
 # ---------------------------------------------------------------------------------------------
 # public functions
 # ---------------------------------------------------------------------------------------------
+def _write_ipc_connection_file(cf: str, ipc_prefix: str) -> None:
+    """Write a kernel's connection file: ipc sockets at `ipc_prefix`-<n>, a fresh key."""
+    write_connection_file(
+        cf,
+        ip=ipc_prefix,
+        transport="ipc",
+        key=secrets.token_hex(32).encode(),
+        kernel_name="python3",
+    )
+
+
 def _resolve_launcher(launcher: str | None) -> str:
     """Pick the launcher: the argument, else $RLM_KERNEL_LAUNCHER, else fork where possible."""
     chosen = (launcher or os.environ.get(LAUNCHER_ENV, "")).strip().lower()
