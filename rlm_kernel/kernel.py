@@ -705,9 +705,9 @@ class RLMKernel(IPythonKernel):
             self._adopted, self._root = [], None
         for sb in sandboxes:
             sb.close()
-        from .sandbox.kernels import shutdown_all
+        from .sandbox import shutdown_backends
 
-        shutdown_all()
+        shutdown_backends()
 
     # -- internals -------------------------------------------------------------------------------------
     def _register_magics(self) -> None:

@@ -220,9 +220,18 @@ class Repl(abc.ABC):
         REPL's messages answer the frontend's request; the kernel's reply lands in
         `CellResult.reply`); backends without them ignore them.
         """
-        cell = Cell(code, timeout, cancel, on_output, store_history, stdin_hook, msg_id)
-        cell.user_expressions = user_expressions
-        return self.run(cell)
+        return self.run(
+            Cell(
+                code,
+                timeout,
+                cancel,
+                on_output,
+                store_history,
+                stdin_hook,
+                msg_id,
+                user_expressions,
+            )
+        )
 
     @abc.abstractmethod
     def run(self, cell: Cell) -> CellResult:
@@ -309,6 +318,12 @@ class Sandbox(Workspace, Repl):
         and whose owner is gone; returns a line per removed sandbox. SandboxError when the
         backend cannot be reached."""
         return []
+
+    @classmethod
+    def shutdown(cls) -> None:
+        """Stop what this backend runs for the whole process (e.g. local kernels and their fork
+        servers), after its sandboxes were closed; the default has nothing to stop."""
+        return None
 
     def info(self) -> dict[str, Any]:
         """`{backend, id, path}` for records."""

@@ -24,7 +24,7 @@ from .bridge import Bridge, new_secret
 from .cells import CellCollector
 from .cleanup import cleanup_local, write_owner
 from .kernelcell import QueryClient, run_cell
-from .kernels import KernelHandle, start_kernel
+from .kernels import KernelHandle, shutdown_all, start_kernel
 
 __all__ = ["LocalSandbox"]
 
@@ -84,6 +84,11 @@ class LocalSandbox(transfer.Transfers, Sandbox):
     def cleanup(cls, run_id: str | None = None) -> list[str]:
         """Remove local sandboxes whose owning process is gone (see `cleanup.cleanup_local`)."""
         return cleanup_local(run_id)
+
+    @classmethod
+    def shutdown(cls) -> None:
+        """Stop every kernel this process started, and the fork servers."""
+        shutdown_all()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:

@@ -45,12 +45,13 @@ def test_every_backend_declares_capabilities_and_cleanup() -> None:
         assert cls.cleanup.__func__ is not Sandbox.cleanup.__func__, name  # type: ignore[attr-defined]
     local, daytona = backend_class("local").capabilities, backend_class("daytona").capabilities
     assert local.pool and local.jupyter and local.stdin and local.isolation
+    local_shutdown = backend_class("local").shutdown.__func__  # type: ignore[attr-defined]
+    assert local_shutdown is not Sandbox.shutdown.__func__  # type: ignore[attr-defined]
     assert not (daytona.pool or daytona.jupyter or daytona.stdin or daytona.isolation)
 
 
 def test_a_backend_without_a_pool_says_so() -> None:
     cls = backend_class("daytona")
     sb = cls.__new__(cls)
-    sb.backend = "daytona"
     with pytest.raises(SandboxError, match="keeps no sandbox pool"):
         sb.prepare()
