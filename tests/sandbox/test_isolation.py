@@ -506,6 +506,7 @@ def test_auto_and_the_environment_switch(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_bwrap_that_cannot_work_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(isolation.ENV_VAR, raising=False)  # `auto` as configured, not as pinned
     isolation.probe.cache_clear()
     monkeypatch.setenv("PATH", "/nonexistent")
     try:
