@@ -70,7 +70,7 @@ from .relay import FrontendInput, OutputRelay, merge_matches, prepare_repl, rout
 from .sandbox import backend_class
 from .sandbox.base import CellResult, Sandbox, SandboxSpec
 from .sandbox.bridge import BridgeRefused
-from .sandbox.isolation import announce
+from .sandbox.isolation import announce, set_notice
 from .sandbox.isolation import resolve as resolve_isolation
 from .sandbox.workspace import Target
 
@@ -141,6 +141,8 @@ class RLMKernel(IPythonKernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # This process's stderr is captured into cell outputs: the tier notice goes to the log.
+        set_notice(self.log.info)
         self._run_id = f"kernel-{secrets.token_hex(4)}"
         self._root: Sandbox | None = None
         self._root_lock = threading.Lock()

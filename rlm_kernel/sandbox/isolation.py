@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -148,6 +148,15 @@ def resolve(requested: str = "auto", network: bool = True) -> Isolation:
 
 _announced: set[tuple[str, bool]] = set()
 _announce_lock = threading.Lock()
+_notice: Callable[[str], None] | None = None
+
+
+def set_notice(fn: Callable[[str], None] | None) -> None:
+    """Where the one-time tier notice goes instead of the process's stderr: the kernel sends it
+    to its log (a kernel's stderr is captured into the notebook's outputs), `rlm run --quiet`
+    drops it (the record says the tier either way)."""
+    global _notice
+    _notice = fn
 
 
 def announce(iso: Isolation) -> None:
@@ -156,6 +165,9 @@ def announce(iso: Isolation) -> None:
         if iso.key in _announced:
             return
         _announced.add(iso.key)
+    if _notice is not None:
+        _notice(f"rlm: {iso.describe()}")
+        return
     stream = sys.__stderr__
     if stream is not None:
         try:
