@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (no targets checked)")
     args = ap.parse_args(argv)
     reps, n = (1, 4) if args.smoke else (args.reps, args.iterations)
-    llm._litellm()  # the one-time import is not per-iteration overhead
+    llm.import_litellm()  # the one-time import is not per-iteration overhead
     with tempfile.TemporaryDirectory(prefix="rlm-bench-") as work:
         results = Path(work) / "results"
         stats = measure(reps, n, results)

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--fanout", type=int, default=8, help="children alive at once (memory)")
     ap.add_argument("--smoke", action="store_true", help="tiny repo, few spawns (CI)")
     args = ap.parse_args(argv)
-    llm._litellm()  # the one-time import is not spawn latency
+    llm.import_litellm()  # the one-time import is not spawn latency
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rlm-bench-") as work:
         results = os.path.join(work, "results")

@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import re
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -166,8 +167,9 @@ WORKLOADS = ("mapreduce", "w1", "w2", "w3")
 class Server:
     """The server on 127.0.0.1 in a background thread; counts and logs requests per system."""
 
-    def __init__(self, latency: float, port: int = 0) -> None:
+    def __init__(self, latency: float, port: int = 0, arrivals: bool = False) -> None:
         self.latency = latency
+        self.arrivals = arrivals  # print "ARRIVAL <epoch>" per request (time-to-first-request)
         self.counts: dict[str, int] = {}
         # (arrival time.monotonic(), system, role, child index, turn) of every request
         self.log: list[tuple[float, str, str, int, int]] = []
@@ -179,6 +181,10 @@ class Server:
 
             def do_POST(self) -> None:
                 t = time.monotonic()
+                if outer.arrivals:
+                    with outer._lock:  # one whole line per request, however many threads print
+                        sys.stdout.write(f"ARRIVAL {time.time():.6f}\n")
+                        sys.stdout.flush()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if not self.path.rstrip("/").endswith("/chat/completions"):
@@ -195,6 +201,9 @@ class Server:
                     time.sleep(outer.latency)
                 prompt_tokens = sum(len(_text(m)) for m in messages) // 4 + 1
                 completion_tokens = len(text) // 4 + 1
+                if body.get("stream"):
+                    self._stream(body, text, prompt_tokens, completion_tokens)
+                    return
                 self._send(
                     200,
                     {
@@ -216,6 +225,32 @@ class Server:
                         },
                     },
                 )
+
+            def _stream(self, body: dict[str, Any], text: str, prompt: int, done: int) -> None:
+                """The reply as server-sent events: a few content deltas, then usage, then [DONE]."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk"}
+                base.update(created=int(time.time()), model=body.get("model", "bench"))
+                step = max(1, len(text) // 4)
+                for i in range(0, max(1, len(text)), step):
+                    delta = {"role": "assistant", "content": text[i : i + step]}
+                    choice = {"index": 0, "delta": delta, "finish_reason": None}
+                    self._event({**base, "choices": [choice]})
+                last = {"index": 0, "delta": {}, "finish_reason": "stop"}
+                self._event({**base, "choices": [last]})
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    usage = {"prompt_tokens": prompt, "completion_tokens": done}
+                    usage["total_tokens"] = prompt + done
+                    self._event({**base, "choices": [], "usage": usage})
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
+
+            def _event(self, payload: dict[str, Any]) -> None:
+                self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
@@ -251,8 +286,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--latency", type=float, default=1.0)
+    ap.add_argument("--arrivals", action="store_true", help='print "ARRIVAL <epoch>" per request')
     args = ap.parse_args()
-    with Server(args.latency, args.port) as srv:
+    with Server(args.latency, args.port, args.arrivals) as srv:
         print(f"serving {srv.url} (latency {args.latency} s); Ctrl-C stops", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

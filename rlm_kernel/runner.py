@@ -22,7 +22,8 @@ from .agent import Agent, AgentOutcome
 from .config import RLMConfig, is_secret_env, load_config, load_dotenv_file
 from .control import Budget, BudgetExceeded, Scope, StepGate
 from .events import Event, EventSink, EventType
-from .llm import LLMClient, LLMError, Usage
+from .llm import LLMClient, OnText, Usage
+from .llm.service import SubLLM
 from .records import Recorder
 from .sandbox import backend_class
 from .sandbox.base import NO_CONTEXT, Sandbox, SandboxError, SandboxSpec
@@ -112,15 +113,7 @@ class Run:
         else:
             self.tools = {fn.__name__: fn for fn in tools}
         self.tool_specs = _tool_specs(self.tools)
-        m = self.config.model
-        self.llm = llm or LLMClient(
-            timeout=m.timeout,
-            retries=m.retries,
-            temperature=m.temperature,
-            max_tokens=m.max_tokens,
-            api_key=os.environ.get("LLM_API_KEY") or None,
-            api_base=m.api_base,
-        )
+        self.llm = llm or LLMClient.from_config(self.config)
         self.scope = Scope()
         self.gate = StepGate(step)
         self.recorder = Recorder(self.config.results_dir)
@@ -130,6 +123,13 @@ class Run:
         self.sinks = sinks
         self.target = Target(None, None, None)
         self.budget = Budget(self.config.rlm, time.monotonic())
+        self.sub_llm = SubLLM(
+            self.llm,
+            self.config.sub_model_name,
+            budget=lambda: self.budget,
+            emit=lambda agent_id, **data: self.emit(EventType.LLM_QUERY, agent_id, **data),
+            width=4 * self.config.rlm.max_concurrency,
+        )
         self.status = "created"
         self.root: Agent | None = None
         self.kept: list[Sandbox] = []
@@ -225,9 +225,15 @@ class Run:
 
     # -- LLM calls --------------------------------------------------------------------------------
     def complete(
-        self, agent: Agent, messages: list[dict[str, str]], *, kind: str, model: str | None = None
+        self,
+        agent: Agent,
+        messages: list[dict[str, str]],
+        *,
+        kind: str,
+        model: str | None = None,
+        on_text: OnText | None = None,
     ) -> llm_mod.Completion:
-        """One LLM call on behalf of `agent`, charged to the run's budget."""
+        """One LLM call on behalf of `agent`, charged to the run's budget (`on_text`: stream it)."""
         refusal = self.budget.reserve_llm_call()
         if refusal:
             raise BudgetExceeded(refusal)
@@ -242,6 +248,7 @@ class Run:
                     info=agent.llm_info(kind),
                     cancel=agent.scope,
                     timeout=timeout,
+                    on_text=on_text,
                 )
             except BaseException:
                 self.budget.charge(Usage())
@@ -252,39 +259,14 @@ class Run:
 
     def llm_queries(self, agent: Agent, prompts: list[str], model: str | None) -> list[str]:
         """Answer `llm_query(_batched)`: every prompt concurrently; failures become error strings."""
-
-        def one(prompt: str) -> str:
-            try:
-                c = self.complete(
-                    agent, [{"role": "user", "content": prompt}], kind="llm_query", model=model
-                )
-            except (LLMError, BudgetExceeded) as exc:
-                self.emit(
-                    EventType.LLM_QUERY,
-                    agent.agent_id,
-                    prompt=prompt,
-                    response=None,
-                    model=model or self.config.sub_model_name,
-                    error=str(exc),
-                    usage=None,
-                )
-                return f"Error: {exc}"
-            self.emit(
-                EventType.LLM_QUERY,
-                agent.agent_id,
-                prompt=prompt,
-                response=c.text,
-                model=c.model,
-                error=None,
-                usage=c.usage.to_dict(),
-            )
-            return c.text
-
-        if len(prompts) == 1:
-            return [one(prompts[0])]
-        width = min(len(prompts), 4 * self.config.rlm.max_concurrency)
-        with ThreadPoolExecutor(max_workers=max(1, width), thread_name_prefix="rlm-llm") as ex:
-            return list(ex.map(one, prompts))
+        return self.sub_llm.query(
+            prompts,
+            model,
+            info=agent.llm_info("llm_query"),
+            cancel=agent.scope,
+            agent_id=agent.agent_id,
+            usage=agent.usage,
+        )
 
     # -- children ---------------------------------------------------------------------------------
     def spawn_children(
