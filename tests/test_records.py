@@ -498,7 +498,7 @@ def test_streamed_text_is_not_recorded_but_the_whole_reply_and_folds_are(tmp_pat
                 "budget": 8000,
                 "retry": False,
             },
-        ),  # fmt: skip
+        ),
     ]
     for ev in events[:first_response] + streamed + events[first_response:]:
         rec(ev)

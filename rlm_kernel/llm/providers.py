@@ -190,10 +190,10 @@ async def _astreaming(
     for start in range(0, len(text), size):
         if start and pause > 0:
             await asyncio.sleep(pause)
-        yield {"text": text[start : start + size], "is_finished": False, "finish_reason": "",
-               "usage": None, "index": 0}  # fmt: skip
-    yield {"text": "", "is_finished": True, "finish_reason": "stop", "index": 0,
-           "usage": _tokens(messages, text)}  # fmt: skip
+        piece = text[start : start + size]
+        yield {"text": piece, "is_finished": False, "finish_reason": "", "usage": None, "index": 0}
+    usage = _tokens(messages, text)
+    yield {"text": "", "is_finished": True, "finish_reason": "stop", "usage": usage, "index": 0}
 
 
 def register_providers(litellm: Any) -> None:
