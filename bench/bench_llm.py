@@ -100,7 +100,7 @@ def _messages() -> list[dict[str, str]]:
 def _one(client: Any, stream: bool) -> str:
     kwargs: dict[str, Any] = {"model": "openai/bench-sub", "info": {"kind": "llm_query"}}
     if stream:
-        kwargs["on_text"] = lambda _delta: None
+        kwargs["on_text"] = lambda _offset, _text: None
     return str(client.complete(_messages(), **kwargs).text)
 
 

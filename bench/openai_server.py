@@ -39,6 +39,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+STREAM_CHARS = 4  # characters per streamed delta (a token or so, as providers send them)
 W1_CALLS = 100
 W2_CHILDREN = 10
 W3_TURNS = 30
@@ -178,6 +179,7 @@ class Server:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls between small writes
 
             def do_POST(self) -> None:
                 t = time.monotonic()
@@ -227,16 +229,16 @@ class Server:
                 )
 
             def _stream(self, body: dict[str, Any], text: str, prompt: int, done: int) -> None:
-                """The reply as server-sent events: a few content deltas, then usage, then [DONE]."""
+                """The reply as server-sent events (chunked, the connection kept): content
+                deltas of `STREAM_CHARS` characters, then usage, then [DONE]."""
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk"}
                 base.update(created=int(time.time()), model=body.get("model", "bench"))
-                step = max(1, len(text) // 4)
-                for i in range(0, max(1, len(text)), step):
-                    delta = {"role": "assistant", "content": text[i : i + step]}
+                for i in range(0, max(1, len(text)), STREAM_CHARS):
+                    delta = {"role": "assistant", "content": text[i : i + STREAM_CHARS]}
                     choice = {"index": 0, "delta": delta, "finish_reason": None}
                     self._event({**base, "choices": [choice]})
                 last = {"index": 0, "delta": {}, "finish_reason": "stop"}
@@ -245,12 +247,15 @@ class Server:
                     usage = {"prompt_tokens": prompt, "completion_tokens": done}
                     usage["total_tokens"] = prompt + done
                     self._event({**base, "choices": [], "usage": usage})
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-                self.close_connection = True
+                self._chunk(b"data: [DONE]\n\n")
+                self._chunk(b"")
 
             def _event(self, payload: dict[str, Any]) -> None:
-                self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+                self._chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()

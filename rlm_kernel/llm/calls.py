@@ -280,8 +280,44 @@ def _completion(litellm: Any, model: str, response: Any) -> Completion:
             "try again, or check the provider's status"
         ) from exc
     usage = usage_from_litellm(getattr(response, "usage", None))
-    try:
-        usage.cost_usd = float(litellm.completion_cost(completion_response=response) or 0.0)
-    except Exception:  # litellm cannot price every model; never fail on pricing
-        usage.cost_usd = 0.0
+    hidden = getattr(response, "_hidden_params", None) or {}
+    billed = hidden.get("response_cost") if isinstance(hidden, dict) else None
+    if isinstance(billed, (int, float)) and not isinstance(billed, bool):
+        usage.cost_usd = float(billed)  # litellm priced it already
+    else:
+        usage.cost_usd = _price(litellm, model, usage)
     return Completion(text=text if isinstance(text, str) else "", usage=usage, model=model)
+
+
+_PRICED: dict[str, bool] = {}
+
+
+def ensure_priced(litellm: Any, model: str) -> None:
+    """Give a model litellm has no price for a price of 0, once.
+
+    litellm prices every call; for a model missing from its cost map (a local server's) it
+    searches its whole map for a near match each time, which costs more CPU than the rest of
+    the call. Known models are left alone.
+    """
+    if model in _PRICED or provider_of(model) in CUSTOM_PROVIDERS:
+        return
+    try:
+        litellm.get_model_info(model)
+        _PRICED[model] = True
+        return
+    except Exception:
+        _PRICED[model] = False
+    provider = provider_of(model) or "openai"
+    with contextlib.suppress(Exception):
+        litellm.register_model(
+            {
+                model: {
+                    "input_cost_per_token": 0.0,
+                    "output_cost_per_token": 0.0,
+                    "cache_creation_input_token_cost": 0.0,
+                    "cache_read_input_token_cost": 0.0,
+                    "litellm_provider": provider,
+                    "mode": "chat",
+                }
+            }
+        )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import runtime
-from .calls import CallSpec, TextBuffer, build_kwargs, missing_keys, run_call
+from .calls import CallSpec, TextBuffer, build_kwargs, ensure_priced, missing_keys, run_call
 from .errors import (
     CUSTOM_PROVIDERS,
     LLMError,
@@ -170,6 +170,7 @@ class LLMClient:
         stream: bool,
     ) -> CallSpec:
         custom = provider_of(model) in CUSTOM_PROVIDERS
+        ensure_priced(litellm, model)
         # LLM_API_KEY stands in only where the provider's own variable is not set.
         api_key = (
             self.api_key if self.api_key and not custom and missing_keys(litellm, model) else None
