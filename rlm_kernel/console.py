@@ -146,7 +146,7 @@ def render_tree(
 
 
 def summary_line(record: dict[str, Any]) -> str:
-    """One line: agents, depth, iterations, LLM calls, tokens, cost, time."""
+    """One line: agents, depth, iterations, LLM calls, tokens (cached ones), cost, time."""
     agents = depth = iterations = 0
     stack = [record.get("root")] if record.get("root") else []
     while stack:
@@ -159,10 +159,12 @@ def summary_line(record: dict[str, Any]) -> str:
         stack.extend(node.get("children") or [])
     u = record.get("usage") or {}
     tokens = int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
+    cached = int(u.get("cache_read_tokens", 0) or 0)
     elapsed = record.get("elapsed_s")
     return (
         f"{agents} agents, depth {depth}, {iterations} iterations, {u.get('llm_calls', 0)} LLM calls, "
-        f"{tokens:,} tokens, ${float(u.get('cost_usd', 0.0)):.4f}"
+        f"{tokens:,} tokens{f' ({cached:,} cached)' if cached else ''}, "
+        f"${float(u.get('cost_usd', 0.0)):.4f}"
         + (f", {float(elapsed):.1f} s" if elapsed is not None else "")
     )
 

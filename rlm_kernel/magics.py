@@ -412,10 +412,34 @@ class RLMMagics(Magics):
             status = rec.get("status") or h.run.status
             if not h.run.done and h.run.gate.stepping:
                 status = f"{status} (step mode)"
-            rows.append([h.run_id, status, agents, iterations, waiting or "-", _secs(rec)])
+            u = rec.get("usage") or {}
+            tokens = int(u.get("prompt_tokens") or 0) + int(u.get("completion_tokens") or 0)
+            cached = int(u.get("cache_read_tokens") or 0)
+            rows.append(
+                [
+                    h.run_id,
+                    status,
+                    agents,
+                    iterations,
+                    waiting or "-",
+                    f"{tokens:,}" + (f" ({cached:,} cached)" if cached else ""),
+                    f"${float(u.get('cost_usd') or 0.0):.4f}",
+                    _secs(rec),
+                ]
+            )
         display.show(
             display.table_bundle(
-                ["run", "status", "agents", "iterations", "waiting at gate", "time"], rows
+                [
+                    "run",
+                    "status",
+                    "agents",
+                    "iterations",
+                    "waiting at gate",
+                    "tokens",
+                    "cost",
+                    "time",
+                ],
+                rows,
             )
         )
 

@@ -89,6 +89,10 @@ def test_summary_line() -> None:
     assert summary_line(_record()) == (
         "4 agents, depth 2, 8 iterations, 8 LLM calls, 1,500 tokens, $0.0123, 2.5 s"
     )
+    cached = {**_record(), "usage": {**_record()["usage"], "cache_read_tokens": 1024}}
+    assert summary_line(cached) == (
+        "4 agents, depth 2, 8 iterations, 8 LLM calls, 1,500 tokens (1,024 cached), $0.0123, 2.5 s"
+    )
 
 
 def test_summary_line_without_root_or_elapsed() -> None:
