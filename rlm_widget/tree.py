@@ -165,9 +165,9 @@ class AgentTree(anywidget.AnyWidget):
                 self._grow(ev.agent_id, int(d.get("index") or 0), d)
                 return
             self._state.apply(ev)
-            if t in (EventType.LLM_RESPONSE, EventType.AGENT_FINISHED) and ev.agent_id:
-                if self._live.pop(ev.agent_id, None) is not None:
-                    self._live_dirty.add(ev.agent_id)
+            ends_reply = t in (EventType.LLM_RESPONSE, EventType.AGENT_FINISHED)
+            if ends_reply and ev.agent_id and self._live.pop(ev.agent_id, None) is not None:
+                self._live_dirty.add(ev.agent_id)
             if t is EventType.RUN_STARTED:
                 self._started = ev.ts
                 self._stepping = bool(d.get("step"))

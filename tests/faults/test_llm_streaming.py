@@ -9,6 +9,7 @@ context-length error.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import threading
 import time
@@ -166,7 +167,7 @@ def test_cached_tokens_appear_in_usage_and_cost_less(
     assert (res.status, res.answer) == ("done", "cached"), res.error
     reqs = llm_server.requests
     # each prompt begins with the previous prompt, byte for byte (nothing rewritten, no fold)
-    for before, after in zip(reqs, reqs[1:], strict=False):
+    for before, after in itertools.pairwise(reqs):
         assert after.messages[: len(before.messages)] == before.messages
     assert reqs[0].cached_tokens == 0 and all(r.cached_tokens > 0 for r in reqs[1:])
     cached = sum(r.cached_tokens for r in reqs)
