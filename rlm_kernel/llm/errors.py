@@ -171,8 +171,9 @@ def _about_credentials(exc: BaseException, missing_keys: list[str], has_key: boo
 def timed_out(model: str, limit: float, attempts: int, last: BaseException | None) -> LLMTimeout:
     """The error of a call that ran out of time."""
     tail = f" (last error: {describe(last)})" if last is not None else ""
+    shown = f"{limit:.0f}" if limit >= 10 else f"{limit:.2g}"  # a run's time left: 0.4999 s
     return LLMTimeout(
-        f"LLM call to model '{model}' timed out after {limit:g} s "
+        f"LLM call to model '{model}' timed out after {shown} s "
         f"({attempts} attempt{'s' if attempts != 1 else ''}){tail}; raise the timeout or "
         "check the provider's status"
     )
