@@ -232,10 +232,12 @@ async def _streamed(litellm: Any, spec: CallSpec, kwargs: dict[str, Any]) -> Com
     )
     parts: list[str] = []
     raw_usage: Any = None
+    answered = False  # a chunk with a choice came (a stream of none is no completion)
     try:
         async for chunk in stream:
             choices = getattr(chunk, "choices", None)
             if choices:
+                answered = True
                 piece = getattr(choices[0].delta, "content", None)
                 if piece:
                     parts.append(piece)
@@ -245,6 +247,8 @@ async def _streamed(litellm: Any, spec: CallSpec, kwargs: dict[str, Any]) -> Com
                 raw_usage = found
     finally:
         await stream.aclose()
+    if not answered:
+        raise _no_choices(spec.model)
     text = "".join(parts)
     usage = usage_from_litellm(raw_usage)
     billed = getattr(raw_usage, "cost", None)
@@ -275,10 +279,7 @@ def _completion(litellm: Any, model: str, response: Any) -> Completion:
     try:
         text = response.choices[0].message.content
     except (AttributeError, IndexError, KeyError, TypeError) as exc:
-        raise LLMError(
-            f"Model '{model}' returned a response without choices (no completion); "
-            "try again, or check the provider's status"
-        ) from exc
+        raise _no_choices(model) from exc
     usage = usage_from_litellm(getattr(response, "usage", None))
     hidden = getattr(response, "_hidden_params", None) or {}
     billed = hidden.get("response_cost") if isinstance(hidden, dict) else None
@@ -287,6 +288,13 @@ def _completion(litellm: Any, model: str, response: Any) -> Completion:
     else:
         usage.cost_usd = _price(litellm, model, usage)
     return Completion(text=text if isinstance(text, str) else "", usage=usage, model=model)
+
+
+def _no_choices(model: str) -> LLMError:
+    return LLMError(
+        f"Model '{model}' returned a response without choices (no completion); "
+        "try again, or check the provider's status"
+    )
 
 
 _PRICED: dict[str, bool] = {}

@@ -319,16 +319,21 @@ class FaultServer:
             }
             return web.json_response(err, status=behaviour.status, headers=headers)
         if behaviour.kind == "malformed":
-            return web.Response(
-                text='{"id": "x", "choices": [ this is not JSON', content_type="application/json"
-            )
+            garbage = '{"id": "x", "choices": [ this is not JSON'
+            if stream:
+                return await _sse(request, [f"data: {garbage}\n\n"])
+            return web.Response(text=garbage, content_type="application/json")
         if behaviour.kind == "error_in_body":
             err = {"error": {"message": behaviour.message, "code": behaviour.status}}
+            if stream:  # as OpenRouter reports an upstream failure in a stream
+                return await _sse(request, [f"data: {json.dumps(err)}\n\n"])
             return web.json_response(err)
         if behaviour.kind == "no_choices":
-            return web.json_response(
-                {**_completion(model, "", prompt_tokens, cached), "choices": []}
-            )
+            empty = {**_completion(model, "", prompt_tokens, cached), "choices": []}
+            if stream:
+                empty["object"] = "chat.completion.chunk"
+                return await _sse(request, [f"data: {json.dumps(empty)}\n\n", "data: [DONE]\n\n"])
+            return web.json_response(empty)
         if behaviour.kind == "drop":
             transport = request.transport
             if transport is not None:
@@ -398,6 +403,16 @@ class FaultServer:
         if _closing(request):
             raise ConnectionResetError("the client closed the stream")
         await resp.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+
+
+async def _sse(request: web.Request, events: list[str]) -> web.StreamResponse:
+    """A stream of the given raw server-sent events."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for event in events:
+        await resp.write(event.encode())
+    await resp.write_eof()
+    return resp
 
 
 def _closing(request: web.Request) -> bool:
