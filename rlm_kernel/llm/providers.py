@@ -186,14 +186,26 @@ async def _astreaming(
     """`CustomLLM.astreaming`: the reply in pieces (``STREAM_CHUNK_S`` apart), then usage."""
     call = _Call(model, kwargs)
     text = await call.text(messages)
-    pause, size = call.script.stream_chunks() if call.script is not None else (0.0, 1 << 20)
-    for start in range(0, len(text), size):
-        if start and pause > 0:
+    pause, size = call.script.stream_chunks() if call.script is not None else (0.0, 0)
+    for n, piece in enumerate(_pieces(text, size if pause > 0 else 0)):
+        if n and pause > 0:
             await asyncio.sleep(pause)
-        piece = text[start : start + size]
         yield {"text": piece, "is_finished": False, "finish_reason": "", "usage": None, "index": 0}
     usage = _tokens(messages, text)
     yield {"text": "", "is_finished": True, "finish_reason": "stop", "usage": usage, "index": 0}
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """`text` in pieces of `size` and `size + 1` characters in turn (0: one piece). Alternating
+    sizes: litellm takes 100 identical chunks in a row ("xxxx…") for a model stuck in a loop."""
+    if size <= 0 or len(text) <= size:
+        return [text]
+    out, i = [], 0
+    while i < len(text):
+        step = size + len(out) % 2
+        out.append(text[i : i + step])
+        i += step
+    return out
 
 
 def register_providers(litellm: Any) -> None:

@@ -2,8 +2,8 @@
 
 A script defines ``respond(messages, info) -> str``. Optional module-level knobs, read at call
 time: ``LATENCY_S`` (seconds before the reply starts), ``STREAM_CHUNK_S`` (a streamed reply comes
-in pieces of ``STREAM_CHUNK_CHARS`` characters, default 16, this many seconds apart) and
-``COST_PER_TOKEN = (prompt_usd, completion_usd)``.
+in pieces of about ``STREAM_CHUNK_CHARS`` characters, default 16, this many seconds apart; 0, the
+default: in one piece) and ``COST_PER_TOKEN = (prompt_usd, completion_usd)``.
 """
 
 from __future__ import annotations

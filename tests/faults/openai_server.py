@@ -369,10 +369,16 @@ class FaultServer:
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion.chunk"}
         base.update(created=int(time.time()), model=model)
         text = content or ""
-        size = behaviour.chunk_chars
+        # pieces of chunk_chars and chunk_chars + 1 characters in turn: a run of one character
+        # ("AAAA…") never makes 100 identical chunks in a row, which litellm takes for a model
+        # stuck in a loop (and retries)
+        pieces, i = [], 0
+        while i < len(text):
+            size = behaviour.chunk_chars + len(pieces) % 2
+            pieces.append(text[i : i + size])
+            i += size
         events = [
-            {"index": 0, "delta": {"role": "assistant", "content": text[i : i + size]}}
-            for i in range(0, len(text), size)
+            {"index": 0, "delta": {"role": "assistant", "content": piece}} for piece in pieces
         ] or [{"index": 0, "delta": {"role": "assistant", "content": content}}]
         task = asyncio.current_task()
         if task is not None:
