@@ -732,6 +732,9 @@ def register(shell: Any, kernel: KernelLike | None = None) -> RLMSession:
     old = _SESSIONS.get(id(shell))
     if old is not None and old.shell is shell:
         return old
+    from .llm import prewarm
+
+    prewarm()  # litellm's seconds-long import, in the background, before the first %%rlm
     session = RLMSession(shell, kernel)
     _SESSIONS[id(shell)] = session
     shell.register_magics(RLMMagics(shell, session))

@@ -26,6 +26,7 @@ from .errors import (
 )
 from .providers import INFO_DEFAULTS, track_call
 from .retry import RetryPolicy, is_transient
+from .runtime import import_litellm
 from .usage import Completion, Usage, usage_from_litellm
 
 __all__ = ["CallSpec", "TextBuffer", "run_call"]
@@ -86,11 +87,12 @@ class CallSpec:
     stream: bool = False
     custom: bool = False
     has_key: bool = False
+    fallback_key: str | None = None  # LLM_API_KEY: sent where the provider's variable is unset
+    direct: Any = None  # a `direct.DirectRoute` while litellm is still being imported
     text: TextBuffer = field(default_factory=TextBuffer)
 
 
 def build_kwargs(
-    litellm: Any,
     model: str,
     messages: list[dict[str, Any]],
     *,
@@ -99,7 +101,6 @@ def build_kwargs(
     temperature: float | None,
     max_tokens: int | None,
     api_base: str | None,
-    api_key: str | None,
 ) -> dict[str, Any]:
     """litellm's arguments for a call. `timeout` is the client's (constant: litellm keeps one
     HTTP client per timeout); a call's own deadline is enforced on the loop."""
@@ -114,8 +115,6 @@ def build_kwargs(
     kwargs["max_retries"] = 0  # retries are ours; no hidden retries in the provider SDK
     if api_base:
         kwargs["api_base"] = api_base
-    if api_key:
-        kwargs["api_key"] = api_key
     if uses_cache_breakpoints(model):
         kwargs["messages"] = with_cache_breakpoints(messages)
     return kwargs
@@ -151,9 +150,22 @@ def with_cache_breakpoints(messages: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 async def run_call(litellm: Any, spec: CallSpec) -> Completion:
-    """Make the call, retrying transient errors until `spec.limit_s` has passed."""
+    """Make the call, retrying transient errors until `spec.limit_s` has passed.
+
+    `litellm` is None while its import is still going on: then the first attempt goes out
+    directly (`spec.direct`), and litellm's path takes over if that does not give a reply."""
     start = time.monotonic()
     deadline = start + spec.limit_s
+    if litellm is None and spec.direct is not None:
+        completion = await _direct(spec, deadline)
+        litellm = await asyncio.to_thread(import_litellm)
+        if completion is not None:
+            completion.usage.cost_usd = _price(litellm, spec.model, completion.usage)
+            completion.model, completion.elapsed_s = spec.model, time.monotonic() - start
+            return completion
+    if litellm is None:
+        litellm = await asyncio.to_thread(import_litellm)
+    _ready(litellm, spec)
     attempt = 0
     while True:
         attempt += 1
@@ -186,6 +198,38 @@ async def run_call(litellm: Any, spec: CallSpec) -> Completion:
         completion.elapsed_s = time.monotonic() - start
         completion.attempts = attempt
         return completion
+
+
+async def _direct(spec: CallSpec, deadline: float) -> Completion | None:
+    """The direct attempt's reply, or None (litellm's path makes the call again)."""
+    from .direct import direct_call
+
+    options: dict[str, Any] = {
+        k: spec.kwargs[k] for k in ("temperature", "max_tokens") if k in spec.kwargs
+    }
+    try:
+        return await asyncio.wait_for(
+            direct_call(
+                spec.direct,
+                spec.kwargs["messages"],
+                stream=spec.stream,
+                text=spec.text,
+                timeout=spec.kwargs["timeout"],
+                options=options,
+            ),
+            max(0.0, deadline - time.monotonic()),
+        )
+    except Exception:  # anything at all: litellm's path knows what it means
+        return None
+
+
+def _ready(litellm: Any, spec: CallSpec) -> None:
+    """What needs litellm: LLM_API_KEY where the provider's variable is unset; a price."""
+    if spec.custom:
+        return
+    ensure_priced(litellm, spec.model)
+    if spec.fallback_key and missing_keys(litellm, spec.model):
+        spec.kwargs["api_key"] = spec.fallback_key
 
 
 def _about_keys(exc: BaseException, missing: list[str]) -> bool:

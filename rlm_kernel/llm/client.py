@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import runtime
-from .calls import CallSpec, TextBuffer, build_kwargs, ensure_priced, missing_keys, run_call
+from .calls import CallSpec, TextBuffer, build_kwargs, missing_keys, run_call
+from .direct import direct_route
 from .errors import (
     CUSTOM_PROVIDERS,
     LLMError,
@@ -35,6 +36,19 @@ if TYPE_CHECKING:
     from ..config import RLMConfig
 
 __all__ = ["LLMClient", "OnText"]
+
+_KEY_VARIABLES = {
+    "openai": "OPENAI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "xai": "XAI_API_KEY",
+    "together_ai": "TOGETHERAI_API_KEY",
+}
+"""The key variable of providers litellm routes by name alone (their model names need no more)."""
 
 OnText = Callable[[int, str], None]
 """Receives a streamed reply's text as it comes: `(offset, text)`; offset 0 starts it over."""
@@ -88,8 +102,14 @@ class LLMClient:
     # -- readiness ---------------------------------------------------------------------------
 
     def check_ready(self, model: str) -> None:
-        """Raise MissingAPIKey (or LLMError for an unknown provider) before a run starts."""
-        if provider_of(model) in CUSTOM_PROVIDERS or self.api_key:
+        """Raise MissingAPIKey (or LLMError for an unknown provider) before a run starts.
+
+        A common provider whose key variable is set is ready without asking litellm (whose
+        import takes seconds and goes on in the background meanwhile)."""
+        provider = provider_of(model)
+        if provider in CUSTOM_PROVIDERS or self.api_key:
+            return
+        if os.environ.get(_KEY_VARIABLES.get(provider, "")):
             return
         litellm = runtime.import_litellm()
         try:
@@ -116,8 +136,12 @@ class LLMClient:
         (and `stream` on), the reply is streamed and its text handed to `on_text` as it comes."""
         if cancel is not None and cancel.is_set():
             raise cancelled(model)
-        litellm = runtime.import_litellm()  # the one-time import does not count against timeout
-        spec = self._spec(litellm, messages, model, info, timeout, stream=on_text is not None)
+        spec = self._spec(messages, model, info, timeout, stream=on_text is not None)
+        litellm = None
+        if not runtime.is_imported():
+            spec.direct = direct_route(model, self.api_base, self.api_key)
+        if spec.direct is None:  # the one-time import does not count against the timeout
+            litellm = runtime.import_litellm()
         task = runtime.Task(run_call(litellm, spec))
         return self._wait(task, spec.text, cancel, model, on_text)  # type: ignore[no-any-return]
 
@@ -141,7 +165,7 @@ class LLMClient:
         if not batch:
             return []
         litellm = runtime.import_litellm()
-        specs = [self._spec(litellm, m, model, info, timeout, stream=False) for m in batch]
+        specs = [self._spec(m, model, info, timeout, stream=False) for m in batch]
         width = max(1, limit or len(specs))
 
         async def run_all() -> list[Completion | LLMError]:
@@ -161,7 +185,6 @@ class LLMClient:
 
     def _spec(
         self,
-        litellm: Any,
         messages: list[dict[str, Any]],
         model: str,
         info: Mapping[str, Any] | None,
@@ -170,13 +193,7 @@ class LLMClient:
         stream: bool,
     ) -> CallSpec:
         custom = provider_of(model) in CUSTOM_PROVIDERS
-        ensure_priced(litellm, model)
-        # LLM_API_KEY stands in only where the provider's own variable is not set.
-        api_key = (
-            self.api_key if self.api_key and not custom and missing_keys(litellm, model) else None
-        )
         kwargs = build_kwargs(
-            litellm,
             model,
             messages,
             info=info,
@@ -184,7 +201,6 @@ class LLMClient:
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             api_base=self.api_base,
-            api_key=api_key,
         )
         return CallSpec(
             model=model,
@@ -195,6 +211,7 @@ class LLMClient:
             stream=stream and self.stream,
             custom=custom,
             has_key=bool(self.api_key),
+            fallback_key=None if custom else self.api_key,
         )
 
     def _wait(

@@ -200,7 +200,8 @@ def _pieces(text: str, size: int) -> list[str]:
     sizes: litellm takes 100 identical chunks in a row ("xxxx…") for a model stuck in a loop."""
     if size <= 0 or len(text) <= size:
         return [text]
-    out, i = [], 0
+    out: list[str] = []
+    i = 0
     while i < len(text):
         step = size + len(out) % 2
         out.append(text[i : i + step])
