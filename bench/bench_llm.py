@@ -127,7 +127,8 @@ def _cpu_per_call(work: Callable[[], int], reps: int) -> float:
 def cpu_rows(args: argparse.Namespace) -> list[list[Any]]:
     from rlm_kernel import llm
 
-    llm.import_litellm()  # the one-time import is not per-call cost
+    # the one-time import is not per-call cost (`_litellm` before the LLM package split)
+    (getattr(llm, "import_litellm", None) or llm._litellm)()
     rows: list[list[Any]] = []
     streams = [False, True] if _supports_stream() else [False]
     with Server(0.0) as srv:
