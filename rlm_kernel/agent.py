@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -356,18 +357,28 @@ class Agent:
         deadline = time.monotonic() + CHILDREN_GRACE_S
         for t in list(self.child_threads):
             t.join(max(0.0, deadline - time.monotonic()))
+        answered = status == "done"  # a final answer stays the answer, whatever happens next
         patch = ""
         if sandbox is not None:
             try:
                 patch = sandbox.diff()
             except Exception as exc:
+                where = sandbox.path
+                if self.depth == 0 and run.target.is_repo:
+                    # The run's product is the root's patch: never end "done" without it.
+                    kept = os.path.isdir(where)
+                    sandbox.spec.keep = kept  # its files stay for the user to recover
+                    status = "error"
+                    error = f"could not compute the root's patch: {exc}" + (
+                        f"; its workspace is kept at {where}" if kept else ""
+                    )
                 run.emit(
                     EventType.NOTICE,
                     self.agent_id,
-                    level="warning",
+                    level="warning" if self.depth else "error",
                     message=f"could not compute the patch: {exc}",
                 )
-        if status == "done":
+        if answered:
             value = self.final
             text = (
                 value

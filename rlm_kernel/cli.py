@@ -40,7 +40,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "run",
         help="run an RLM on a repository (or none) and print the patch",
         description="Run a Recursive Language Model on a task. The root agent and every sub-agent get "
-        "their own sandbox (a git worktree of REPO at its base commit, with its own IPython kernel). "
+        "their own sandbox (a private git repository of REPO at its base commit, with its own IPython kernel). "
         "The root's changes come out as a git patch on stdout (or in -o FILE); with no REPO, the "
         "answer is printed instead. Progress goes to stderr.",
     )
@@ -85,7 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "cleanup",
         help="remove sandboxes left behind by crashed runs",
-        description="Remove leftover local sandboxes (worktrees, temporary files) of runs "
+        description="Remove leftover local sandboxes (workspaces, kernels, temporary files) of runs "
         "that are no longer running; with --sandbox daytona, delete the Daytona sandboxes "
         "labelled with an rlm run id (all, or --run ID's).",
     )

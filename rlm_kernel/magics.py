@@ -535,10 +535,12 @@ class RLMMagics(Magics):
             with open(os.path.expanduser(spec), encoding="utf-8") as fh:
                 return fh.read()
         if spec.isidentifier():
+            from .sandbox.base import SandboxError
+
             try:
                 value = self.session.get(spec)
-            except KeyError:
-                value = None
+            except (KeyError, SandboxError):
+                value = None  # not a variable holding plain text: the spec is the code
             if isinstance(value, str):
                 return value
         return spec

@@ -227,7 +227,7 @@ class RunHandle:
             if kernel is not None and kernel.attached is sb:
                 kernel.attach(None)
             if not sb.closed:
-                sb.spec.keep = False  # close() then removes the worktree and the directory
+                sb.spec.keep = False  # close() then removes the workspace and the directory
                 sb.close()
                 n += 1
         self.run.kept.clear()
@@ -287,10 +287,18 @@ class RLMSession:
 
     # -- the namespace ------------------------------------------------------------------------------
     def get(self, name: str) -> Any:
-        """A namespace value (from the root sandbox in the kernel); KeyError when undefined."""
+        """A namespace value (in the kernel: from the root sandbox, as plain JSON data only);
+        KeyError when undefined, SandboxError when it cannot leave the sandbox."""
         if self.kernel is None:
             return self.shell.user_ns[name]
         return self.kernel.root_sandbox().pull(name)
+
+    def get_text(self, name: str) -> str:
+        """`str(value)` of a namespace value, computed where it lives (the root sandbox in the
+        kernel: no object leaves it); KeyError when undefined."""
+        if self.kernel is None:
+            return str(self.shell.user_ns[name])
+        return str(self.kernel.root_sandbox().pull(name, as_text=True))
 
     def put(self, name: str, value: Any) -> None:
         """Bind a namespace value (pushed into the root sandbox in the kernel)."""
@@ -301,25 +309,34 @@ class RLMSession:
 
     def interpolate(self, text: str) -> str:
         """`{var}` interpolation of a task from the namespace."""
-        return interpolate(text, self.get)
+        return interpolate(text, self.get_text)
 
     def bind_context(self, var: str) -> str:
-        """Kernel mode: `context = VAR` in the root sandbox; returns a description for the prompt."""
+        """Kernel mode: `context = VAR` in the root sandbox; returns a description for the prompt.
+
+        Nothing crosses to the host but a short description printed as JSON by the sandbox.
+        """
         sandbox = self.root_sandbox()
         code = (
-            f"context = {var}\n"
-            "print(__import__('json').dumps([type(context).__name__, "
+            f"try:\n    context = {var}\nexcept NameError:\n    print('\\n\"missing\"')\nelse:\n"
+            "    print('\\n' + __import__('json').dumps([type(context).__name__, "
             "len(context) if hasattr(context, '__len__') else None, isinstance(context, str)]))"
         )
         res = sandbox.execute(code, timeout=60, store_history=False)
         if res.error:
-            if "NameError" in res.error:
-                raise UsageError(f"--context: no variable named {var}")
             raise UsageError(f"--context {var}: {res.error.strip().splitlines()[-1]}")
-        kind, size, is_str = json.loads(res.output.strip().splitlines()[-1])
-        if size is None:
-            return str(kind)
-        return f"a {kind} of {size:,} {'characters' if is_str else 'items'}"
+        try:
+            described = json.loads(res.output.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            described = None
+        if described == "missing":
+            raise UsageError(f"--context: no variable named {var}")
+        if not (isinstance(described, list) and len(described) == 3):
+            return "a value"  # the sandbox printed something else: describe nothing
+        kind, size, is_str = described
+        if not isinstance(size, int) or isinstance(size, bool):
+            return str(kind)[:80]
+        return f"a {str(kind)[:80]} of {size:,} {'characters' if is_str else 'items'}"
 
     # -- sandboxes and targets -----------------------------------------------------------------------
     def root_sandbox(self) -> Sandbox:

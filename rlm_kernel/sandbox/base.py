@@ -223,8 +223,12 @@ class Sandbox(abc.ABC):
         """Bind `name` to a copy of `value` in the REPL namespace (pickled across)."""
 
     @abc.abstractmethod
-    def pull(self, name: str) -> Any:
-        """A copy of the REPL variable `name` (pickled across); KeyError when it does not exist."""
+    def pull(self, name: str, *, as_text: bool = False) -> Any:
+        """The REPL variable `name` as plain JSON data, or `str(value)` with `as_text`.
+
+        Computed in the sandbox; only JSON text crosses to the host (never a pickle). KeyError
+        when it does not exist; SandboxError, naming it, when it is not plain data.
+        """
 
     @abc.abstractmethod
     def set_workspace(self, target: Target) -> None:

@@ -87,11 +87,19 @@ def _prefix_overlap(text: str, marker: str) -> int:
 class Bridge:
     """Verifies frames from one sandbox and runs their requests on threads."""
 
-    def __init__(self, secret: str, handler: Handler, deliver: Deliver) -> None:
+    def __init__(
+        self,
+        secret: str,
+        handler: Handler,
+        deliver: Deliver,
+        discard: Callable[[str], None] | None = None,
+    ) -> None:
         self.secret = secret.encode()
         self.handler = handler
         self.deliver = deliver
+        self.discard = discard  # removes a delivered reply nobody read (an interrupted cell)
         self.exec_id = ""
+        self._delivered: list[str] = []  # replies of the current cell
         self.seen: set[str] = set()
         self.rejected = 0
         self._lock = threading.Lock()
@@ -102,8 +110,17 @@ class Bridge:
         self.exec_id = exec_id
 
     def end(self) -> None:
-        """No cell is running: every later request is late and dropped."""
-        self.exec_id = ""
+        """No cell is running: every later request is late and dropped, and replies of this
+        cell that its code never read (it was interrupted while waiting) are removed."""
+        with self._lock:
+            self.exec_id = ""
+            delivered, self._delivered = self._delivered, []
+        if self.discard is not None:
+            for rid in delivered:
+                try:
+                    self.discard(rid)
+                except Exception:
+                    log.exception("bridge: could not remove an unread reply")
 
     def verify(self, raw: str) -> dict[str, Any] | None:
         """Decode and authenticate one frame; None when forged, malformed, replayed or late."""
@@ -163,18 +180,30 @@ class Bridge:
             payload = {"ok": False, "error": f"{op} failed on the host: {exc}"}
         if not reply:
             return
-        if exec_id != self.exec_id:
-            return  # the cell was interrupted meanwhile: drop the late reply
         try:
             data = json.dumps(payload).encode()
         except TypeError as exc:
             data = json.dumps(
                 {"ok": False, "error": f"{op}: result not serializable: {exc}"}
             ).encode()
+        rid = str(body["id"])
+        if exec_id != self.exec_id:
+            return  # the cell was interrupted meanwhile: drop the late reply
         try:
-            self.deliver(str(body["id"]), data)
+            self.deliver(rid, data)
         except Exception:
             log.exception("bridge: could not deliver the reply to %s", op)
+            return
+        with self._lock:
+            if exec_id == self.exec_id:
+                self._delivered.append(rid)
+                return
+        # The cell ended while the reply was written: nobody will read it.
+        if self.discard is not None:
+            try:
+                self.discard(rid)
+            except Exception:
+                log.exception("bridge: could not remove an unread reply")
 
     def pending(self) -> int:
         """Requests still being handled."""

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import workspace
+from . import transfer, workspace
 from .base import (
     NO_CONTEXT,
     CellResult,
@@ -121,24 +121,21 @@ def _check_credentials() -> None:
         raise SandboxError(f"cannot reach Daytona at {url}: {text}") from None
 
 
-def _bundle(git_dir: str, commit: str) -> bytes:
-    """A `git bundle` of `commit` (and its history) from the host repository, cached."""
+def _bundle(target: workspace.Target) -> bytes:
+    """A `git bundle` of the target's base commit (and its history), cached."""
+    assert target.git_dir is not None and target.commit is not None
+    key = (target.git_dir, target.commit)
     with _bundles_lock:
-        data = _bundles.get((git_dir, commit))
+        data = _bundles.get(key)
         if data is not None:
             return data
-        ref = f"refs/rlm-bundle/{os.getpid()}-{commit[:12]}"
         with tempfile.TemporaryDirectory(prefix="rlm-bundle-") as tmp:
             out = os.path.join(tmp, "base.bundle")
-            workspace.git("update-ref", ref, commit, cwd=git_dir)
-            try:
-                workspace.git("bundle", "create", "-q", out, ref, cwd=git_dir)
-            finally:
-                workspace.git("update-ref", "-d", ref, cwd=git_dir, check=False)
+            workspace.bundle(target, out)
             data = Path(out).read_bytes()
         if len(_bundles) >= 4:
             _bundles.clear()
-        _bundles[(git_dir, commit)] = data
+        _bundles[key] = data
         return data
 
 
@@ -249,7 +246,7 @@ class DaytonaSandbox(Sandbox):
             self.sandbox.git.clone(str(target.origin), dest, commit_id=target.commit)
         else:
             bundle = f"{self.root}/base.bundle"
-            self.sandbox.fs.upload_file(_bundle(target.git_dir, target.commit), bundle)
+            self.sandbox.fs.upload_file(_bundle(target), bundle)
             self._sh(
                 f"git init -q {q} && cd {q} && git fetch -q {shlex.quote(bundle)} "
                 f"'refs/rlm-bundle/*:refs/rlm-bundle/*' && git checkout -q --detach "
@@ -589,25 +586,21 @@ class DaytonaSandbox(Sandbox):
             f"set {name} in the sandbox",
         )
 
-    def pull(self, name: str) -> Any:
-        """Pickle the variable in the context, download it and load the copy here."""
-        if not name.isidentifier():
-            raise SandboxError(f"{name!r} is not a valid variable name")
-        path = f"{self.bridge_dir}/pull-{os.urandom(6).hex()}.pickle"
-        self._quiet(
-            f"import pickle as _p\ntry:\n    _v = {name}\nexcept NameError:\n    _v = _p\n"
-            f"with open({path!r}, 'wb') as _f:\n    _p.dump(('missing',) if _v is _p else ('ok', _v), _f, protocol=4)\n"
-            "del _p, _v, _f\n",
-            f"read {name} from the sandbox",
-        )
+    def pull(self, name: str, *, as_text: bool = False) -> Any:
+        """The context's variable `name` as plain data (or `str(value)`), computed in the sandbox.
+
+        Only JSON text crosses (see `transfer`); KeyError when it does not exist.
+        """
+        path = f"{self.bridge_dir}/pull-{os.urandom(6).hex()}.json"
+        self._quiet(transfer.pull_code(name, path, as_text), f"read {name} from the sandbox")
         try:
-            state = pickle.loads(self.sandbox.fs.download_file(path))
+            data = self.sandbox.fs.download_file(path)
         finally:
             with contextlib.suppress(Exception):
                 self._sh(f"rm -f {shlex.quote(path)}")
-        if state[0] == "missing":
-            raise KeyError(name)
-        return state[1]
+        if len(data) > transfer.MAX_PULL_BYTES:
+            raise SandboxError(f"{name}: the value is too large to read back")
+        return transfer.decode(data.decode("utf-8", errors="replace"), name)
 
     def set_workspace(self, target: workspace.Target) -> None:
         """Clone `target` into a new directory of the sandbox and chdir the context there."""

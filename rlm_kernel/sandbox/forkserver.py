@@ -14,10 +14,15 @@ Protocol: JSON lines over the Unix stream socket inherited as fd ``N``.
 The zygote creates no threads and no zmq context, so ``os.fork()`` is safe. Each child becomes a
 session leader (``setsid``: its subprocesses share its process group), changes directory, replaces
 ``os.environ`` with the requested environment, sends stdout and stderr to its log file and runs
-``IPKernelApp``. On EOF (the host died or is done) or SIGTERM the zygote SIGTERMs the process
-groups of its live kernels, SIGKILLs what is left after a grace period, and exits. Kernels whose
-zygote is SIGKILLed exit on their own within about a second (ipykernel's parent poller, armed
-with ``parent_handle`` = the zygote's pid).
+``IPKernelApp``. On EOF (the host is done) or SIGTERM the zygote SIGTERMs the process groups of
+its live kernels, SIGKILLs what is left after a grace period, and exits.
+
+Kernels do not depend on the zygote staying alive: agent code can kill it (``os.kill(os.getppid(),
+9)`` from any kernel), and that must not take the other agents' kernels down. Instead every
+kernel holds the read end of the host's *lifeline* pipe (``--lifeline N``, kept as fd 3 in the
+kernel), whose write end only the host holds: when the host process dies, for any reason, the
+pipe reaches EOF and each kernel kills its own process group. The host starts a new zygote for
+the next kernel when the old one is gone.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ EXTRA_PRELOAD = (
     "pygments.styles",
 )
 OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime",)
+LIFELINE_FD = 3  # the lifeline's read end in every kernel
 SHUTDOWN_GRACE_S = 1.0  # SIGTERM → SIGKILL for kernels left when the zygote exits
 _MAX_LINE = 16 * 1024 * 1024
 
@@ -134,8 +140,11 @@ def _launcher_path() -> str:
 class _Zygote:
     """The fork server's state and its single-threaded event loop."""
 
-    def __init__(self, sock: socket.socket, import_env: Mapping[str, str]) -> None:
+    def __init__(
+        self, sock: socket.socket, import_env: Mapping[str, str], lifeline: int | None = None
+    ) -> None:
         self.sock = sock
+        self.lifeline = lifeline
         self.import_env = dict(import_env)
         self.pid = os.getpid()
         self.children: set[int] = set()
@@ -300,7 +309,12 @@ class _Zygote:
             os.dup2(null_fd, 0)
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)
-            os.closerange(3, _max_fd())
+            if self.lifeline is not None:
+                os.dup2(self.lifeline, LIFELINE_FD, inheritable=False)
+                os.closerange(LIFELINE_FD + 1, _max_fd())
+                _watch_lifeline(LIFELINE_FD)
+            else:
+                os.closerange(3, _max_fd())
             _fresh_stdio()
             os.environ.clear()
             os.environ.update(env)
@@ -312,14 +326,7 @@ class _Zygote:
             self.inbuf = b""  # other kernels' pending requests
             from ipykernel.kernelapp import IPKernelApp
 
-            IPKernelApp.launch_instance(
-                argv=[
-                    "-f",
-                    connection_file,
-                    f"--IPKernelApp.parent_handle={self.pid}",
-                    *KERNEL_OPTIONS,
-                ]
-            )
+            IPKernelApp.launch_instance(argv=["-f", connection_file, *KERNEL_OPTIONS])
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -335,6 +342,22 @@ class _Zygote:
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
+
+
+def _watch_lifeline(fd: int) -> None:
+    """In a kernel: kill its process group when the host's lifeline pipe reaches EOF."""
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rlm-lifeline", daemon=True).start()
 
 
 def _set_comm(name: bytes) -> None:
@@ -404,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the fork server on the socket given by ``--fd``."""
     parser = argparse.ArgumentParser(prog="python -m rlm_kernel.sandbox.forkserver")
     parser.add_argument("--fd", type=int, required=True, help="inherited Unix stream socket")
+    parser.add_argument(
+        "--lifeline", type=int, help="inherited read end of the host's lifeline pipe"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_comm(b"rlm-forkserver")
@@ -421,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{threading.active_count()} threads after pre-imports; forking is unsafe")
     gc.collect()
     gc.freeze()  # keep the pre-imported objects out of the children's GC (fewer copied pages)
-    return _Zygote(sock, import_env).serve()
+    return _Zygote(sock, import_env, args.lifeline).serve()
 
 
 if __name__ == "__main__":

@@ -203,6 +203,9 @@ class _Proc(Protocol):
     def release(self) -> None:
         """Free the launcher's resources for a dead process."""
 
+    def exit_status(self) -> int | None:
+        """The exit code (negative: killed by that signal), when known."""
+
 
 class _ForkedProc:
     """A kernel forked by the fork server (the zygote reaps it and reports its exit)."""
@@ -232,6 +235,10 @@ class _ForkedProc:
         """Forget the pid in the fork server's table."""
         self.server.forget(self.pid)
 
+    def exit_status(self) -> int | None:
+        """The exit code (negative: killed by that signal), when known."""
+        return self.server.exit_status(self.pid)
+
 
 class _ManagedProc:
     """A kernel started by jupyter_client's AsyncKernelManager (a child of this process)."""
@@ -252,6 +259,10 @@ class _ManagedProc:
         except subprocess.TimeoutExpired:
             return False
         return True
+
+    def exit_status(self) -> int | None:
+        """The exit code (negative: killed by that signal), when known."""
+        return self.process.poll()
 
     def release(self) -> None:
         """Let jupyter_client close its control socket and forget the process."""
@@ -359,12 +370,14 @@ class _ForkServer:
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._children: dict[int, threading.Event] = {}
+        self._exit_status: dict[int, int] = {}  # kept for the host's error messages
         self._next_id = 0
         self._down = False
         self._ready = threading.Event()
         self.pid = 0
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = host_sock
+        life_r = _lifeline_read_end()
         try:
             self._proc = subprocess.Popen(
                 [
@@ -373,8 +386,10 @@ class _ForkServer:
                     _FORKSERVER_MODULE,
                     "--fd",
                     str(child_sock.fileno()),
+                    "--lifeline",
+                    str(life_r),
                 ],
-                pass_fds=(child_sock.fileno(),),
+                pass_fds=(child_sock.fileno(), life_r),
                 env=_zygote_env(),
                 # `-m` finds the package through sys.path[0] = cwd even when it is not installed;
                 # the zygote removes that entry (no PYTHONPATH entry shadows the stdlib).
@@ -467,6 +482,7 @@ class _ForkServer:
             self._ready.set()
         elif event == "exit":
             with self._lock:
+                self._exit_status[int(msg["pid"])] = int(msg.get("status", 0))
                 ev = self._children.get(int(msg["pid"]))
             if ev is not None:
                 ev.set()
@@ -536,6 +552,12 @@ class _ForkServer:
         """Drop a dead kernel's exit event."""
         with self._lock:
             self._children.pop(pid, None)
+            self._exit_status.pop(pid, None)
+
+    def exit_status(self, pid: int) -> int | None:
+        """How a kernel forked here exited (negative: the signal), if the zygote saw it."""
+        with self._lock:
+            return self._exit_status.get(pid)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close our end (the zygote then stops its kernels and exits) and reap it."""
@@ -552,6 +574,24 @@ class _ForkServer:
         with contextlib.suppress(OSError):
             self._stderr.close()
         self._mark_down()
+
+
+_lifeline_lock = threading.Lock()
+_lifeline: tuple[int, int] | None = None
+
+
+def _lifeline_read_end() -> int:
+    """The read end of this process's lifeline pipe, passed to every fork server.
+
+    Both ends stay open, and the write end is never written, for as long as this process lives:
+    every kernel holds the read end and kills itself when it reads EOF, that is when this process
+    is gone. Nothing closes it when a fork server stops or dies, so kernels outlive their zygote.
+    """
+    global _lifeline
+    with _lifeline_lock:
+        if _lifeline is None:
+            _lifeline = os.pipe()  # close-on-exec: only the fork servers get the read end
+        return _lifeline[0]
 
 
 _server: _ForkServer | None = None
@@ -729,6 +769,20 @@ class KernelHandle:
         """Whether the kernel process is running (false as soon as it died, zombies included)."""
         proc = self._proc
         return proc is not None and proc.alive()
+
+    def death(self) -> str:
+        """How the kernel process ended, in words (for an agent's error)."""
+        proc = self._proc
+        status = proc.exit_status() if proc is not None else None
+        if status is None:
+            return f"its kernel process (pid {self.pid}) ended"
+        if status < 0:
+            try:
+                name = signal.Signals(-status).name
+            except ValueError:
+                name = f"signal {-status}"
+            return f"its kernel process (pid {self.pid}) was killed by {name}"
+        return f"its kernel process (pid {self.pid}) exited with code {status}"
 
     def shutdown(self, timeout: float = 2.0) -> None:
         """Stop the kernel and its process group and remove its files (idempotent, never raises)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import sandbox_env
 from ..paths import tmp_root
-from . import workspace
+from . import transfer, workspace
 from .base import (
     NO_CONTEXT,
     CellResult,
@@ -58,7 +58,7 @@ class LocalSandbox(Sandbox):
         self.id = f"{spec.run_id}/{safe}"
         self.kernel: KernelHandle | None = None
         self.secret = new_secret()
-        self.bridge = Bridge(self.secret, self._handle, self._deliver)
+        self.bridge = Bridge(self.secret, self._handle, self._deliver, self._discard)
         self._exec_lock = threading.RLock()  # a restart reinstalls the runtime from inside a cell
         self._workspace_made = False
         # A second client (and a kernel subshell) for completion and inspection, so they are
@@ -78,10 +78,14 @@ class LocalSandbox(Sandbox):
         return self.spec.handler(op, args)
 
     def _deliver(self, rid: str, data: bytes) -> None:
+        # The bridge directory is the sandbox's to write: never follow what it planted there.
         tmp = os.path.join(self.bridge_dir, f".{rid}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        transfer.write_new(tmp, data)
         os.replace(tmp, os.path.join(self.bridge_dir, f"{rid}.json"))
+
+    def _discard(self, rid: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.bridge_dir, f"{rid}.json"))
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,8 +127,9 @@ class LocalSandbox(Sandbox):
         if self.spec.context is not NO_CONTEXT:
             path = os.path.join(self.bridge_dir, "context.pickle")
             try:
-                with open(path, "wb") as fh:
-                    pickle.dump(self.spec.context, fh, protocol=4)
+                transfer.write_new(path, pickle.dumps(self.spec.context, protocol=4))
+            except SandboxError:
+                raise
             except Exception as exc:
                 raise SandboxError(
                     f"the context cannot be sent to the sandbox (not picklable: {exc})"
@@ -262,12 +267,12 @@ class LocalSandbox(Sandbox):
             raise SandboxError(f"{name!r} is not a valid variable name")
         path = os.path.join(self.bridge_dir, f"push-{os.urandom(6).hex()}.pickle")
         try:
-            with open(path, "wb") as fh:
-                pickle.dump(value, fh, protocol=4)
+            blob = pickle.dumps(value, protocol=4)
         except Exception as exc:
             raise SandboxError(
                 f"{name}: the value cannot be sent to the sandbox (not picklable: {exc})"
             ) from exc
+        transfer.write_new(path, blob)
         code = (
             f"import pickle as _p, os as _o\nwith open({path!r}, 'rb') as _f:\n    {name} = _p.load(_f)\n"
             f"_o.unlink({path!r})\ndel _p, _o, _f\n"
@@ -276,28 +281,22 @@ class LocalSandbox(Sandbox):
         if res.error:
             raise SandboxError(f"could not set {name} in the sandbox: {res.error}")
 
-    def pull(self, name: str) -> Any:
-        """Pickle the variable in the kernel and load the copy here."""
-        if not name.isidentifier():
-            raise SandboxError(f"{name!r} is not a valid variable name")
-        path = os.path.join(self.bridge_dir, f"pull-{os.urandom(6).hex()}.pickle")
-        code = (
-            f"import pickle as _p\ntry:\n    _v = {name}\nexcept NameError:\n    _v = _p\n"
-            f"with open({path!r}, 'wb') as _f:\n    _p.dump(('missing',) if _v is _p else ('ok', _v), _f, protocol=4)\n"
-            "del _p, _v, _f\n"
-        )
-        res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
+    def pull(self, name: str, *, as_text: bool = False) -> Any:
+        """The REPL variable `name` as plain data (or `str(value)`), computed in the sandbox.
+
+        Only JSON text crosses (see `transfer`); KeyError when it does not exist.
+        """
+        path = os.path.join(self.bridge_dir, f"pull-{os.urandom(6).hex()}.json")
+        code = transfer.pull_code(name, path, as_text)
         try:
+            res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
             if res.error:
                 raise SandboxError(f"could not read {name} from the sandbox: {res.error}")
-            with open(path, "rb") as fh:
-                state = pickle.load(fh)
+            text = transfer.read_file(path)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
-        if state[0] == "missing":
-            raise KeyError(name)
-        return state[1]
+        return transfer.decode(text, name)
 
     def set_workspace(self, target: workspace.Target) -> None:
         """Give the REPL a fresh workspace of `target` and chdir the kernel into it."""
@@ -321,10 +320,14 @@ class LocalSandbox(Sandbox):
         self._workspace_made = True
 
     def diff(self) -> str:
-        """`git add -A` and the diff against the base commit, new files included."""
-        if not self._workspace_made or not os.path.isdir(self.path):
+        """The workspace's changes against the base commit, new files included.
+
+        Computed by the host with its own git dir (never the workspace's `.git`, which the agent
+        controls); raises TargetError when it cannot be computed (e.g. the workspace is gone).
+        """
+        if not self._workspace_made:
             return ""
-        return workspace.diff(self.path, self.base_commit)
+        return workspace.diff(self.path)
 
     def _run(
         self,
@@ -493,9 +496,10 @@ class LocalSandbox(Sandbox):
         res.output = parts.getvalue()
         res.elapsed_s = time.monotonic() - t0
         if res.status == "died":
-            res.error = (
-                res.error or ""
-            ) + "The sandbox's Python process died (its namespace is lost)."
+            res.error = (res.error or "") + (
+                f"The sandbox's Python process died during this cell: {kernel.death()} "
+                "(its variables are lost; no other agent is affected)."
+            )
         return res
 
 

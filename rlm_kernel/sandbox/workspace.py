@@ -1,76 +1,69 @@
-"""The files an agent works on: a git worktree of the run's target at its base commit, or an empty repo.
+"""The files an agent works on: a private git repository of the run's target at its base commit.
 
 A target is a local git repository or a git URL (cloned once, bare, into the cache). Every agent
-gets its own worktree at the run's base commit, so siblings never see each other's edits; with no
-target, every agent gets an empty directory with a git repository, so patches work the same way.
+gets its own directory with its **own** git dir (`work/.git`): a fresh repository whose object
+store borrows the target's objects read-only through `objects/info/alternates`, checked out at the
+run's base commit. No git command an agent runs there can change the user's refs, HEAD, index,
+config, hooks, stash, worktree list or files: they all live in the private git dir. With no
+target, every agent gets an empty repository, so patches work the same way.
+
+The host's own git work on a workspace (creating it, computing its patch) never reads the
+workspace's `.git`, which the agent controls: it runs with a host-owned git dir next to the
+workspace (`<work>.host-git`, outside `work/`), hooks off, fsmonitor off, no system or global
+config, no external diff or textconv, and an environment without secrets. So a planted hook,
+filter, diff driver or fsmonitor never runs on the host, and a deleted `.git` still gives the
+patch, recovered from the files.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import sandbox_env
 from ..paths import repo_cache_dir
 
-__all__ = ["Target", "TargetError", "create_workspace", "git", "remove_workspace", "resolve_target"]
+__all__ = [
+    "EMPTY_TREE",
+    "Target",
+    "TargetError",
+    "bundle",
+    "create_workspace",
+    "diff",
+    "git",
+    "host_git_dir",
+    "remove_workspace",
+    "resolve_target",
+    "safe_git",
+]
 
 _GIT_ID = ["-c", "user.name=rlm", "-c", "user.email=rlm@localhost", "-c", "commit.gpgsign=false"]
+# What the host's git must never run or read from a repository it does not own.
+_SAFE = [
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.untrackedCache=false",
+    "-c",
+    "diff.external=",
+]
+# Work on an agent's tree never talks to a remote (a planted submodule URL, say).
+_NO_NET = ["-c", "protocol.allow=never"]
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+_BASE_FILE = "rlm-base"
+_INDEX_FILE = "rlm-index"
+"""git's empty tree: the base of a workspace without a target."""
 _clone_locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
-
-
-class _AddOrPrune:
-    """Any number of `git worktree add` at once, or one `git worktree prune`: a prune deletes
-    the half-written entry of an add in progress ("failed to read .git/worktrees/…/commondir")."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._adding = 0
-        self._pruning = False
-
-    @contextlib.contextmanager
-    def adding(self) -> Iterator[None]:
-        """Hold while adding a worktree."""
-        with self._cond:
-            while self._pruning:
-                self._cond.wait()
-            self._adding += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._adding -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def pruning(self) -> Iterator[None]:
-        """Hold while pruning worktree entries."""
-        with self._cond:
-            while self._pruning or self._adding:
-                self._cond.wait()
-            self._pruning = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._pruning = False
-                self._cond.notify_all()
-
-
-_worktree_locks: dict[str, _AddOrPrune] = {}
-
-
-def _worktree_lock(git_dir: str) -> _AddOrPrune:
-    with _locks_guard:
-        return _worktree_locks.setdefault(os.path.realpath(git_dir), _AddOrPrune())
 
 
 class TargetError(ValueError):
@@ -98,14 +91,61 @@ def git(
     check: bool = True,
     input: str | None = None,
 ) -> str:
-    """Run git and return stdout; raise TargetError with git's message on failure."""
+    """Run git on the user's repository (or a cache) and return stdout; TargetError on failure."""
     proc = subprocess.run(
-        ["git", *_GIT_ID, *args],
+        ["git", *_GIT_ID, *_SAFE, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         input=input,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"},
+        env=_git_env(),
+    )
+    if check and proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise TargetError(f"git {args[0]} failed: {msg[-1] if msg else proc.returncode}")
+    return proc.stdout
+
+
+def _git_env(**extra: str) -> dict[str, str]:
+    """The host's git environment: no secrets, no system or global config, never a prompt."""
+    env = sandbox_env()
+    if os.environ.get("GIT_CEILING_DIRECTORIES"):
+        env["GIT_CEILING_DIRECTORIES"] = os.environ["GIT_CEILING_DIRECTORIES"]
+    env.update(
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_ATTR_NOSYSTEM="1",
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ASKPASS="true",
+        GIT_OPTIONAL_LOCKS="0",
+        LC_ALL="C",
+    )
+    env.update(extra)
+    return env
+
+
+def safe_git(
+    *args: str,
+    git_dir: str,
+    work_tree: str | None = None,
+    index: str | None = None,
+    check: bool = True,
+) -> str:
+    """Run git with a host-owned git dir on a tree an agent may have written; stdout or TargetError.
+
+    The tree's own `.git` (hooks, config, filters, attributes drivers) is never read.
+    """
+    extra = {"GIT_DIR": git_dir}
+    if work_tree is not None:
+        extra["GIT_WORK_TREE"] = work_tree
+    if index is not None:
+        extra["GIT_INDEX_FILE"] = index
+    proc = subprocess.run(
+        ["git", *_GIT_ID, *_SAFE, *_NO_NET, *args],
+        cwd=work_tree or git_dir,
+        capture_output=True,
+        text=True,
+        env=_git_env(**extra),
     )
     if check and proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().splitlines()
@@ -214,58 +254,128 @@ def _cached_clone(url: str, branch: str | None) -> str:
                 f"cannot clone {url}: {why}; check the URL and that `git clone {url}` works here"
             )
         git("config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*", cwd=tmp)
-        git("fetch", "-q", "origin", cwd=tmp, check=False)
+        subprocess.run(
+            ["git", "fetch", "-q", "origin"],
+            cwd=tmp,
+            capture_output=True,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        )
         os.replace(tmp, dest)
         return str(dest)
 
 
+@functools.lru_cache(maxsize=64)
+def _objects_dir(git_dir: str) -> str:
+    """The object store of a repository (its common git dir's `objects`), absolute."""
+    common = git("rev-parse", "--git-common-dir", cwd=git_dir).strip()
+    return os.path.realpath(os.path.join(git_dir, common, "objects"))
+
+
+def host_git_dir(dest: str) -> str:
+    """The host-owned git dir that computes the patch of workspace `dest` (outside `dest`)."""
+    return os.path.normpath(dest) + ".host-git"
+
+
+def _init(git_dir: str, *, bare: bool, alternates: str | None) -> None:
+    """A fresh repository with no hooks, borrowing `alternates`' objects read-only."""
+    if bare:
+        # What `git init --bare` makes, minus templates and config (none is needed): written
+        # directly, since a host git dir is made for every sandbox.
+        for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags"):
+            os.makedirs(os.path.join(git_dir, sub), exist_ok=True)
+        with open(os.path.join(git_dir, "HEAD"), "w") as fh:
+            fh.write("ref: refs/heads/main\n")
+        objects = os.path.join(git_dir, "objects")
+    else:
+        git("init", "-q", "--template=", git_dir)  # no template: no sample hooks
+        objects = os.path.join(git_dir, ".git", "objects")
+    if alternates is not None:
+        with open(os.path.join(objects, "info", "alternates"), "w") as fh:
+            fh.write(alternates + "\n")
+
+
 def create_workspace(target: Target, dest: str) -> str:
-    """Make `dest` the agent's workspace and return its base commit."""
+    """Make `dest` the agent's workspace (a private repository) and return its base commit."""
+    alternates = _objects_dir(target.git_dir) if target.git_dir is not None else None
+    host = host_git_dir(dest)
+    _init(host, bare=True, alternates=alternates)
+    with open(os.path.join(host, _BASE_FILE), "w") as fh:  # what the patch is computed against
+        fh.write((target.commit if target.is_repo and target.commit else EMPTY_TREE) + "\n")
     if target.git_dir is None or target.commit is None:
         os.makedirs(dest, exist_ok=True)
-        git("init", "-q", dest)
+        _init(dest, bare=False, alternates=None)
         git("commit", "-q", "--allow-empty", "-m", "rlm: empty workspace", cwd=dest)
         return git("rev-parse", "HEAD", cwd=dest).strip()
-    for attempt in range(5):
-        with _worktree_lock(target.git_dir).adding():
-            proc = subprocess.run(
-                ["git", "worktree", "add", "-q", "--detach", dest, target.commit],
-                cwd=target.git_dir,
-                capture_output=True,
-                text=True,
-            )
-        if proc.returncode == 0:
-            return target.commit
-        # Lock contention; concurrent adds racing on the admin directory names git derives from
-        # the (shared) basename `work` (".git/worktrees/work5/commondir" half-written); or a
-        # prune by another process (e.g. `rlm cleanup`) mid-add: retry.
-        racy = any(s in proc.stderr for s in ("lock", "failed to read", "worktrees/"))
-        if not racy or attempt == 4:
-            raise TargetError(f"git worktree add failed: {proc.stderr.strip()}")
-        shutil.rmtree(dest, ignore_errors=True)
-        time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+    _init(dest, bare=False, alternates=alternates)
+    own = os.path.join(dest, ".git")
+    # Checked out by the host's git with this fresh repository's (empty) config: no filters,
+    # no hooks; the index it writes gives the agent a clean `git status`. Parallel checkout
+    # (one worker per core) halves the time on a tree of hundreds of files.
+    safe_git(
+        "-c",
+        "checkout.workers=0",
+        "read-tree",
+        "-u",
+        "--reset",
+        target.commit,
+        git_dir=own,
+        work_tree=dest,
+    )
+    with open(os.path.join(own, "HEAD"), "w") as fh:  # detached at the base commit
+        fh.write(target.commit + "\n")
+    # The host's index starts as the checkout's (written by the host's git a moment ago, before
+    # any agent code ran): its stat data lets the patch hash only the files that changed.
+    shutil.copyfile(os.path.join(own, "index"), os.path.join(host, _INDEX_FILE))
+    return target.commit
+
+
+def bundle(target: Target, out: str) -> None:
+    """Write a `git bundle` of the target's base commit (and its history) to `out`.
+
+    Made in a throw-away repository that borrows the target's objects: no ref is ever written
+    into the user's repository.
+    """
+    if target.git_dir is None or target.commit is None:
+        raise TargetError("a run without a repository has nothing to bundle")
+    with tempfile.TemporaryDirectory(prefix="rlm-bundle-") as tmp:
+        scratch = os.path.join(tmp, "scratch.git")
+        _init(scratch, bare=True, alternates=_objects_dir(target.git_dir))
+        ref = f"refs/rlm-bundle/{target.commit[:12]}"
+        safe_git("update-ref", ref, target.commit, git_dir=scratch)
+        safe_git("bundle", "create", "-q", out, ref, git_dir=scratch)
 
 
 def remove_workspace(target: Target, dest: str) -> None:
-    """Delete the workspace (and its worktree registration); never raises."""
-    removed = False
-    if target.git_dir is not None and os.path.isdir(dest):
-        removed = (
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", "--force", dest],
-                cwd=target.git_dir,
-                capture_output=True,
-            ).returncode
-            == 0
-        )
+    """Delete the workspace and its host-owned git dir; never raises."""
     shutil.rmtree(dest, ignore_errors=True)
-    if target.git_dir is not None and not removed:  # e.g. the worktree was deleted under us
-        with _worktree_lock(target.git_dir).pruning():
-            subprocess.run(["git", "worktree", "prune"], cwd=target.git_dir, capture_output=True)
+    shutil.rmtree(host_git_dir(dest), ignore_errors=True)
 
 
-def diff(workdir: str, base: str) -> str:
-    """Everything changed in `workdir` since `base`, new files included, as a git patch."""
-    git("add", "-A", cwd=workdir)
-    return git("diff", "--cached", "--binary", base, cwd=workdir)
+def diff(workdir: str) -> str:
+    """Everything changed in workspace `workdir` since its base, new files included, as a patch.
+
+    Computed with the host-owned git dir only: the workspace's `.git` may be gone or hostile.
+    """
+    host = host_git_dir(workdir)
+    try:
+        with open(os.path.join(host, _BASE_FILE)) as fh:
+            tree = fh.read().strip()
+    except OSError:
+        raise TargetError(f"the host's git dir of {workdir} is missing ({host})") from None
+    if not os.path.isdir(workdir):
+        raise TargetError(f"the workspace {workdir} is gone")
+    index = os.path.join(host, _INDEX_FILE)
+    if not os.path.exists(index):
+        safe_git("read-tree", tree, git_dir=host, index=index)
+    safe_git("add", "-A", git_dir=host, work_tree=workdir, index=index)
+    return safe_git(
+        "diff",
+        "--cached",
+        "--binary",
+        "--no-ext-diff",
+        "--no-textconv",
+        tree,
+        git_dir=host,
+        work_tree=workdir,
+        index=index,
+    )

@@ -114,14 +114,14 @@ def test_kill_9_of_the_host_leaves_a_record_and_cleanup_removes_the_rest(
     proc, pids, results = _start(repo, tmp_path)
     record = _kill_host(proc, pids, results)
     run_dir = tmp_root() / record["run_id"]
-    # What the dead host left: sandbox directories and registered worktrees (its kernels'
-    # fork server saw the host go and stopped them). Sub-agents may run in pooled sandboxes
-    # (`pool-<n>`, the agent named in their `agent` file); idle pooled ones are left too.
+    # What the dead host left: sandbox directories, nothing in the user's repository (its kernels
+    # saw the host go, through their lifeline, and stopped). Sub-agents may run in pooled
+    # sandboxes (`pool-<n>`, the agent named in their `agent` file); idle pooled ones are left too.
     left = sorted(run_dir.iterdir())
     served = {(p / "agent").read_text().strip() for p in left if (p / "agent").is_file()}
     assert served == {"root", "root.1", "root.2"}
     assert all(p.name in served or p.name.startswith("pool-") for p in left)
-    assert len(worktrees(repo)) == len(left)
+    assert worktrees(repo) == []
     kernels = [int(p) for p in os.listdir(pids)]
     wait_for(lambda: not any(pid_alive(p) for p in kernels), 30, "the orphaned kernels to stop")
 

@@ -25,12 +25,20 @@ AGENTS = 100
 HOLD_S = float(os.environ.get("RLM_LOAD_SECONDS", "60"))
 
 
+_FOREIGN_THREADS = frozenset({"daytona-subscription-expiry"})
+
+
 def _resources() -> dict[str, object]:
     # litellm's logging pool is process-wide and grows lazily up to 100 threads; it is no leak of
-    # ours, so it is counted apart (and bounded below).
-    names = [t.name for t in threading.enumerate()]
+    # ours, so it is counted apart (and bounded below). Timer threads an earlier test's SDK left
+    # (the Daytona SDK's subscription expiry) may end meanwhile: not ours either.
+    names = [
+        t.name
+        for t in threading.enumerate()
+        if t.name not in _FOREIGN_THREADS and not t.name.startswith("litellm-logging")
+    ]
     return {
-        "threads": sorted(n for n in names if not n.startswith("litellm-logging")),
+        "threads": sorted(names),
         "child processes": child_pids(),
         "fds": len(os.listdir("/proc/self/fd")),
     }

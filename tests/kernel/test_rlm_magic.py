@@ -527,3 +527,44 @@ def test_load_ext_in_a_stock_python_kernel(tmp_path: Path) -> None:
     finally:
         k.shutdown()
     assert not list(k.sandbox_root.iterdir())
+
+
+PAYLOAD = """
+import os
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo reduce:$PPID >> {marker}",))
+    def __str__(self):
+        open({marker!r}, "a").write(f"str:{{os.getpid()}}\\n")
+        return "payload"
+    def __repr__(self):
+        open({marker!r}, "a").write(f"repr:{{os.getpid()}}\\n")
+        return "Payload()"
+    def __len__(self):
+        open({marker!r}, "a").write(f"len:{{os.getpid()}}\\n")
+        return 3
+x = Payload()
+"""
+
+
+def test_sandbox_objects_never_run_code_in_the_kernel_process(
+    kernel: RLMKernelProcess, tmp_path: Path
+) -> None:
+    # A cell's object whose pickle runs a command, read through `{x}`, `--context x` and
+    # `%rlm step --code x`: only the sandbox may run its code; the kernel process (where the
+    # keys live) never unpickles anything a sandbox made.
+    marker = tmp_path / "marker.txt"
+    ok(kernel.execute(PAYLOAD.format(marker=str(marker))))
+    sandbox_pid = kernel.sandbox_pid()
+    host_pid = kernel.km.provisioner.pid
+    cell = kernel.execute("%rlm config model.sub_model=scripted/{x}")
+    assert cell.content["status"] in ("ok", "error"), cell.content
+    ok(kernel.execute("%%rlm --context x -o c --quiet\nCONTEXT please"))
+    assert "context=" in ok(kernel.execute("print(c.answer)")).stdout
+    lines = marker.read_text().splitlines() if marker.exists() else []
+    pids = {line.split(":")[1] for line in lines}
+    assert str(host_pid) not in pids, lines
+    assert not any(line.startswith("reduce:") for line in lines), lines
+    assert pids <= {str(sandbox_pid)}, (lines, sandbox_pid)
+    # `{x}` used str(x), computed in the sandbox.
+    assert f"str:{sandbox_pid}" in lines

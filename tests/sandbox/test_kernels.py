@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import queue
-import signal
+import subprocess
 import sys
 import threading
 import time
@@ -357,18 +357,62 @@ def test_fork_server_eof_stops_its_kernels(start: Starter) -> None:
     assert live_kernel_pids() == []
 
 
-def test_orphaned_kernel_exits_when_zygote_is_killed(start: Starter) -> None:
+def test_kernels_outlive_a_killed_zygote(start: Starter) -> None:
+    # Agent code can kill the fork server (os.kill(os.getppid(), 9) from any kernel): the other
+    # kernels must live on, and the next start brings up a new fork server.
     h = start("fork")
     server = kernels._server
     assert server is not None
-    os.kill(server.pid, signal.SIGKILL)
-    # ipykernel's parent poller (parent_handle = the zygote) notices within about a second
-    assert wait_until(lambda: not h.is_alive(), 3.0), "orphaned kernel kept running"
-    # the next start brings up a new fork server
+    content, _ = run(h, "import os; os.kill(os.getppid(), 9)")
+    assert content["status"] == "ok"
+    assert wait_until(lambda: gone(server.pid), 5.0)
+    time.sleep(1.5)  # ipykernel's parent poller would have stopped the kernel by now
+    assert h.is_alive()
+    content, out = run(h, "print(6 * 7)")
+    assert content["status"] == "ok" and out == "42\n"
     h2 = start("fork")
     assert h2.is_alive() and kernels._server is not None and kernels._server.pid != server.pid
     content, out = run(h2, "print(1 + 1)")
     assert content["status"] == "ok" and out == "2\n"
+
+
+HOST = """
+import os, sys, time
+from rlm_kernel.sandbox.kernels import start_kernel
+h = start_kernel(sys.argv[1], {"PATH": os.environ["PATH"]}, runtime_dir=sys.argv[2])
+h.client.execute("import subprocess; p = subprocess.Popen(['sleep', '60']); print(p.pid)")
+print(h.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_kernels_die_with_their_host(tmp_path: Path) -> None:
+    # The lifeline: when the host process is SIGKILLed, every kernel it started (and what they
+    # started) goes, even though the kernels' parent is the fork server.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOST, str(tmp_path), str(tmp_path / "rt")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        kernel_pid = int(proc.stdout.readline())
+        assert not gone(kernel_pid)
+
+        def children() -> list[int]:
+            path = Path(f"/proc/{kernel_pid}/task/{kernel_pid}/children")
+            return [int(p) for p in path.read_text().split()]
+
+        assert wait_until(lambda: bool(children()), 10.0), "the kernel's subprocess did not start"
+        pids = [kernel_pid, *children()]
+        proc.kill()
+        proc.wait()
+        assert wait_until(lambda: all(gone(p) for p in pids), 5.0), "a kernel outlived its host"
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def test_fallback_to_subprocess_when_fork_server_cannot_start(

@@ -1,4 +1,4 @@
-"""Tests for rlm_kernel.sandbox.workspace: targets, cached clones, worktrees and patches."""
+"""Tests for rlm_kernel.sandbox.workspace: targets, cached clones, private workspaces and patches."""
 
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ def test_url_that_cannot_be_cloned(tmp_path: Path) -> None:
     assert list(cache.iterdir()) == []  # no half-made clone is left
 
 
-def test_worktree_from_url_target(tmp_path: Path) -> None:
+def test_workspace_from_url_target(tmp_path: Path) -> None:
     repo, sha = _repo(tmp_path)
     t = resolve_target(f"file://{repo}")
     ws = tmp_path / "ws"
@@ -219,7 +219,7 @@ def test_worktree_from_url_target(tmp_path: Path) -> None:
 # -- workspaces --------------------------------------------------------------------------------
 
 
-def test_worktrees_are_isolated_at_the_base_commit(tmp_path: Path) -> None:
+def test_workspaces_are_private_repositories_at_the_base_commit(tmp_path: Path) -> None:
     repo, first = _repo(tmp_path)
     t = resolve_target(repo, commit=first)
     _commit(repo, {"README.md": "# moved on\n"})  # the user's checkout moves; workspaces stay
@@ -235,7 +235,13 @@ def test_worktrees_are_isolated_at_the_base_commit(tmp_path: Path) -> None:
         assert (b / "pkg" / "mod.py").read_text() == "VALUE = 1\n"
         assert not (b / "only_a.txt").exists()
         assert not (repo / "only_a.txt").exists()
-        assert {str(a), str(b)} <= set(_worktrees(repo))
+        # Private repositories: nothing registers in the user's repository.
+        assert _worktrees(repo) == [str(repo)]
+        for ws in (a, b):
+            assert (ws / ".git").is_dir()
+            alternates = (ws / ".git" / "objects" / "info" / "alternates").read_text().strip()
+            assert alternates == os.path.realpath(repo / ".git" / "objects")
+            assert not list((ws / ".git").glob("hooks/*"))
     finally:
         remove_workspace(t, str(a))
         remove_workspace(t, str(b))
@@ -247,11 +253,11 @@ def test_diff_includes_new_files_and_edits(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     base = create_workspace(t, str(ws))
     try:
-        assert diff(str(ws), base) == ""
+        assert diff(str(ws)) == ""
         (ws / "pkg" / "mod.py").write_text("VALUE = 2\n")
         (ws / "pkg" / "new.py").write_text("NEW = True\n")
         (ws / "README.md").unlink()
-        patch = diff(str(ws), base)
+        patch = diff(str(ws))
         assert "diff --git a/pkg/mod.py b/pkg/mod.py" in patch
         assert "-VALUE = 1\n+VALUE = 2\n" in patch
         assert "diff --git a/pkg/new.py b/pkg/new.py\nnew file mode" in patch
@@ -266,28 +272,29 @@ def test_diff_includes_new_files_and_edits(tmp_path: Path) -> None:
     assert sha == base
 
 
-def test_remove_workspace_removes_dir_and_registration(tmp_path: Path) -> None:
+def test_remove_workspace_removes_dir_and_host_git_dir(tmp_path: Path) -> None:
     repo, _ = _repo(tmp_path)
     t = resolve_target(repo)
     ws = tmp_path / "ws"
     create_workspace(t, str(ws))
-    (ws / "untracked.txt").write_text("dirty\n")  # a dirty worktree is removed too
-    assert str(ws) in _worktrees(repo)
+    (ws / "untracked.txt").write_text("dirty\n")  # a dirty workspace is removed too
+    assert (tmp_path / "ws.host-git").is_dir()
     remove_workspace(t, str(ws))
     assert not ws.exists()
+    assert not (tmp_path / "ws.host-git").exists()
     assert _worktrees(repo) == [str(repo)]
-    assert not (repo / ".git" / "worktrees" / "ws").exists()
     remove_workspace(t, str(ws))  # again: never raises
 
 
-def test_remove_workspace_prunes_a_deleted_worktree(tmp_path: Path) -> None:
+def test_diff_of_a_deleted_workspace_raises(tmp_path: Path) -> None:
     repo, _ = _repo(tmp_path)
     t = resolve_target(repo)
     ws = tmp_path / "ws"
     create_workspace(t, str(ws))
     shutil.rmtree(ws)
+    with pytest.raises(TargetError, match="is gone"):
+        diff(str(ws))
     remove_workspace(t, str(ws))
-    assert _worktrees(repo) == [str(repo)]
 
 
 def test_empty_target_gives_an_empty_git_repo(tmp_path: Path) -> None:
@@ -298,7 +305,7 @@ def test_empty_target_gives_an_empty_git_repo(tmp_path: Path) -> None:
     assert _run(ws, "rev-parse", "HEAD") == base
     assert _run(ws, "log", "--format=%s") == "rlm: empty workspace"
     (ws / "hello.py").write_text("print('hi')\n")
-    patch = diff(str(ws), base)
+    patch = diff(str(ws))
     assert "diff --git a/hello.py b/hello.py\nnew file mode" in patch
     assert "+print('hi')\n" in patch
     remove_workspace(t, str(ws))
