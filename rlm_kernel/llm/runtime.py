@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
+import warnings
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -46,6 +47,12 @@ def import_litellm() -> Any:
 
             litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners
             litellm.telemetry = False  # older versions only; there are no callbacks to remove
+            # litellm's async path makes a provider's coroutine on an executor thread, then
+            # awaits it: a call cancelled in between leaves that coroutine unawaited (and the
+            # stream it would have opened, unopened). That is the cancel working, not a bug.
+            warnings.filterwarnings(
+                "ignore", r"coroutine '\S*acompletion' was never awaited", RuntimeWarning
+            )
             from .providers import register_providers, warm_first_call
 
             register_providers(litellm)
@@ -86,6 +93,11 @@ def _loop() -> asyncio.AbstractEventLoop:
         if _LOOP is None or os.getpid() != _LOOP_PID:
             ready = threading.Event()
             new = asyncio.new_event_loop()
+            # litellm's async path hops through the loop's executor on every call: enough
+            # threads that a batch's calls do not queue there
+            new.set_default_executor(
+                concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="rlm-llm-io")
+            )
 
             def run() -> None:
                 asyncio.set_event_loop(new)
