@@ -3,12 +3,14 @@ scripted and replay models.
 
 - `client` — `LLMClient`, the synchronous API agents and the bridge call (`complete`,
   `complete_many`); `calls` — one call as a task on the LLM loop (retries, the stream);
-  `runtime` — litellm's one-time import (`prewarm`) and the loop.
+  `runtime` — litellm's one-time import (`prewarm`) and the loop; `direct` — the calls made
+  while litellm is still being imported.
 - `providers` — the `scripted` and `replay` custom providers of litellm; `scripted`, `replay` —
   what they answer with.
 - `usage` — `Usage`, `Completion`; `errors` — `LLMError` and friends; `retry` — backoff.
 - `service` — `SubLLM`, the `llm_query` service of runs and notebook cells (import it from
-  there); `history` — fitting an agent's messages into the context window.
+  there: it uses the run's budget). Fitting an agent's messages into the context window is
+  `rlm_kernel.history`.
 
 litellm is imported lazily (``import litellm`` costs seconds), once per process, with the local
 cost map so nothing is fetched from the network.
