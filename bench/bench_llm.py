@@ -45,17 +45,19 @@ PROMPT = "CHUNK 0: count the words.\nw w w"
 
 
 class Server:
-    """bench/openai_server.py in a subprocess; collects the arrival times it prints."""
+    """bench/openai_server.py in a subprocess; collects the arrival times it prints (with
+    `arrivals`: reading them costs this process CPU, so the CPU rows go without)."""
 
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, arrivals: bool = False) -> None:
         self.latency = latency
+        self.want_arrivals = arrivals
         self.arrivals: list[float] = []
         self._proc: subprocess.Popen[str] | None = None
         self.url = ""
 
     def __enter__(self) -> Server:
         cmd = [sys.executable, str(BENCH / "openai_server.py"), "--port", "0"]
-        cmd += ["--latency", str(self.latency), "--arrivals"]
+        cmd += ["--latency", str(self.latency)] + (["--arrivals"] if self.want_arrivals else [])
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
         first = self._proc.stdout.readline()
@@ -258,7 +260,7 @@ def start_rows(args: argparse.Namespace) -> list[list[Any]]:
         if rlm_main(["kernel", "install", "--prefix", str(jupyter / "prefix")]) != 0:
             raise SystemExit("rlm kernel install failed")
         os.environ.update(_jupyter_env(jupyter))
-        with Server(0.0) as srv:
+        with Server(0.0, arrivals=True) as srv:
             rows = []
             for label, fn in (
                 ("`rlm run`", lambda: first_request_cli(srv)),

@@ -184,6 +184,11 @@ class RLMKernel(IPythonKernel):
         root = self._root
         return root is not None and not root.closed
 
+    @property
+    def root_target(self) -> Target:
+        """The workspace the root sandbox has (or will have when it starts)."""
+        return self._root_target
+
     def set_root_target(self, target: Target) -> None:
         """Give the root sandbox a workspace of `target` now, or at its creation if not started."""
         with self._root_lock:

@@ -217,14 +217,13 @@ def _start(session: RLMSession, args: argparse.Namespace, body: str) -> RunHandl
         if args.repo:
             kernel.set_root_target(probe.target)
             session.repo = (args.repo, args.branch, args.commit)
-        sandbox = kernel.root_sandbox()
-        target = sandbox.spec.target
+        target = kernel.root_target
         run = Run(
             task,
             target.origin if target.is_repo else None,
             branch=target.branch,
             commit=target.commit,
-            root_sandbox=sandbox,
+            root_sandbox=kernel.root_sandbox,  # started (if not yet) during the first LLM call
             context_desc=desc,
             **common,
         )

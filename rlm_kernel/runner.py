@@ -26,7 +26,7 @@ from .llm import LLMClient, OnText, Usage
 from .llm.service import SubLLM
 from .records import Recorder
 from .sandbox import backend_class
-from .sandbox.base import NO_CONTEXT, Sandbox, SandboxError, SandboxSpec
+from .sandbox.base import NO_CONTEXT, Handler, Sandbox, SandboxError, SandboxSpec
 from .sandbox.bridge import BridgeRefused
 from .sandbox.pool import SandboxPool, pool_target
 from .sandbox.workspace import Target, resolve_target
@@ -94,7 +94,7 @@ class Run:
         on_event: EventSink | Sequence[EventSink] | None = None,
         step: bool = False,
         llm: LLMClient | None = None,
-        root_sandbox: Sandbox | None = None,
+        root_sandbox: Sandbox | Callable[[], Sandbox] | None = None,
         context_desc: str | None = None,
     ) -> None:
         load_dotenv_file()
@@ -134,10 +134,13 @@ class Run:
         self.root: Agent | None = None
         self.kept: list[Sandbox] = []
         # An existing REPL (the notebook's) to run the root agent in; the run neither creates nor
-        # removes it, and the context may already live in it (context_desc describes it).
-        self.root_sandbox = root_sandbox
+        # removes it, and the context may already live in it (context_desc describes it). Given
+        # as a function, it is asked for in the background, so that starting it overlaps the
+        # root's first LLM call (the notebook's first `%%rlm`).
+        self._root_source = root_sandbox
+        self.root_sandbox = root_sandbox if isinstance(root_sandbox, Sandbox) else None
         self.context_desc = context_desc
-        self._root_prev_handler = root_sandbox.spec.handler if root_sandbox is not None else None
+        self._root_prev_handler: Handler | None = None
         self._agents: dict[str, Agent] = {}
         self._emit_lock = threading.RLock()
         self._slots = threading.Semaphore(self.config.rlm.max_concurrency)
@@ -357,14 +360,29 @@ class Run:
         )
         cls = backend_class(self.config.sandbox.backend)
         pool = self._start_pool(cls) if agent.parent is None else self._ready_pool
-        if agent.parent is None and self.root_sandbox is not None:
+        source = self._root_source
+        if agent.parent is None and source is not None:
             if pool is not None:
                 pool.start()
-            self.root_sandbox.reset_agent()
-            self.root_sandbox.set_handler(agent.handle)
+
+            def adopt() -> Sandbox:
+                try:
+                    sb = source if isinstance(source, Sandbox) else source()
+                except SandboxError:
+                    raise
+                except Exception as exc:  # e.g. a configuration the backend refuses
+                    raise SandboxError(f"could not start the notebook's sandbox: {exc}") from exc
+                self._root_prev_handler = sb.spec.handler
+                self.root_sandbox = sb
+                sb.reset_agent()
+                sb.set_handler(agent.handle)
+                self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=sb.info())
+                return sb
+
+            if not isinstance(source, Sandbox):
+                return self._pool.submit(adopt)
             done: Future[Sandbox] = Future()
-            done.set_result(self.root_sandbox)
-            self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=self.root_sandbox.info())
+            done.set_result(adopt())
             return done
 
         def create() -> Sandbox:
@@ -451,9 +469,10 @@ class Run:
         self, agent: Agent, sandbox: Sandbox | None, future: Future[Sandbox]
     ) -> None:
         """Remove (or keep, with sandbox.keep) an ended agent's sandbox."""
-        if sandbox is not None and sandbox is self.root_sandbox:
-            if self._root_prev_handler is not None:
-                sandbox.set_handler(self._root_prev_handler)
+        if agent.parent is None and self._root_source is not None:
+            # The notebook's sandbox is never closed: it gets its handler back (once it is there,
+            # if the root ended while it was starting).
+            future.add_done_callback(self._give_back_root)
             return
         if sandbox is None:
             future.add_done_callback(_close_when_ready)
@@ -468,6 +487,12 @@ class Run:
             )
             return
         sandbox.close()
+
+    def _give_back_root(self, future: Future[Sandbox]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        if self._root_prev_handler is not None:
+            future.result().set_handler(self._root_prev_handler)
 
     def sandbox_of(self, agent_id: str) -> Sandbox | None:
         """The live sandbox of an agent: kept after it ended, or its running one; else None."""
