@@ -105,6 +105,17 @@ def test_renders_a_record_fully_expanded(page: Any, harness_url: str) -> None:
     assert _row(page, "root.0.0").is_visible()
 
 
+def test_the_header_counts_cached_tokens_when_there_are_any(page: Any, harness_url: str) -> None:
+    rec = synth_record()
+    tree = AgentTree.from_record(rec)
+    _mount(page, harness_url, record=tree.record, summary=tree.summary)
+    assert page.locator('.rlm-total[data-k="cached"]').count() == 0  # no cache, no column
+    rec["usage"] = {**rec["usage"], "cache_read_tokens": 1234}
+    tree = AgentTree.from_record(rec)
+    _mount(page, harness_url, record=tree.record, summary=tree.summary)
+    assert _total(page, "cached") == "1.2k"
+
+
 def test_selection_shows_code_output_namespace_and_children(page: Any, harness_url: str) -> None:
     rec = synth_record()
     tree = AgentTree.from_record(rec)

@@ -237,3 +237,57 @@ def test_a_context_error_folds_and_retries_once_then_gives_a_clear_error(
     assert [r.kind for r in llm_server.requests] == ["context_error"]
     data = json.loads(Path(res.record_path or "").read_text())
     assert data["root"]["status"] == "error"
+
+
+def test_rlm_status_shows_tokens_cached_tokens_and_cost(
+    llm_server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_magics import ipython
+
+    sh = ipython()
+    sh.run_line_magic("load_ext", "rlm_kernel")
+    try:
+        sh.run_line_magic(
+            "rlm",
+            f"config model.name=openai/fault-model model.api_base={llm_server.api_base} "
+            f"results_dir={tmp_path} retries=0",
+        )
+        llm_server.script(
+            reply("```python\nx = 1\nprint('step ' * 500)\n```"),
+            reply("```python\nFINAL('cached')\n```"),
+        )
+        sh.run_cell_magic("rlm", "--quiet -o res", "use the cache")
+        assert sh.user_ns["res"].answer == "cached"
+        cached = sum(r.cached_tokens for r in llm_server.requests)
+        assert cached > 0
+        capsys.readouterr()
+        sh.run_line_magic("rlm", "status")
+        out = capsys.readouterr().out
+        assert f"({cached:,} cached)" in out and "$0.0000" in out
+    finally:
+        sh.run_line_magic("unload_ext", "rlm_kernel")
+        sh.user_ns.pop("res", None)
+        sh.user_ns.pop("_rlm", None)
+
+
+def test_a_context_error_folds_the_history_and_the_retry_goes_through(
+    llm_server: FaultServer, fault_config: Config
+) -> None:
+    """The window is unknown (the default budget is far above it): the provider refuses the
+    prompt once, naming its limit; the agent folds its history to fit and asks again."""
+    llm_server.context_limit = 8_000
+    turns = [reply(f"```python\nv{i} = {i}\nprint('{i}' * 6000)\n```") for i in range(8)]
+    llm_server.script(*turns, reply("```python\nFINAL(str(v0 + v7))\n```"))
+    events: list[Event] = []
+    cfg = fault_config(rlm__max_iterations=10)
+    res = Run("fold once", config=cfg, on_event=events.append).execute()
+    assert (res.status, res.answer) == ("done", "7"), res.error
+    kinds = [r.kind for r in llm_server.requests]
+    assert kinds.count("context_error") == 1
+    refused = kinds.index("context_error")
+    assert llm_server.requests[refused + 1].kind != "context_error"  # the retry went through
+    assert all(r.prompt_tokens <= 8_000 for r in llm_server.requests if r.kind != "context_error")
+    folds = [e.data for e in events if e.type is EventType.HISTORY_FOLDED]
+    assert folds and folds[0]["retry"] is True and folds[0]["budget"] <= 6_000
+    record = load_record(res.record_path or "")
+    assert len(record["root"]["iterations"]) == 9  # the record keeps every turn
