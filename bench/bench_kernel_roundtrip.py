@@ -8,8 +8,11 @@ kernel starts its root sandbox on the first cell), each kernel runs `x = 1 + 1` 
 idle. In the rlm kernel an ordinary cell runs in the notebook's root sandbox, a second IPython
 kernel behind the rlm kernel, so a round trip there crosses two kernels.
 
-    .venv/bin/python bench/bench_kernel_roundtrip.py [--n 200] [--reps 3]
+    .venv/bin/python bench/bench_kernel_roundtrip.py [--n 200] [--reps 3] [--cell CODE]
     .venv/bin/python bench/bench_kernel_roundtrip.py --smoke     # seconds
+
+`--cell` times another cell instead (e.g. one with a large display, for the relay's share of
+forwarding outputs).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, median, table
 from jupyter_client.manager import KernelManager
 
-TARGET = 1.5
+TARGET = 1.3  # issue 18
 CELL = "x = 1 + 1"
 
 
@@ -52,7 +55,7 @@ def setup_jupyter(base: Path) -> None:
         os.environ[var] = str(base / sub)
 
 
-def round_trips(kernel_name: str, n: int, warm: int) -> list[float]:
+def round_trips(kernel_name: str, n: int, warm: int, cell: str = CELL) -> list[float]:
     km = KernelManager(kernel_name=kernel_name, transport="ipc")
     km.start_kernel()
     kc = km.client()
@@ -60,13 +63,13 @@ def round_trips(kernel_name: str, n: int, warm: int) -> list[float]:
     try:
         kc.wait_for_ready(timeout=120)
         for _ in range(warm):
-            reply = kc.execute_interactive(CELL, timeout=120, output_hook=lambda m: None)
+            reply = kc.execute_interactive(cell, timeout=120, output_hook=lambda m: None)
             if reply["content"]["status"] != "ok":
                 raise RuntimeError(f"{kernel_name}: warm-up cell failed: {reply['content']}")
         times = []
         for _ in range(n):
             t0 = time.perf_counter()
-            kc.execute_interactive(CELL, timeout=60, output_hook=lambda m: None)
+            kc.execute_interactive(cell, timeout=60, output_hook=lambda m: None)
             times.append(time.perf_counter() - t0)
         return times
     finally:
@@ -79,6 +82,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="cells per kernel and repetition")
     ap.add_argument("--reps", type=int, default=3, help="kernel starts per kind (alternating)")
     ap.add_argument("--smoke", action="store_true", help="20 cells, 1 repetition")
+    ap.add_argument("--cell", default=CELL, help=f"the cell to time (default: {CELL!r})")
     args = ap.parse_args()
     if args.smoke:
         args.n, args.reps = 20, 1
@@ -92,7 +96,7 @@ def main() -> None:
         per_rep: dict[str, list[float]] = {"python3": [], "rlm": []}
         for _ in range(args.reps):
             for name in ("python3", "rlm"):  # alternate, so both see the same machine load
-                t = round_trips(name, args.n, warm=5)
+                t = round_trips(name, args.n, warm=5, cell=args.cell)
                 times[name] += t
                 per_rep[name].append(statistics.median(t))
     finally:
@@ -117,7 +121,7 @@ def main() -> None:
         )
     ratio = median(times["rlm"]) / median(times["python3"])
     print(
-        f"`{CELL}` with execute_interactive, {args.reps} kernel starts per kind, "
+        f"`{args.cell}` with execute_interactive, {args.reps} kernel starts per kind, "
         f"{args.n} cells each; at the end: {machine()}\n"
     )
     print(

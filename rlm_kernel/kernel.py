@@ -6,9 +6,15 @@ the *host*, runs only cells whose first non-blank line starts with ``%rlm`` or `
 ``%load_ext rlm_kernel`` and ``%config RLMKernel…``); API keys and the LLM stack live there and
 never enter a sandbox.
 
-Forwarding a cell: `Sandbox.execute` runs in a worker thread (the event loop stays free) and
-every output message is re-published on this kernel's iopub with the request as parent;
-``execute_result`` gets this kernel's execution count, which the kernel advances itself.
+Forwarding a cell: `Sandbox.execute` runs in a worker thread (the event loop stays free), under
+the frontend's msg_id and with its ``user_expressions``; the sandbox kernel's reply gives the
+execute_reply's ``payload`` (``obj?``'s pager, ``set_next_input``) and ``user_expressions``. Output
+messages reach this kernel's iopub with the request as parent: for a local sandbox through
+`comms.CommRouter` (the thin hop, on the event loop, which also relays comms: ipywidgets,
+anywidget, tqdm.notebook), for a Daytona sandbox from the worker thread. ``execute_result`` gets
+this kernel's execution count, which the kernel advances itself. A forwarded cell skips what
+ipykernel's ``execute_request`` does for a cell of its own shell (flushing its stdout and stderr,
+each a round trip to the IOPub thread, and a 0.5 ms sleep): see `execute_request`.
 
 Interrupts. The kernelspec sets ``"interrupt_mode": "message"``: the Stop button sends an
 ``interrupt_request`` on the control channel, which is handled on the control thread even while
@@ -44,15 +50,19 @@ import logging
 import re
 import secrets
 import signal
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextvars import copy_context
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
+from ipykernel.jsonutil import json_clean
+from tornado.ioloop import PeriodicCallback
 from traitlets import Unicode
 
 from . import __version__
+from .comms import CommRouter
 from .config import KERNEL, SETTINGS, RLMConfig, load_config, load_dotenv_file
 from .relay import FrontendInput, OutputRelay, merge_matches, prepare_repl, route_sigint
 from .sandbox import backend_class
@@ -70,6 +80,28 @@ HOST_CELL_PREFIXES = ("%rlm", "%%rlm")
 _HOST_LINE = re.compile(r"%(?:re)?load_ext\s+rlm_kernel\b|%config\s+RLMKernel\b")
 
 _FOREVER_S = 10.0**9  # a notebook cell runs until it ends or the user stops it
+_CELL_DRAIN_S = 5.0  # after the cell's reply: wait this long for the relay to pass its outputs on
+_LINK_CHECK_MS = 1000  # how often the relay looks for sandboxes that went away
+
+
+def _flush_only_when_pending(stream: Any) -> None:
+    """Make an ipykernel OutStream's flush() return at once when nothing is waiting to be sent.
+
+    ipykernel flushes stdout and stderr after every request, each flush a round trip to its IOPub
+    thread even when nothing was written; forwarded cells write nothing to this kernel's streams.
+    Whatever was written sets `_flush_pending` until the IOPub thread sends it, and everything
+    published later queues behind that send, so skipping the round trip keeps the order.
+    """
+    names = ("_flush_pending", "_subprocess_flush_pending", "echo", "flush")
+    if not all(hasattr(stream, n) for n in names):
+        return
+    full = stream.flush
+
+    def flush() -> None:
+        if stream._flush_pending or stream._subprocess_flush_pending or stream.echo is not None:
+            full()
+
+    stream.flush = flush
 
 
 def is_host_cell(code: str) -> bool:
@@ -115,11 +147,36 @@ class RLMKernel(IPythonKernel):
         self.rlm_session: Any = None
         self._host_shell.configurables.append(self)  # `%config RLMKernel.model = ...`
         self._register_magics()
+        self._main_thread = threading.current_thread()
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._link_check: PeriodicCallback | None = None
+        from .sandbox.kernels import _zmq_context
+
+        self.relay = CommRouter(
+            self._session,
+            self.iopub_socket,
+            self._topic,
+            lambda: self.comm_manager.comms,
+            _zmq_context,
+        )
+        for name in ("comm_open", "comm_msg", "comm_close"):
+            own = self.shell_handlers[name]  # the kernel's comm manager (the %%rlm AgentTree)
+            self.shell_handlers[name] = self._comm_handler(own)
+        for stream in (sys.stdout, sys.stderr):
+            _flush_only_when_pending(stream)
         atexit.register(self._close_sandboxes)
         if threading.current_thread() is threading.main_thread():
             # A manager whose shutdown_request timed out sends SIGTERM: exit through atexit so the
             # sandboxes are still removed (Python's default would end the process at once).
             signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def start(self) -> None:
+        """Start the kernel, and the relay's check for sandboxes that went away."""
+        super().start()
+        self._main_thread = threading.current_thread()
+        self._main_loop = getattr(self.io_loop, "asyncio_loop", None)  # tornado over asyncio
+        self._link_check = PeriodicCallback(self.relay.check, _LINK_CHECK_MS)
+        self._link_check.start()
 
     # -- kernel info ------------------------------------------------------------------------------
     @property
@@ -228,6 +285,39 @@ class RLMKernel(IPythonKernel):
         raise BridgeRefused(f"{name} is available inside %%rlm runs; start one with %%rlm")
 
     # -- execution ----------------------------------------------------------------------------------
+    async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Answer an execute_request: `%rlm` cells as IPythonKernel does, others forwarded.
+
+        A forwarded cell gets the same messages as from ipykernel (execute_input, the outputs,
+        execute_reply with payload and user_expressions, aborting queued cells after an error
+        with stop_on_error), without what ipykernel does for output of its own shell: flushing
+        stdout and stderr through the IOPub thread and sleeping 0.5 ms before the reply.
+        """
+        content = parent.get("content") if isinstance(parent, dict) else None
+        code = content.get("code") if isinstance(content, dict) else None
+        if not isinstance(code, str) or is_host_cell(code) or self.session is None:
+            await super().execute_request(stream, ident, parent)
+            return
+        assert isinstance(content, dict)
+        silent = bool(content.get("silent", False))
+        store_history = bool(content.get("store_history", not silent))
+        expressions = content.get("user_expressions")
+        metadata = self.init_metadata(parent)
+        if not silent:
+            self._publish_execute_input(code, parent, self._host_shell.execution_count)
+        reply = await self._forward_cell(
+            code,
+            silent=silent,
+            store_history=store_history and not silent,
+            allow_stdin=bool(content.get("allow_stdin", False)),
+            user_expressions=expressions if isinstance(expressions, dict) else None,
+        )
+        reply = json_clean(reply)
+        metadata = self.finish_metadata(parent, metadata, reply)
+        self.session.send(stream, "execute_reply", reply, parent, metadata=metadata, ident=ident)
+        if not silent and reply["status"] == "error" and content.get("stop_on_error", True):
+            self._abort_queues(parent["header"].get("subshell_id"))
+
     async def do_execute(
         self,
         code: str,
@@ -252,11 +342,21 @@ class RLMKernel(IPythonKernel):
             )
             return reply
         return await self._forward_cell(
-            code, silent=silent, store_history=store_history and not silent, allow_stdin=allow_stdin
+            code,
+            silent=silent,
+            store_history=store_history and not silent,
+            allow_stdin=allow_stdin,
+            user_expressions=user_expressions,
         )
 
     async def _forward_cell(
-        self, code: str, *, silent: bool, store_history: bool, allow_stdin: bool
+        self,
+        code: str,
+        *,
+        silent: bool,
+        store_history: bool,
+        allow_stdin: bool,
+        user_expressions: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         cancel = threading.Event()
         restore_sigint = route_sigint(asyncio.get_running_loop(), cancel)
@@ -270,12 +370,8 @@ class RLMKernel(IPythonKernel):
             publish = OutputRelay(
                 self._session, self.iopub_socket, self._topic, parent, count, silent
             )
-            ask = None
-            if allow_stdin:
-                ident = self._get_shell_context_var(self._shell_parent_ident)
-                ask = FrontendInput(self._session, self.stdin_socket, ident, parent, cancel)
-            reply = await asyncio.to_thread(
-                self._run_forwarded, code, cancel, publish, ask, store_history
+            reply = await self._run_in_sandbox(
+                code, cancel, publish, parent, allow_stdin, store_history, user_expressions
             )
         finally:
             self._cell_cancels.remove(cancel)
@@ -285,51 +381,124 @@ class RLMKernel(IPythonKernel):
         reply["execution_count"] = count
         return reply
 
-    def _run_forwarded(
+    async def _run_in_sandbox(
         self,
         code: str,
         cancel: threading.Event,
         publish: OutputRelay,
-        ask: FrontendInput | None,
+        parent: dict[str, Any],
+        allow_stdin: bool,
         store_history: bool,
+        user_expressions: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        """Run one cell in the current sandbox (worker thread) and build the execute reply."""
-        try:
-            sb = self._attached or self.root_sandbox()
-        except Exception as exc:
-            return publish.error("SandboxError", f"the notebook's sandbox did not start: {exc}")
+        sb = self._attached
+        if sb is None:
+            root = self._root
+            sb = root if root is not None and not root.closed else None
+        if sb is None:
+            try:
+                sb = await asyncio.to_thread(self.root_sandbox)
+            except Exception as exc:
+                return publish.error("SandboxError", f"the notebook's sandbox did not start: {exc}")
         if cancel.is_set():
             return publish.error("KeyboardInterrupt", "interrupted before the cell started")
+        link = await self._on_main(self.relay.link_for(sb))
+        # With a link, the relay passes the cell's outputs on as they come (in order with its
+        # comm messages); without (Daytona), the worker thread does.
+        cell = await self._on_main(self._begin_cell(link, publish)) if link is not None else None
+        ask = None
+        if allow_stdin:
+            ident = self._get_shell_context_var(self._shell_parent_ident)
+            before = (lambda: self._wait_on_main(self.relay.flush, sb)) if link else None
+            ask = FrontendInput(self._session, self.stdin_socket, ident, parent, cancel, before)
+        msg_id = publish.msg_id if link is not None else None
+        try:
+            res = await asyncio.to_thread(
+                self._execute_in,
+                sb,
+                code,
+                cancel,
+                None if cell is not None else publish,
+                ask,
+                store_history,
+                msg_id,
+                user_expressions,
+            )
+            if cell is not None and isinstance(res, CellResult) and not res.namespace_lost:
+                try:  # the sandbox's idle status came; the relay may still be on its way to it
+                    await asyncio.wait_for(asyncio.wrap_future(cell.done), _CELL_DRAIN_S)
+                except asyncio.TimeoutError:
+                    log.warning("outputs of a cell did not all arrive from the sandbox")
+        finally:
+            if cell is not None:
+                await self._on_main(self._end_cell(cell))
+        publish.finish()
+        if isinstance(res, Exception):  # e.g. the kernel shut the sandbox down under the cell
+            return publish.error("SandboxError", f"the cell could not run in the sandbox: {res}")
+        return self._reply(sb, res, publish)
+
+    async def _begin_cell(self, link: Any, publish: OutputRelay) -> Any:
+        return self.relay.begin_cell(link, publish)
+
+    async def _end_cell(self, cell: Any) -> None:
+        self.relay.end_cell(cell)
+
+    def _execute_in(
+        self,
+        sb: Sandbox,
+        code: str,
+        cancel: threading.Event,
+        on_output: OutputRelay | None,
+        ask: FrontendInput | None,
+        store_history: bool,
+        msg_id: str | None,
+        user_expressions: dict[str, Any] | None,
+    ) -> CellResult | Exception:
+        """Run one cell in `sb` (worker thread); after a restart or death, put things right."""
         try:
             res = sb.execute(
                 code,
                 timeout=_FOREVER_S,
                 cancel=cancel,
-                on_output=publish,
+                on_output=on_output,
                 store_history=store_history,
                 stdin_hook=ask,
+                msg_id=msg_id,
+                user_expressions=user_expressions,
             )
-        except Exception as exc:  # e.g. the kernel shut the sandbox down under the cell
-            publish.finish()
-            return publish.error("SandboxError", f"the cell could not run in the sandbox: {exc}")
-        publish.finish()
-        return self._reply(sb, res, publish)
+        except Exception as exc:
+            return exc
+        if res.status == "restarted":
+            with contextlib.suppress(Exception):
+                prepare_repl(sb)
+        elif res.status == "died":
+            sb.close()
+        return res
 
     def _reply(self, sb: Sandbox, res: CellResult, publish: OutputRelay) -> dict[str, Any]:
         errors = [o["content"] for o in res.outputs if o["msg_type"] == "error"]
-        if res.status == "ok":
-            return {"status": "ok", "user_expressions": {}, "payload": []}
-        if res.status == "error" and errors:
+        payload = res.reply.get("payload")
+        expressions = res.reply.get("user_expressions")
+        extra = {
+            "payload": [p for p in payload if isinstance(p, dict)]
+            if isinstance(payload, list)
+            else [],
+            "user_expressions": expressions if isinstance(expressions, dict) else {},
+        }
+        if res.reply.get("status") == "error" and not errors:
+            errors = [res.reply]  # the error message itself was lost in a burst of output
+        if res.status == "ok" and not errors:
+            return {"status": "ok", **extra}
+        if res.status in ("ok", "error") and errors:
             err = errors[-1]
             return {
                 "status": "error",
                 "ename": str(err.get("ename", "Error")),
                 "evalue": str(err.get("evalue", "")),
                 "traceback": list(err.get("traceback", [])),
+                **extra,
             }
         if res.status == "restarted":
-            with contextlib.suppress(Exception):
-                prepare_repl(sb)
             if sb.backend != "local" and res.error:  # e.g. Daytona restarted the context empty
                 return publish.error("SandboxRestarted", res.error)
             return publish.error(
@@ -338,7 +507,6 @@ class RLMKernel(IPythonKernel):
                 "the notebook's variables are gone",
             )
         if res.status == "died":
-            sb.close()
             if sb is self._attached:
                 self._attached = None
                 why = "the following cells run in the notebook's root sandbox again"
@@ -355,8 +523,63 @@ class RLMKernel(IPythonKernel):
                 "ename": str(err.get("ename", "KeyboardInterrupt")),
                 "evalue": str(err.get("evalue", "")),
                 "traceback": list(err.get("traceback", [])),
+                **extra,
             }
         return publish.error("KeyboardInterrupt", res.error or "interrupted")
+
+    # -- comms ----------------------------------------------------------------------------------------
+    def _comm_handler(self, own: Callable[..., Any]) -> Callable[..., Any]:
+        """A shell handler for comm_open/comm_msg/comm_close of the frontend: the relay's comms go
+        to their sandbox, the kernel's own to `own` (its comm manager). Also runs while a cell
+        runs (ipykernel dispatches comm messages past a busy shell)."""
+
+        def handle(stream: Any, ident: Any, msg: dict[str, Any]) -> Any:
+            if threading.current_thread() is not self._main_thread and self._main_loop:
+                self._main_loop.call_soon_threadsafe(handle, stream, ident, msg)
+                return None
+            if self.relay.from_frontend(msg, self._live_repl()):
+                return None
+            return own(stream, ident, msg)
+
+        return handle
+
+    async def comm_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """The kernel's own comms and those of sandbox kernels (widgets of ordinary cells)."""
+        if self.session is None:
+            return
+        content = parent.get("content") or {}
+        target = content.get("target_name")
+        comms = {
+            cid: {"target_name": comm.target_name}
+            for cid, comm in self.comm_manager.comms.items()
+            if target is None or comm.target_name == target
+        }
+        comms.update(self.relay.comm_info(target))
+        reply = {"status": "ok", "comms": comms}
+        self.session.send(stream, "comm_info_reply", reply, parent, ident)
+
+    async def _on_main(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Await `coro` on the kernel's main event loop (where the relay lives), from any loop."""
+        loop = self._main_loop
+        if loop is None or threading.current_thread() is self._main_thread:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    def _wait_on_main(self, fn: Callable[..., None], *args: Any, timeout: float = 0.5) -> None:
+        """Run `fn` on the main event loop and wait for it (at most `timeout`); worker threads."""
+        loop = self._main_loop
+        if loop is None:
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                fn(*args)
+            finally:
+                done.set()
+
+        loop.call_soon_threadsafe(run)
+        done.wait(timeout)
 
     async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
         """Stop forwarded cells (control thread); otherwise interrupt the host as usual."""
@@ -438,8 +661,16 @@ class RLMKernel(IPythonKernel):
         """Cancel runs, close every sandbox and stop every kernel process this kernel started."""
         for cancel in list(self._cell_cancels):
             cancel.set()
+        if self._main_loop is not None:  # the relay lives on the main loop (this is the control's)
+            with contextlib.suppress(RuntimeError):
+                self._main_loop.call_soon_threadsafe(self._stop_relay)
         await asyncio.to_thread(self._close_sandboxes)
         return await self._host(super().do_shutdown(restart))
+
+    def _stop_relay(self) -> None:
+        if self._link_check is not None:
+            self._link_check.stop()
+        self.relay.close()
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         """Stop forwarded cells (their worker threads must end before exit) and exit."""

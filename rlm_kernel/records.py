@@ -213,6 +213,7 @@ class Recorder:
             elif self._timer is None:
                 self._timer = threading.Timer(self._last + self.min_interval_s - now, self._flush)
                 self._timer.daemon = True
+                self._timer.name = "rlm-record-flush"
                 self._timer.start()
             if ev.type in (EventType.RUN_STARTED, EventType.RUN_FINISHED):
                 self._update_index()

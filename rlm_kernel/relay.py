@@ -1,8 +1,9 @@
 """How a cell the kernel forwards to a sandbox talks to the frontend (used by `kernel.py`).
 
-Outputs go onto the kernel's iopub with the request as parent, ``input()`` requests go to the
-frontend's stdin channel, and SIGINT becomes the cell's cancel event. Everything here may run on
-the worker thread that drives the sandbox; see the `rlm_kernel.kernel` docstring for why.
+Outputs go onto the kernel's iopub with the request as parent (passed on by `comms.CommRouter`
+for a sandbox with a Jupyter kernel, by the cell's worker thread otherwise), ``input()`` requests
+go to the frontend's stdin channel, and SIGINT becomes the cell's cancel event. See the
+`rlm_kernel.kernel` docstring for the threads involved.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from .comms import publish_raw
 from .sandbox.base import Sandbox
 
 __all__ = [
@@ -42,13 +44,6 @@ NOTEBOOK_STREAM_CAP = 1_000_000
 `NOTEBOOK_STREAM_TAIL` characters (a browser tab chokes on megabytes of text in one output)."""
 NOTEBOOK_STREAM_TAIL = 10_000
 
-# Show `obj?` help inline: the pager's payload would be lost on the way through the host.
-_PAGER_SETUP = (
-    "from IPython.core import page as _p\n"
-    "get_ipython().set_hook('show_in_pager', _p.as_hook(_p.display_page), 90)\n"
-    "del _p\n"
-)
-
 
 class InputCancelled(Exception):
     """The cell was interrupted while it waited for the user's input."""
@@ -58,7 +53,9 @@ class OutputRelay:
     """Re-publishes a sandbox cell's output messages on the kernel's iopub (from any thread).
 
     ipykernel's iopub socket queues sends onto its IOPub thread, so publishing from the worker
-    thread is safe and stays ordered before the kernel's own "idle" status.
+    thread is safe and stays ordered before the kernel's own "idle" status. Messages as dicts
+    (`__call__`, a sandbox's on_output hook) or, from `comms.CellForward`, as received (`stream`,
+    `result`, `forward_raw`).
     """
 
     def __init__(
@@ -80,6 +77,19 @@ class OutputRelay:
         self.dropped = 0  # stream bytes held back since the last note
         self._tail: collections.deque[tuple[str, str]] = collections.deque()
         self._tail_len = 0
+        self._parent_bytes: bytes | None = None
+
+    @property
+    def msg_id(self) -> str:
+        """The msg_id of the frontend's request."""
+        return str(self.parent.get("header", {}).get("msg_id", ""))
+
+    @property
+    def parent_bytes(self) -> bytes:
+        """The request's header, packed (the parent of every message this relay publishes)."""
+        if self._parent_bytes is None:
+            self._parent_bytes = bytes(self.session.pack(self.parent.get("header") or {}))
+        return self._parent_bytes
 
     def __call__(self, msg: dict[str, Any]) -> None:
         """The sandbox's on_output hook: forward one output message, renumbering results."""
@@ -88,16 +98,38 @@ class OutputRelay:
             return
         content = dict(msg.get("content") or {})
         if mtype == "stream":
-            self._stream(str(content.get("name", "stdout")), str(content.get("text", "")))
+            self.stream(str(content.get("name", "stdout")), str(content.get("text", "")))
+            return
+        if mtype == "execute_result":
+            self.result(content)
             return
         self.finish()  # the note and the tail go before what came after them
-        if mtype == "execute_result":
-            if self.silent:
-                return
-            content["execution_count"] = self.count
         self.send(mtype, content)
 
-    def _stream(self, name: str, text: str) -> None:
+    def result(self, content: dict[str, Any]) -> None:
+        """Publish the cell's execute_result under the kernel's execution count."""
+        self.finish()
+        if self.silent:
+            return
+        self.send("execute_result", {**content, "execution_count": self.count})
+
+    def forward_raw(self, mtype: str, metadata: Any, content: Any, buffers: list[Any]) -> None:
+        """Publish an output message as the sandbox sent it (metadata, content and buffers are
+        not decoded): only its header and parent are new."""
+        self.finish()
+        publish_raw(
+            self.session,
+            self.iopub_socket,
+            self.topic,
+            mtype,
+            self.parent_bytes,
+            metadata,
+            content,
+            buffers,
+        )
+
+    def stream(self, name: str, text: str) -> None:
+        """Publish stream text, at most `NOTEBOOK_STREAM_CAP` characters per cell (then a tail)."""
         room = NOTEBOOK_STREAM_CAP - self.streamed
         if room > 0:
             head = text[:room]
@@ -165,12 +197,14 @@ class FrontendInput:
         ident: Any,
         parent: dict[str, Any],
         cancel: threading.Event,
+        before_ask: Callable[[], None] | None = None,
     ) -> None:
         self.session = session
         self.socket = stdin_socket
         self.ident = ident
         self.parent = parent
         self.cancel = cancel
+        self.before_ask = before_ask  # e.g. pass on what the cell printed before it asked
 
     def __call__(self, prompt: str, password: bool) -> str:
         """The sandbox's stdin hook: the line the user typed; InputCancelled on interrupt."""
@@ -182,6 +216,8 @@ class FrontendInput:
                 if e.errno == zmq.EAGAIN:
                     break
                 raise
+        if self.before_ask is not None:
+            self.before_ask()
         content = {"prompt": prompt, "password": password}
         self.session.send(sock, "input_request", content, self.parent, ident=self.ident)
         while True:
@@ -238,12 +274,13 @@ def merge_matches(
 
 
 def prepare_repl(sb: Sandbox) -> None:
-    """One-time setup of a local sandbox REPL for notebook use: help shown inline, and
-    `RLM_NOTEBOOK_DIR` (the kernel's working directory: the notebook's folder) in its
-    environment, since its own working directory is the sandbox's workspace."""
+    """One-time setup of a local sandbox REPL for notebook use: `RLM_NOTEBOOK_DIR` (the kernel's
+    working directory: the notebook's folder) in its environment, since its own working directory
+    is the sandbox's workspace. (`obj?` help reaches the frontend as the pager payload of the
+    sandbox kernel's execute_reply, which the kernel passes on.)"""
     if sb.backend != "local":
-        return  # a Daytona context is plain Python (`obj?` is not its syntax), on another machine
-    notebook_dir = f"__import__('os').environ['RLM_NOTEBOOK_DIR'] = {os.getcwd()!r}\n"
-    res = sb.execute(_PAGER_SETUP + notebook_dir, timeout=30, store_history=False)
+        return  # a Daytona context runs on another machine
+    code = f"__import__('os').environ['RLM_NOTEBOOK_DIR'] = {os.getcwd()!r}\n"
+    res = sb.execute(code, timeout=30, store_history=False)
     if res.error:
-        log.warning("could not set up the sandbox's pager: %s", res.error)
+        log.warning("could not set RLM_NOTEBOOK_DIR in the sandbox: %s", res.error)

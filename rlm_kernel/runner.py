@@ -581,6 +581,7 @@ class Run:
             ),
         )
         timer.daemon = True
+        timer.name = "rlm-global-timeout"
         timer.start()
         outcome: AgentOutcome | None = None
         error: str | None = None
@@ -594,6 +595,7 @@ class Run:
             log.exception("run %s failed", self.run_id)
         finally:
             timer.cancel()
+            timer.join()  # no thread outlives the run (a cancelled Timer ends at once)
             self._cleanup()
         status = outcome.status if outcome else "error"
         if status == "cancelled" and "timeout" in self.scope.why():

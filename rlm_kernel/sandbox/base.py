@@ -114,6 +114,9 @@ class CellResult:
     elapsed_s: float = 0.0
     status: str = "ok"  # ok | error | timeout | cancelled | died | restarted
     outputs: list[dict[str, Any]] = field(default_factory=list)  # raw output messages (kernel use)
+    # The REPL kernel's execute_reply content (payload, user_expressions) when the cell ran with a
+    # `msg_id` (the RLM kernel forwarding a frontend's request); empty otherwise.
+    reply: dict[str, Any] = field(default_factory=dict)
 
     @property
     def namespace_lost(self) -> bool:
@@ -177,11 +180,16 @@ class Sandbox(abc.ABC):
         on_output: OutputHook | None = None,
         store_history: bool = True,
         stdin_hook: StdinHook | None = None,
+        msg_id: str | None = None,
+        user_expressions: dict[str, str] | None = None,
     ) -> CellResult:
         """Run one cell; interrupt it after `timeout` s or when `cancel` is set.
 
         With `stdin_hook`, `input()` in the cell asks the hook; without, it raises as in a
-        frontend without stdin.
+        frontend without stdin. A backend whose REPL is a Jupyter kernel sends the cell under
+        `msg_id` (the RLM kernel passes its frontend's, so that the REPL's messages answer the
+        frontend's request) with `user_expressions`, and returns the kernel's reply in
+        `CellResult.reply`; other backends ignore both.
         """
 
     def complete(self, code: str, cursor_pos: int) -> dict[str, Any]:

@@ -333,8 +333,11 @@ class DaytonaSandbox(Sandbox):
         on_output: OutputHook | None = None,
         store_history: bool = True,
         stdin_hook: StdinHook | None = None,
+        msg_id: str | None = None,
+        user_expressions: dict[str, str] | None = None,
     ) -> CellResult:
-        """Run one cell in the context, with the bridge open for it."""
+        """Run one cell in the context, with the bridge open for it (no Jupyter kernel here:
+        `msg_id` and `user_expressions` are ignored)."""
         return self._run(code, timeout=timeout, cancel=cancel, on_output=on_output, wrap=True)
 
     def _wrapped(self, exec_id: str, code: str) -> str:

@@ -53,7 +53,7 @@ __all__ = ["KERNEL_OPTIONS", "PRELOAD_MODULES", "main"]
 # Every sandbox kernel: input history in memory. Dozens of kernels sharing the user's
 # ~/.ipython history.sqlite corrupt it ("readonly database" errors in cells' output), and
 # agents' cells do not belong in the user's history.
-KERNEL_OPTIONS = ("--HistoryManager.hist_file=:memory:",)
+KERNEL_OPTIONS = ("--HistoryManager.hist_file=:memory:", "--IPythonKernel._execute_sleep=0")
 
 PRELOAD_MODULES: tuple[str, ...] = (
     "ipykernel.kernelapp",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pickle
 import queue
@@ -39,8 +40,12 @@ from .runtime import CELL_PREFIX
 
 __all__ = ["LocalSandbox"]
 
+log = logging.getLogger(__name__)
+
 INTERRUPT_GRACE_S = 3.0  # how long an interrupted cell may take to stop before the kernel restarts
+LOST_IDLE_S = 2.0  # the cell replied but its idle status has not come: iopub lost it
 QUERY_TIMEOUT_S = 5.0  # completion / inspection requests
+REPLY_TIMEOUT_S = 2.0  # the execute_reply of a cell whose idle status arrived (sent before it)
 
 
 class LocalSandbox(Sandbox):
@@ -176,8 +181,11 @@ class LocalSandbox(Sandbox):
         on_output: OutputHook | None = None,
         store_history: bool = True,
         stdin_hook: StdinHook | None = None,
+        msg_id: str | None = None,
+        user_expressions: dict[str, str] | None = None,
     ) -> CellResult:
-        """Run one cell with the bridge open for it (and stdin answered by `stdin_hook`)."""
+        """Run one cell with the bridge open for it (and stdin answered by `stdin_hook`); with
+        `msg_id`, as that request, returning the kernel's execute_reply in `CellResult.reply`."""
         return self._run(
             code,
             timeout=timeout,
@@ -187,6 +195,8 @@ class LocalSandbox(Sandbox):
             wrap=True,
             store_history=store_history,
             stdin_hook=stdin_hook,
+            msg_id=msg_id,
+            user_expressions=user_expressions,
         )
 
     # -- completion and inspection --------------------------------------------------------------
@@ -340,6 +350,8 @@ class LocalSandbox(Sandbox):
         wrap: bool,
         store_history: bool = False,
         stdin_hook: StdinHook | None = None,
+        msg_id: str | None = None,
+        user_expressions: dict[str, str] | None = None,
     ) -> CellResult:
         kernel = self.kernel
         if kernel is None or self.closed:
@@ -362,7 +374,7 @@ class LocalSandbox(Sandbox):
                 "code": code,
                 "silent": silent,
                 "store_history": store_history and not silent,
-                "user_expressions": {},
+                "user_expressions": user_expressions or {},
                 "allow_stdin": stdin_hook is not None,
                 "stop_on_error": False,
             }
@@ -370,13 +382,20 @@ class LocalSandbox(Sandbox):
             if hooked:
                 meta["cellId"] = f"{CELL_PREFIX}{exec_id}:{int(self.snapshot_on_end)}"
             msg = kc.session.msg("execute_request", content, metadata=meta)
+            if msg_id is not None:
+                msg["header"]["msg_id"] = msg["msg_id"] = msg_id
             kc.shell_channel.send(msg)
             main = msg["header"]["msg_id"]
             ids.append(main)
             if wrap and not hooked:
                 ids.append(kc.execute("__rlm__.end()", silent=True, store_history=False))
             try:
-                return self._collect(kernel, main, ids, timeout, cancel, on_output, stdin_hook)
+                res = self._collect(kernel, main, ids, timeout, cancel, on_output, stdin_hook)
+                if msg_id is not None and not res.namespace_lost and not res.reply:
+                    reply = _reply_to(kc.get_shell_msg, main, REPLY_TIMEOUT_S)
+                    if reply is not None:
+                        res.reply = dict(reply.get("content") or {})
+                return res
             finally:
                 self.bridge.end()
                 _drain(kc)
@@ -400,6 +419,7 @@ class LocalSandbox(Sandbox):
         interrupted_at: float | None = None
         waiting = set(ids)
         last_alive_check = t0
+        replied_at: float | None = None  # when the main request's execute_reply came
 
         def handle(msg: dict[str, Any]) -> None:
             parent = msg.get("parent_header", {}).get("msg_id")
@@ -488,6 +508,20 @@ class LocalSandbox(Sandbox):
             try:
                 msg = kc.get_iopub_msg(timeout=0.05)
             except queue.Empty:
+                # iopub is quiet: if the cell replied long ago, its idle status was lost (a
+                # zmq queue overflowed); do not wait for it for ever.
+                if main not in waiting:
+                    continue
+                if replied_at is None:
+                    for reply in _pending(kc.get_shell_msg):
+                        if reply.get("parent_header", {}).get("msg_id") == main:
+                            replied_at = time.monotonic()
+                            res.reply = dict(reply.get("content") or {})
+                elif time.monotonic() - replied_at > LOST_IDLE_S:
+                    log.warning("sandbox %s: a cell's idle status was lost", self.id)
+                    waiting.clear()
+                continue
+            except _MALFORMED:  # the cell can publish anything on its kernel's iopub: skip it
                 continue
             handle(msg)
         rest = parser.flush()
@@ -511,14 +545,21 @@ def _input_request(kc: Any, main: str) -> dict[str, Any] | None:
     return None
 
 
+# What jupyter_client raises for a message it cannot decode (bad signature, not JSON, no header).
+_MALFORMED = (ValueError, KeyError, TypeError)
+
+
 def _pending(get: Any) -> list[dict[str, Any]]:
-    """Every message already waiting on a channel (`get` is a client's get_*_msg)."""
+    """Every message already waiting on a channel (`get` is a client's get_*_msg); malformed
+    ones are skipped."""
     out: list[dict[str, Any]] = []
     while True:
         try:
             out.append(get(timeout=0))
         except queue.Empty:
             return out
+        except _MALFORMED:
+            continue
 
 
 def _reply_to(get: Any, msg_id: str, timeout: float) -> dict[str, Any] | None:

@@ -61,6 +61,12 @@ RESERVED = (
 )
 _HIDDEN = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 
+# Shown with a widget displayed where no Jupyter kernel carries comm messages (a Daytona context).
+WIDGET_NOTE = (
+    "[{name} is a widget: widgets cannot show from a Daytona sandbox, which runs Python without "
+    "a Jupyter kernel to carry their messages; the local sandbox backend shows them]"
+)
+
 
 class RLMResult(str):
     """What `rlm_query` returns: the child's answer, with `.agent_id` and `.patch` (its diff)."""
@@ -291,6 +297,8 @@ class Runtime:
             data["text/plain"] = repr(obj)
         except Exception as exc:
             data["text/plain"] = f"<repr failed: {exc!r}>"
+        if hasattr(obj, "_model_name") and hasattr(obj, "comm"):  # ipywidgets, anywidget
+            data["text/plain"] += "\n" + WIDGET_NOTE.format(name=type(obj).__name__)
         self.notify("display", data=data, result=result)
 
     def _show_figures(self) -> None:

@@ -82,6 +82,15 @@ def test_ordinary_cells_rich_display_and_errors(
     assert ok(kernel.execute("print(x)")).stdout == "41\n"  # nothing lost on the way
 
 
+def test_widgets_say_they_cannot_show_on_daytona(kernel: RLMKernelProcess) -> None:
+    cell = ok(kernel.execute("import ipywidgets\nslider = ipywidgets.IntSlider(value=4)\nslider"))
+    (text,) = displays(cell, "text/plain")
+    assert "IntSlider is a widget: widgets cannot show from a Daytona sandbox" in text
+    assert "the local sandbox backend shows them" in text
+    assert not [m for m in cell.outputs if m["msg_type"].startswith("comm_")]
+    assert ok(kernel.execute("print(slider.value)")).stdout == "4\n"  # the value still works
+
+
 def test_tab_completion_and_inspection_see_the_sandbox(kernel: RLMKernelProcess) -> None:
     ok(
         kernel.execute(

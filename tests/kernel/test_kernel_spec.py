@@ -7,8 +7,28 @@ from pathlib import Path
 from typing import Any
 
 import jupyter_kernel_test
+from jupyter_kernel_test.msgspec_v5 import schema_fragments
 
 from .harness import RLMKernelProcess
+
+# jupyter_kernel_test 0.7 has no schemas for comm messages; a cell that shows a widget publishes
+# them. These follow the messaging spec (ipykernel adds target_module to comm_open).
+schema_fragments.setdefault(
+    "comm_open",
+    {
+        "properties": {
+            "comm_id": {"type": "string"},
+            "target_name": {"type": "string"},
+            "target_module": {"type": ["string", "null"]},
+            "data": {"type": "object"},
+        },
+        "required": ["comm_id", "target_name", "data"],
+    },
+)
+for _kind in ("comm_msg", "comm_close"):
+    schema_fragments.setdefault(
+        _kind, {"properties": {"comm_id": {"type": "string"}, "data": {"type": "object"}}}
+    )
 
 
 class RLMKernelConformance(jupyter_kernel_test.KernelTests):
@@ -53,6 +73,10 @@ class RLMKernelConformance(jupyter_kernel_test.KernelTests):
             "code": "import matplotlib.pyplot as plt; plt.plot([1, 2]); plt.show()",
             "mime": "image/png",
         },
+        {
+            "code": "import ipywidgets; display(ipywidgets.IntSlider(value=3))",
+            "mime": "application/vnd.jupyter.widget-view+json",
+        },
     ]
     code_execute_result = [  # noqa: RUF012
         {"code": "6*7", "result": "42"},
@@ -62,5 +86,13 @@ class RLMKernelConformance(jupyter_kernel_test.KernelTests):
     # "range" is left out: IPython numbers the current session 0 in range replies, as in ipykernel.
     supported_history_operations = ("tail", "search")
     code_inspect_sample = "sample_value"
+    code_page_something = "zip?"  # the sandbox kernel's pager payload, passed on
     code_generate_error = "raise ValueError('boom')"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
+
+
+class RLMKernelIopubWelcome(jupyter_kernel_test.IopubWelcomeTests):
+    """A new iopub subscriber is greeted (ipykernel >= 7), here too."""
+
+    kernel_name = "rlm"
+    support_iopub_welcome = True

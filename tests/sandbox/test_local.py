@@ -50,3 +50,37 @@ def test_set_workspace_keeps_the_namespace(make_repo: Any, tmp_path: Path) -> No
         assert "+bye" in sb.diff()
     finally:
         sb.close()
+
+
+def test_a_flood_of_flushed_prints_ends() -> None:
+    # 20 000 messages in a burst: past 1000 queued (the sandbox kernel's iopub and the client's
+    # SUB socket each hold that many), zmq drops the rest of a burst, and when the cell's idle
+    # status was among them the cell never ended. Now its execute_reply ends it.
+    sb = _sandbox()
+    try:
+        for _ in range(2):
+            res = sb.execute(
+                "for i in range(20000):\n    print(i, flush=True)\nprint('done')", timeout=120
+            )
+            assert res.status == "ok" and res.output.startswith("0\n1\n2\n")
+        assert sb.execute("print('next')", timeout=30).output == "next\n"
+    finally:
+        sb.close()
+
+
+def test_a_cell_under_a_frontends_msg_id_returns_its_reply() -> None:
+    sb = _sandbox()
+    try:
+        res = sb.execute(
+            "import os\nhere = 7\nzip?",
+            timeout=30,
+            msg_id="frontend-request-1",
+            user_expressions={"twice": "2 * here"},
+        )
+        assert res.status == "ok"
+        (page,) = res.reply["payload"]
+        assert page["source"] == "page" and "zip" in page["data"]["text/plain"]
+        assert res.reply["user_expressions"]["twice"]["data"] == {"text/plain": "14"}
+        assert sb.execute("x = 1", timeout=10).reply == {}  # without a msg_id: none
+    finally:
+        sb.close()
