@@ -47,6 +47,9 @@ PHASES = {
 _parts: dict[str, list[float]] = {}
 
 
+ISOLATION = {"value": "auto"}  # sandbox.isolation of every run (--isolation)
+
+
 def one_run(n: int, results: Path) -> list[float]:
     """Gaps (s) between consecutive iteration starts of one agent running `n` iterations."""
     starts: list[float] = []
@@ -71,6 +74,7 @@ def one_run(n: int, results: Path) -> list[float]:
             "results_dir": str(results),
             "model.retries": 0,
             "rlm.max_iterations": n + 1,
+            "sandbox.isolation": ISOLATION["value"],
         }
     )
     res = Run("bench", None, config=cfg, on_event=sink).execute()
@@ -96,14 +100,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (no targets checked)")
+    ap.add_argument("--isolation", default="auto", help="sandbox.isolation: auto, bwrap or none")
     args = ap.parse_args(argv)
+    ISOLATION["value"] = args.isolation
     reps, n = (1, 4) if args.smoke else (args.reps, args.iterations)
     llm.import_litellm()  # the one-time import is not per-iteration overhead
     with tempfile.TemporaryDirectory(prefix="rlm-bench-") as work:
         results = Path(work) / "results"
         stats = measure(reps, n, results)
         print(
-            f"per-iteration overhead at LATENCY_S = 0 ({stats['count']:.0f} iterations, {reps} runs): "
+            f"per-iteration overhead at LATENCY_S = 0, isolation {args.isolation} "
+            f"({stats['count']:.0f} iterations, {reps} runs): "
             f"median {stats['median'] * 1000:.1f} ms "
             f"(p25 {stats['p25'] * 1000:.1f}, p75 {stats['p75'] * 1000:.1f}; target <= 15 ms)"
         )

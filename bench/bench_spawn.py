@@ -20,6 +20,7 @@ committed as a git repository under `$XDG_CACHE_HOME/rlm-kernel/` (as notebooks/
 does). `--smoke` uses a tiny repository instead and few spawns (for CI; nothing is checked).
 
     .venv/bin/python bench/bench_spawn.py [--spawns 12] [--think 0.5] [--fanout 8] [--smoke]
+        [--isolation auto|bwrap|none|both] [--rounds N]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any
 from rlm_kernel import llm
 from rlm_kernel.config import RLMConfig
 from rlm_kernel.runner import Run
+from rlm_kernel.sandbox import isolation
 
 VERSION = "1.7.2"
 _GIT = ["git", "-c", "user.name=rlm", "-c", "user.email=rlm@localhost"]
@@ -146,7 +148,9 @@ def spawn_model(spawns: int, think: float, first_llm: dict[str, float]) -> str:
     return llm.register_scripted(f"bench-spawn-{spawns}-{think}", respond, latency_s=0.0)
 
 
-def measure_spawns(repo: str, spawns: int, think: float, pool: str, results: str) -> dict[str, Any]:
+def measure_spawns(
+    repo: str, spawns: int, think: float, pool: str, results: str, isolation: str = "auto"
+) -> dict[str, Any]:
     """One run with `spawns` sequential rlm_query calls; latencies in seconds."""
     first_llm: dict[str, float] = {}
     cfg = RLMConfig().with_overrides(
@@ -155,6 +159,7 @@ def measure_spawns(repo: str, spawns: int, think: float, pool: str, results: str
             "results_dir": results,
             "model.retries": 0,
             "sandbox.pool_size": int(pool) if pool.isdigit() else pool,
+            "sandbox.isolation": isolation,
             "rlm.max_iterations": spawns + 3,
         }
     )
@@ -171,7 +176,7 @@ def measure_spawns(repo: str, spawns: int, think: float, pool: str, results: str
     }
 
 
-def measure_fanout(repo: str, n: int, results: str) -> dict[str, float]:
+def measure_fanout(repo: str, n: int, results: str, isolation: str = "auto") -> dict[str, float]:
     """`n` children alive at once: their kernels' RSS/PSS and the host's RSS growth per agent."""
     hold = tempfile.mkdtemp(prefix="rlm-bench-hold-")
     code = HOLD_CODE.format(hold=hold)
@@ -199,7 +204,12 @@ def measure_fanout(repo: str, n: int, results: str) -> dict[str, float]:
 
     model = llm.register_scripted(f"bench-fanout-mem-{n}", respond, latency_s=0.0)
     cfg = RLMConfig().with_overrides(
-        {"model.name": model, "results_dir": results, "model.retries": 0}
+        {
+            "model.name": model,
+            "results_dir": results,
+            "model.retries": 0,
+            "sandbox.isolation": isolation,
+        }
     )
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -231,7 +241,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--think", type=float, default=0.5, help="root's LLM latency (s)")
     ap.add_argument("--fanout", type=int, default=8, help="children alive at once (memory)")
     ap.add_argument("--smoke", action="store_true", help="tiny repo, few spawns (CI)")
+    ap.add_argument(
+        "--isolation",
+        default="auto",
+        help="sandbox.isolation: auto, bwrap, none, or 'both' (none and bwrap, run alternately, "
+        "with the bwrap/none ratio of the medians)",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="runs per pool setting and tier")
     args = ap.parse_args(argv)
+    tiers = ["none", "bwrap"] if args.isolation == "both" else [args.isolation]
     llm.import_litellm()  # the one-time import is not spawn latency
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rlm-bench-") as work:
@@ -240,29 +258,53 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             repo, spawns, think, fanout = tiny_repo(work), 2, 0.2, 2
         else:
             repo, spawns, think, fanout = sklearn_repo(), args.spawns, args.think, args.fanout
-        measure_spawns(repo, 1, 0.0, "0", results)  # warm: fork server, litellm, git caches
+        for tier in tiers:  # warm: fork servers, litellm, git caches
+            measure_spawns(repo, 1, 0.0, "0", results, tier)
         print(f"repo {repo}; {spawns} sequential spawns per run; root thinks {think} s per turn\n")
         print(
-            "| pool | to first LLM request, median (ms) | to first code, median (ms) | "
-            "p90 to first code (ms) | target |"
+            "| pool | isolation | to first LLM request, median (ms) | to first code, median (ms) "
+            "| p90 to first code (ms) | target |"
         )
-        print("|---|---:|---:|---:|---|")
+        print("|---|---|---:|---:|---:|---|")
         for pool, target in (("auto", "<= 150 ms"), ("0", "<= 1500 ms")):
-            m = measure_spawns(repo, spawns, think, pool, results)
-            codes = sorted(m["to_code"])
-            p90 = codes[min(len(codes) - 1, int(0.9 * len(codes)))]
+            got: dict[str, dict[str, list[float]]] = {
+                t: {"to_llm": [], "to_code": []} for t in tiers
+            }
+            for _ in range(args.rounds):
+                for tier in tiers:  # alternate, so that load changes hit both tiers alike
+                    m = measure_spawns(repo, spawns, think, pool, results, tier)
+                    got[tier]["to_llm"] += m["to_llm"]
+                    got[tier]["to_code"] += m["to_code"]
             label = "auto (on)" if pool == "auto" else "0 (off)"
+            for tier in tiers:
+                m = got[tier]
+                codes = sorted(m["to_code"])
+                p90 = codes[min(len(codes) - 1, int(0.9 * len(codes)))]
+                print(
+                    f"| {label} | {tier} | {_ms(m['to_llm'])} | {_ms(m['to_code'])} | "
+                    f"{p90 * 1000:.0f} | {target} |"
+                )
+                out[pool if len(tiers) == 1 else f"{pool}/{tier}"] = m
+            if len(tiers) == 2:
+                ratio = statistics.median(got["bwrap"]["to_code"]) / statistics.median(
+                    got["none"]["to_code"]
+                )
+                print(f"| {label} | bwrap / none | | {ratio:.2f} × | | <= 1.5 × |")
+        # Memory on the none tier: the children's hold files live in the host's /tmp, which a
+        # confined kernel cannot see (it has a private /tmp); the kernels themselves are alike.
+        for tier in [t for t in tiers if t == "none"] or tiers[:1]:
+            if isolation.resolve(tier).confined:
+                print(
+                    f"\n(memory measured on the none tier: {tier} kernels cannot see the hold files)"
+                )
+                tier = "none"
+            f = measure_fanout(repo, fanout, results, tier)
+            out["fanout" if len(tiers) == 1 else f"fanout/{tier}"] = f
             print(
-                f"| {label} | {_ms(m['to_llm'])} | {_ms(m['to_code'])} | {p90 * 1000:.0f} | {target} |"
+                f"\nmemory ({tier}), {fanout} children alive at once: kernel RSS "
+                f"{f['rss_mb']:.0f} MB, PSS {f['pss_mb']:.0f} MB (median per child); host RSS "
+                f"growth {f['host_mb_per_agent']:.2f} MB per agent"
             )
-            out[pool] = m
-        f = measure_fanout(repo, fanout, results)
-        out["fanout"] = f
-        print(
-            f"\nmemory, {fanout} children alive at once: kernel RSS {f['rss_mb']:.0f} MB, "
-            f"PSS {f['pss_mb']:.0f} MB (median per child); host RSS growth "
-            f"{f['host_mb_per_agent']:.2f} MB per agent"
-        )
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .config import CLI, SETTINGS
-from .sandbox import BACKENDS
+from .sandbox import BACKENDS, isolation
 
 __all__ = ["main"]
 
@@ -175,6 +175,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     sinks = [] if args.quiet else [ConsoleProgress()]
+    if args.quiet:
+        isolation.set_notice(lambda _line: None)  # only the result; the record names the tier
     run = Run(
         args.prompt,
         args.repo,

@@ -152,6 +152,10 @@ class RLMSettings:
     )
 
 
+ISOLATIONS = ("auto", "bwrap", "none")
+"""The values of `sandbox.isolation` (see `rlm_kernel.sandbox.isolation`)."""
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     """The `sandbox` section: where agents' code runs."""
@@ -179,6 +183,19 @@ class SandboxConfig:
         "`rlm_query_batched` seen (at most 8 and `max_concurrency`); never more than the sandbox "
         "budget left; unused ones are removed when the run ends; `0` = off (local backend only)",
         zero_ok=True,
+    )
+    isolation: str = setting(
+        "auto",
+        "how local sandboxes are confined: {choices}; `bwrap` = bubblewrap namespaces (see "
+        "Sandboxes below), `none` = plain processes of your user, `auto` = `bwrap` where it "
+        "works here, else `none` (`$RLM_SANDBOX_ISOLATION` replaces `auto`)",
+        flag="--isolation",
+        choices=ISOLATIONS,
+    )
+    network: bool = setting(
+        True,
+        "network for sandboxes; `false` (`--no-network`) gives `bwrap` sandboxes loopback only",
+        flag="--no-network",
     )
 
 

@@ -47,6 +47,7 @@ import atexit
 import contextlib
 import inspect
 import logging
+import os
 import re
 import secrets
 import signal
@@ -68,6 +69,8 @@ from .relay import FrontendInput, OutputRelay, merge_matches, prepare_repl, rout
 from .sandbox import backend_class
 from .sandbox.base import CellResult, Sandbox, SandboxSpec
 from .sandbox.bridge import BridgeRefused
+from .sandbox.isolation import announce, set_notice
+from .sandbox.isolation import resolve as resolve_isolation
 from .sandbox.workspace import Target
 
 __all__ = ["HOST_CELL_PREFIXES", "RLMKernel", "is_host_cell"]
@@ -137,6 +140,8 @@ class RLMKernel(IPythonKernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # This process's stderr is captured into cell outputs: the tier notice goes to the log.
+        set_notice(self.log.info)
         self._run_id = f"kernel-{secrets.token_hex(4)}"
         self._root: Sandbox | None = None
         self._root_lock = threading.Lock()
@@ -217,6 +222,10 @@ class RLMKernel(IPythonKernel):
             cfg = session.config() if session is not None else self.rlm_config
             cls = backend_class(cfg.sandbox.backend)
             cls.check(cfg)
+            iso = None
+            if cfg.sandbox.backend == "local":
+                iso = resolve_isolation(cfg.sandbox.isolation, cfg.sandbox.network)
+                announce(iso)
             spec = SandboxSpec(
                 run_id=self._run_id,
                 agent_id="root",
@@ -224,6 +233,8 @@ class RLMKernel(IPythonKernel):
                 handler=self.notebook_handler,
                 runtime_cfg={"agent_id": "root", "depth": 0, "tools": []},
                 snapshot=cfg.sandbox.snapshot,
+                isolation=iso,
+                readable=(os.getcwd(),),  # RLM_NOTEBOOK_DIR, read-only under bwrap
             )
             sb = cls(spec)
             try:
@@ -245,6 +256,13 @@ class RLMKernel(IPythonKernel):
     def root_target(self) -> Target:
         """The workspace the root sandbox has (or will have when it starts)."""
         return self._root_target
+
+    def host_path(self, path: str) -> str:
+        """A path named by the notebook's code, as the host finds it (a bwrap root sandbox's
+        /tmp is private: see `LocalSandbox.host_path`)."""
+        root = self._root
+        mapper = getattr(root, "host_path", None) if root is not None and not root.closed else None
+        return str(mapper(path)) if mapper is not None else path
 
     def set_root_target(self, target: Target) -> None:
         """Give the root sandbox a workspace of `target` now, or at its creation if not started."""

@@ -209,6 +209,8 @@ def _start(session: RLMSession, args: argparse.Namespace, body: str) -> RunHandl
     common: dict[str, Any] = {"config": config, "signature": args.signature, "step": args.step}
     kernel = session.kernel
     if kernel is not None:
+        if args.repo:
+            args.repo = kernel.host_path(args.repo)  # e.g. made in the sandbox's private /tmp
         session.check_root_free()
         # Check repository, API key and backend before anything moves.
         probe = Run(task, args.repo, branch=args.branch, commit=args.commit, **common)

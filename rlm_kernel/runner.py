@@ -28,6 +28,8 @@ from .records import Recorder
 from .sandbox import backend_class
 from .sandbox.base import NO_CONTEXT, Handler, Sandbox, SandboxError, SandboxSpec
 from .sandbox.bridge import BridgeRefused
+from .sandbox.isolation import Isolation, announce
+from .sandbox.isolation import resolve as resolve_isolation
 from .sandbox.pool import SandboxPool, pool_target
 from .sandbox.workspace import Target, resolve_target
 from .signature import Signature
@@ -122,6 +124,7 @@ class Run:
             sinks += list(on_event) if isinstance(on_event, Sequence) else [on_event]
         self.sinks = sinks
         self.target = Target(None, None, None)
+        self.isolation: Isolation | None = None  # prepare() resolves sandbox.isolation
         self.budget = Budget(self.config.rlm, time.monotonic())
         self.sub_llm = SubLLM(
             self.llm,
@@ -357,6 +360,7 @@ class Run:
             context=agent.context,
             keep=self.config.sandbox.keep,
             snapshot=self.config.sandbox.snapshot,
+            isolation=self.isolation,
         )
         cls = backend_class(self.config.sandbox.backend)
         pool = self._start_pool(cls) if agent.parent is None else self._ready_pool
@@ -454,6 +458,7 @@ class Run:
                 agent_id=f"pool-{n}",
                 target=self.target,
                 handler=_unbound_handler,
+                isolation=self.isolation,
             )
             sb = cls(spec)
             sb.snapshot_on_end = True
@@ -516,6 +521,15 @@ class Run:
         if self.config.model.sub_model:
             self.llm.check_ready(self.config.model.sub_model)
         backend_class(self.config.sandbox.backend).check(self.config)
+        self.isolation = self._isolation()
+
+    def _isolation(self) -> Isolation | None:
+        """The local sandboxes' tier (said once on stderr; recorded); None on other backends."""
+        if self.config.sandbox.backend != "local":
+            return None
+        iso = resolve_isolation(self.config.sandbox.isolation, self.config.sandbox.network)
+        announce(iso)
+        return iso
 
     def start(self) -> None:
         """Validate, then run in a background thread."""
@@ -571,6 +585,7 @@ class Run:
             commit=self.target.commit,
             model=self.config.model.name,
             config=_redact(cfg),
+            isolation=self.isolation.to_dict() if self.isolation is not None else None,
             started_at=dt.datetime.now().isoformat(timespec="seconds"),
             step=self.gate.stepping,
         )

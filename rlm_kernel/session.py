@@ -58,6 +58,9 @@ class KernelLike(Protocol):
     def set_root_target(self, target: Target) -> None:
         """Move the root sandbox to a fresh workspace of `target`."""
 
+    def host_path(self, path: str) -> str:
+        """A path the notebook's code named, as the host finds it."""
+
     def attach(self, sandbox: Sandbox | None) -> None:
         """Route ordinary cells to `sandbox` (None: back to the root sandbox)."""
 
@@ -363,6 +366,8 @@ class RLMSession:
         from .sandbox.workspace import resolve_target
 
         self.check_root_free()
+        if self.kernel is not None and repo:
+            repo = self.kernel.host_path(repo)  # e.g. made in the sandbox's private /tmp
         target = resolve_target(repo, branch, commit)
         if self.kernel is not None:
             self.kernel.set_root_target(target)

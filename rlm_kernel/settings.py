@@ -70,9 +70,16 @@ class Setting:
     choices: Collection[str] | None = None  # live (a registry's keys), read at validation
 
     @property
+    def negated(self) -> bool:
+        """A true-by-default switch whose flag turns it off (`--no-network`)."""
+        return bool(self.flag and self.flag.startswith("--no-")) and self.type is bool
+
+    @property
     def dest(self) -> str:
-        """The flag's argparse destination and traitlet name: `--sub-model` → `sub_model`."""
-        return (self.flag or self.key).lstrip("-").replace("-", "_")
+        """The flag's argparse destination and traitlet name: `--sub-model` → `sub_model`
+        (`--no-network` → `network`)."""
+        name = (self.flag or self.key).lstrip("-").replace("-", "_")
+        return name.removeprefix("no_") if self.negated else name
 
     @property
     def members(self) -> tuple[Any, ...]:
@@ -293,8 +300,9 @@ class SettingsTable(dict[str, Setting]):
         for s in self.on(surface):
             text = f"{s.text()} [{s.key}, default: {s.default_text()}]".replace("%", "%%")
             if s.base is bool:
+                action = "store_false" if s.negated else "store_true"
                 parser.add_argument(
-                    s.flag or "", dest=s.dest, action="store_true", default=None, help=text
+                    s.flag or "", dest=s.dest, action=action, default=None, help=text
                 )
             else:
                 parser.add_argument(

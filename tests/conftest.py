@@ -106,3 +106,12 @@ def no_leftovers(tmp_path: Path) -> Iterator[None]:
     assert not left, f"sandbox directories left behind in {tmp_root()}: {sorted(left)}"
     repos = [p for p in tmp_path.iterdir() if p.is_dir() and (p / ".git").is_dir()]
     assert not _worktrees(repos), f"worktrees left behind: {_worktrees(repos)}"
+
+
+@pytest.fixture
+def unconfined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local sandboxes of this test run unconfined (`sandbox.isolation: auto` means `none`):
+    for tests whose agent code reports through files outside its workspace (pid files, markers
+    in the test's directory) or whose host-side checks use pids seen from inside the sandbox,
+    which the bwrap tier's private filesystem and PID namespace do not allow."""
+    monkeypatch.setenv("RLM_SANDBOX_ISOLATION", "none")

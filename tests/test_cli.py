@@ -107,7 +107,11 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
 
     # progress lines fit COLUMNS, tasks are cut at word boundaries, and the three
     # sub-sub-agents (same long task, different TODO) can be told apart
-    progress = proc.stderr.split("\nAnswer:\n")[0].splitlines()[1:]  # after the "Demo: …" line
+    progress = [  # after the "Demo: …" line, without the isolation tier's one-time notice
+        ln
+        for ln in proc.stderr.split("\nAnswer:\n")[0].splitlines()[1:]
+        if not ln.startswith("rlm: local sandboxes run ")
+    ]
     assert progress and all(len(ln) <= 60 for ln in progress), progress
     rec = json.loads(record.read_text())
     tasks = {n["agent_id"]: n["task"] for n in _walk(rec["root"])}

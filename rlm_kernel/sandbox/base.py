@@ -8,9 +8,12 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .workspace import Target
+
+if TYPE_CHECKING:
+    from .isolation import Isolation
 
 __all__ = [
     "MAX_CELL_OUTPUT_CHARS",
@@ -103,6 +106,10 @@ class SandboxSpec:
     context: Any = NO_CONTEXT
     keep: bool = False
     snapshot: str | None = None  # remote backends: the image/snapshot to start from
+    # Local backend: the isolation tier (None: sandbox.isolation's default, "auto"), and paths
+    # a confined kernel may read although they are hidden (the notebook's directory).
+    isolation: Isolation | None = None
+    readable: tuple[str, ...] = ()
 
 
 @dataclass

@@ -31,6 +31,7 @@ import argparse
 import atexit
 import contextlib
 import errno
+import fcntl
 import gc
 import importlib
 import json
@@ -40,6 +41,7 @@ import random
 import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -47,6 +49,8 @@ import traceback
 import warnings
 from collections.abc import Mapping
 from typing import Any, NoReturn
+
+from . import confine
 
 __all__ = ["KERNEL_OPTIONS", "PRELOAD_MODULES", "main"]
 
@@ -90,6 +94,7 @@ EXTRA_PRELOAD = (
 OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime",)
 LIFELINE_FD = 3  # the lifeline's read end in every kernel
 SHUTDOWN_GRACE_S = 1.0  # SIGTERM → SIGKILL for kernels left when the zygote exits
+_REPORT_TIMEOUT_S = 10.0  # a confined kernel's set-up (namespaces, mounts) reports its pid
 _MAX_LINE = 16 * 1024 * 1024
 
 
@@ -141,10 +146,16 @@ class _Zygote:
     """The fork server's state and its single-threaded event loop."""
 
     def __init__(
-        self, sock: socket.socket, import_env: Mapping[str, str], lifeline: int | None = None
+        self,
+        sock: socket.socket,
+        import_env: Mapping[str, str],
+        lifeline: int | None = None,
+        confined: bool = False,
     ) -> None:
         self.sock = sock
         self.lifeline = lifeline
+        self.confined = confined  # under bubblewrap: every kernel gets its own namespaces
+        self.fds: list[int] = []  # received log-file descriptors, oldest first
         self.import_env = dict(import_env)
         self.pid = os.getpid()
         self.children: set[int] = set()
@@ -168,10 +179,15 @@ class _Zygote:
         if signum in (signal.SIGTERM, signal.SIGHUP):
             self.stopping = True
 
-    def send(self, msg: Mapping[str, Any]) -> None:
-        """Send one JSON line to the host; a vanished host means we stop."""
+    def send(self, msg: Mapping[str, Any], as_pid: int | None = None) -> None:
+        """Send one JSON line to the host (with `as_pid` as its credentials: the host reads that
+        pid in its own namespace); a vanished host means we stop."""
+        data = json.dumps(msg).encode() + b"\n"
         try:
-            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+            if as_pid is None:
+                self.sock.sendall(data)
+            else:
+                confine.send_pid(self.sock, as_pid, data)
         except OSError:
             self.stopping = True
 
@@ -194,7 +210,18 @@ class _Zygote:
     def _read_requests(self) -> None:
         """Read from the host socket and handle every complete line."""
         try:
-            data = self.sock.recv(1 << 16)
+            if self.confined:
+                # Spawn requests come with the kernel's log file as a descriptor (this server
+                # cannot open files for writing: its view is read-only), in request order.
+                data, ancdata, _, _ = self.sock.recvmsg(
+                    1 << 16, socket.CMSG_SPACE(64 * 4), socket.MSG_CMSG_CLOEXEC
+                )
+                for level, kind, raw in ancdata:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        usable = len(raw) - len(raw) % 4
+                        self.fds.extend(struct.unpack(f"{usable // 4}i", raw[:usable]))
+            else:
+                data = self.sock.recv(1 << 16)
         except InterruptedError:
             return
         except OSError:
@@ -218,18 +245,42 @@ class _Zygote:
         try:
             req = json.loads(line)
             rid = req.get("id")
-            if req.get("op") != "spawn":
-                raise ValueError(f"unknown op {req.get('op')!r}")
-            pid = self._spawn(
+            op = req.get("op")
+            if op == "inject":
+                self._inject(
+                    int(req["pid"]),
+                    [str(p) for p in req.get("ro") or []],
+                    [str(p) for p in req.get("rw") or []],
+                    [str(p) for p in req.get("hide") or []],
+                )
+                self.send({"id": rid, "ok": True})
+                return
+            if op != "spawn":
+                raise ValueError(f"unknown op {op!r}")
+            view = req.get("view")
+            log_fd: int | None = None
+            if self.confined:
+                if not self.fds:
+                    raise ValueError("the spawn request came without its log file descriptor")
+                log_fd = self.fds.pop(0)
+                if not isinstance(view, dict):
+                    os.close(log_fd)
+                    raise ValueError("this fork server confines every kernel: no view was sent")
+            pid, kernel = self._spawn(
                 str(req["cwd"]),
                 {str(k): str(v) for k, v in dict(req["env"]).items()},
                 str(req["connection_file"]),
                 str(req["log_path"]),
+                view if self.confined else None,
+                log_fd,
             )
         except Exception as exc:
             self.send({"id": rid, "error": f"{type(exc).__name__}: {exc}"})
         else:
-            self.send({"id": rid, "pid": pid})
+            if kernel is None:
+                self.send({"id": rid, "pid": pid})
+            else:  # the credentials carry the kernel's pid into the host's PID namespace
+                self.send({"id": rid, "pid": pid, "kernel_nspid": kernel}, as_pid=kernel)
 
     def _reap(self) -> None:
         """Reap exited children and report their exits to the host."""
@@ -272,26 +323,104 @@ class _Zygote:
                 _log(f"cannot signal kernel {pid}: {exc}")
 
     # -- spawning -------------------------------------------------------------------------------
-    def _spawn(self, cwd: str, env: dict[str, str], connection_file: str, log_path: str) -> int:
-        """Fork one kernel and return its pid (the child never returns)."""
-        if not os.path.isdir(cwd):
-            raise FileNotFoundError(errno.ENOENT, "kernel cwd is not a directory", cwd)
-        if not os.path.isfile(connection_file):
-            raise FileNotFoundError(errno.ENOENT, "connection file not found", connection_file)
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    def _spawn(
+        self,
+        cwd: str,
+        env: dict[str, str],
+        connection_file: str,
+        log_path: str,
+        view: dict[str, Any] | None = None,
+        log_fd: int | None = None,
+    ) -> tuple[int, int | None]:
+        """Fork one kernel; return its pid and, when confined, the kernel's own pid (the child
+        forked is then the init of the kernel's PID namespace). `log_fd` (taken over) replaces
+        opening `log_path`."""
+        try:
+            if not os.path.isdir(cwd):
+                raise FileNotFoundError(errno.ENOENT, "kernel cwd is not a directory", cwd)
+            if not os.path.isfile(connection_file):
+                raise FileNotFoundError(errno.ENOENT, "connection file not found", connection_file)
+        except BaseException:
+            if log_fd is not None:
+                os.close(log_fd)
+            raise
+        if log_fd is None:
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        report: socket.socket | None = None
+        child_end: socket.socket | None = None
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-            pid = os.fork()
+            if view is None:
+                pid = os.fork()
+            else:
+                report, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+                report.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                pid = confine.fork_in_new_pid_namespace()
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
-                self._child(cwd, env, connection_file, log_fd)
+                self._child(cwd, env, connection_file, log_fd, view, child_end)
         finally:
             os.close(log_fd)
+            if child_end is not None:
+                child_end.close()
         self.children.add(pid)
-        return pid
+        if report is None:
+            return pid, None
+        with report:
+            report.settimeout(_REPORT_TIMEOUT_S)
+            try:
+                data, kernel = confine.recv_pid(report)
+            except OSError as exc:
+                raise RuntimeError(f"the kernel's set-up did not report: {exc}") from None
+        if not data.startswith(b"ok") or kernel is None:
+            raise RuntimeError(data.decode("utf-8", "replace") or "the kernel's set-up failed")
+        return pid, kernel
 
-    def _child(self, cwd: str, env: dict[str, str], connection_file: str, log_fd: int) -> NoReturn:
-        """Become the kernel: never returns."""
+    def _inject(self, pid: int, ro: list[str], rw: list[str], hide: list[str]) -> None:
+        """Change the view of the kernel whose init is `pid` (a forked helper does it)."""
+        if not self.confined or pid not in self.children:
+            raise ValueError(f"no confined kernel with pid {pid}")
+        r, w = os.pipe()
+        try:
+            helper = os.fork()
+            if helper == 0:  # pragma: no cover - the helper never returns
+                code = 0
+                try:
+                    os.close(r)
+                    confine.inject(pid, ro, rw, hide)
+                except BaseException as exc:
+                    with contextlib.suppress(OSError):
+                        os.write(w, f"{type(exc).__name__}: {exc}".encode()[:4000])
+                    code = 1
+                os._exit(code)
+            os.close(w)
+            w = -1
+            chunks = []
+            while chunk := os.read(r, 4096):
+                chunks.append(chunk)
+            while True:
+                try:
+                    _, status = os.waitpid(helper, 0)
+                    break
+                except InterruptedError:
+                    continue
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(b"".join(chunks).decode("utf-8", "replace") or "inject failed")
+
+    def _child(
+        self,
+        cwd: str,
+        env: dict[str, str],
+        connection_file: str,
+        log_fd: int,
+        view: dict[str, Any] | None = None,
+        report: socket.socket | None = None,
+    ) -> NoReturn:
+        """Become the kernel (confined: the init of its namespace, then the kernel): never returns."""
         code = 1
         try:
             os.setsid()
@@ -304,18 +433,28 @@ class _Zygote:
             self.sock.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
-            os.chdir(cwd)
+            if report is not None and report.fileno() <= LIFELINE_FD:  # keep it out of the way
+                report = socket.socket(fileno=fcntl.fcntl(report.fileno(), fcntl.F_DUPFD, 10))
             null_fd = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null_fd, 0)
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)
+            first = 3
             if self.lifeline is not None:
                 os.dup2(self.lifeline, LIFELINE_FD, inheritable=False)
-                os.closerange(LIFELINE_FD + 1, _max_fd())
-                _watch_lifeline(LIFELINE_FD)
+                first = LIFELINE_FD + 1
+            if report is None:
+                os.closerange(first, _max_fd())
             else:
-                os.closerange(3, _max_fd())
+                keep = report.fileno()
+                os.closerange(first, keep)
+                os.closerange(keep + 1, _max_fd())
             _fresh_stdio()
+            if view is not None and report is not None:
+                _confine_child(view, report)  # returns in the kernel, forked by its init
+            if self.lifeline is not None:
+                _watch_lifeline(LIFELINE_FD)
+            os.chdir(cwd)
             os.environ.clear()
             os.environ.update(env)
             for key, value in self.import_env.items():
@@ -342,6 +481,30 @@ class _Zygote:
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
+
+
+def _confine_child(view: dict[str, Any], report: socket.socket) -> None:
+    """In the forked child: set up the kernel's namespaces, fork the kernel, stay as its init.
+
+    Returns in the kernel (PID 2 of the new namespace, capabilities dropped); the init never
+    returns. A failure is reported to the fork server and ends the child.
+    """
+    try:
+        confine.enter(view)
+        kernel = os.fork()
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            report.send(f"error: {type(exc).__name__}: {exc}".encode()[:4000])
+        os._exit(1)
+    if kernel:
+        try:
+            confine.send_pid(report, kernel)
+        finally:
+            report.close()
+        confine.run_init(kernel)
+    report.close()
+    os.setsid()  # its own session and process group, as an unconfined kernel's
+    confine.drop_privileges()
 
 
 def _watch_lifeline(fd: int) -> None:
@@ -430,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lifeline", type=int, help="inherited read end of the host's lifeline pipe"
     )
+    parser.add_argument(
+        "--confined", action="store_true", help="under bubblewrap: confine every kernel"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_comm(b"rlm-forkserver")
@@ -447,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{threading.active_count()} threads after pre-imports; forking is unsafe")
     gc.collect()
     gc.freeze()  # keep the pre-imported objects out of the children's GC (fewer copied pages)
-    return _Zygote(sock, import_env, args.lifeline).serve()
+    return _Zygote(sock, import_env, args.lifeline, confined=args.confined).serve()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ is a session and process-group leader (signals reach what it spawned), and write
 
 from __future__ import annotations
 
+import array
 import asyncio
 import atexit
 import contextlib
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
@@ -48,7 +49,10 @@ from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
+from . import isolation as iso_mod
+from .confine import recv_pid
 from .forkserver import KERNEL_OPTIONS
+from .isolation import Isolation
 
 __all__ = [
     "LAUNCHERS",
@@ -210,9 +214,12 @@ class _Proc(Protocol):
 class _ForkedProc:
     """A kernel forked by the fork server (the zygote reaps it and reports its exit)."""
 
-    def __init__(self, server: _ForkServer, pid: int, exited: threading.Event) -> None:
+    def __init__(
+        self, server: _ForkServer, pid: int, exited: threading.Event, key: int | None = None
+    ) -> None:
         self.server = server
-        self.pid = pid
+        self.pid = pid  # in this process's PID namespace
+        self.key = pid if key is None else key  # the fork server's child (a confined kernel's init)
         self.exited = exited
         st = _proc_stat(pid) if _HAVE_PROC else None
         self.starttime = st[1] if st else None
@@ -233,11 +240,14 @@ class _ForkedProc:
 
     def release(self) -> None:
         """Forget the pid in the fork server's table."""
-        self.server.forget(self.pid)
+        self.server.forget(self.key)
 
     def exit_status(self) -> int | None:
         """The exit code (negative: killed by that signal), when known."""
-        return self.server.exit_status(self.pid)
+        status = self.server.exit_status(self.key)
+        if status is not None and self.server.confined and status > 128:
+            return 128 - status  # the kernel's init exits with 128 + the signal that killed it
+        return status
 
 
 class _ManagedProc:
@@ -365,7 +375,11 @@ class _Pending:
 class _ForkServer:
     """Host side of the zygote: start it, send spawn requests, track its children's exits."""
 
-    def __init__(self, ready_timeout: float = _ZYGOTE_READY_TIMEOUT) -> None:
+    def __init__(
+        self, ready_timeout: float = _ZYGOTE_READY_TIMEOUT, isolation: Isolation | None = None
+    ) -> None:
+        self.isolation = isolation or iso_mod.NONE
+        self.confined = self.isolation.confined
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
@@ -378,17 +392,22 @@ class _ForkServer:
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = host_sock
         life_r = _lifeline_read_end()
+        argv = [
+            sys.executable,
+            "-m",
+            _FORKSERVER_MODULE,
+            "--fd",
+            str(child_sock.fileno()),
+            "--lifeline",
+            str(life_r),
+        ]
+        if self.confined:
+            # Messages carry the sender's credentials: pids arrive in our PID namespace.
+            host_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            argv = [*iso_mod.zygote_command(self.isolation), *argv, "--confined"]
         try:
             self._proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    _FORKSERVER_MODULE,
-                    "--fd",
-                    str(child_sock.fileno()),
-                    "--lifeline",
-                    str(life_r),
-                ],
+                argv,
                 pass_fds=(child_sock.fileno(), life_r),
                 env=_zygote_env(),
                 # `-m` finds the package through sys.path[0] = cwd even when it is not installed;
@@ -429,12 +448,17 @@ class _ForkServer:
         sel.register(self._stderr, selectors.EVENT_READ, "stderr")
         bufs = {"sock": b"", "stderr": b""}
         open_streams = 2
+        sender: int | None = None  # the credentials of the last chunk (confined servers)
         try:
             while open_streams:
                 for key, _ in sel.select():
                     name = str(key.data)
                     try:
-                        if name == "sock":
+                        if name == "sock" and self.confined:
+                            # A read never spans two senders' credentials, so a line that ends
+                            # in this chunk was sent with these credentials.
+                            data, sender = recv_pid(self._sock)
+                        elif name == "sock":
                             data = self._sock.recv(1 << 16)
                         else:
                             data = os.read(self._stderr.fileno(), 1 << 16)
@@ -452,7 +476,7 @@ class _ForkServer:
                     while b"\n" in bufs[name]:
                         line, bufs[name] = bufs[name].split(b"\n", 1)
                         if name == "sock":
-                            self._on_message(line)
+                            self._on_message(line, sender)
                         else:
                             self._on_stderr(line)
         except Exception:
@@ -467,16 +491,22 @@ class _ForkServer:
         if text:
             log.warning("kernel fork server: %s", text)
 
-    def _on_message(self, line: bytes) -> None:
-        """Handle one message from the zygote: ready, exit event, or a reply."""
+    def _on_message(self, line: bytes, sender: int | None = None) -> None:
+        """Handle one message from the zygote: ready, exit event, or a reply (`sender`: the pid
+        its credentials name, in our PID namespace; confined servers only)."""
         try:
             msg = json.loads(line)
         except ValueError:
             log.warning("kernel fork server sent garbage: %r", line[:200])
             return
         event = msg.get("event")
+        if self.confined and "kernel_nspid" in msg:
+            if sender is None or sender == self.pid:
+                msg = {"id": msg.get("id"), "error": "the kernel's pid did not reach the host"}
+            else:
+                msg["host_pid"] = sender
         if event == "ready":
-            self.pid = int(msg.get("pid", 0))
+            self.pid = sender if self.confined and sender else int(msg.get("pid", 0))
             if int(msg.get("threads", 1)) != 1:
                 log.warning("kernel fork server has %s threads before forking", msg.get("threads"))
             self._ready.set()
@@ -509,9 +539,52 @@ class _ForkServer:
 
     # -- requests -------------------------------------------------------------------------------
     def spawn(
-        self, cwd: str, env: Mapping[str, str], connection_file: str, log_path: str
+        self,
+        cwd: str,
+        env: Mapping[str, str],
+        connection_file: str,
+        log_path: str,
+        view: Mapping[str, Any] | None = None,
     ) -> _ForkedProc:
         """Fork a kernel; _ForkServerDown if the zygote is gone, KernelStartError if refused."""
+        req: dict[str, Any] = {
+            "op": "spawn",
+            "cwd": cwd,
+            "env": dict(env),
+            "connection_file": connection_file,
+            "log_path": log_path,
+        }
+        fds: list[int] = []
+        if self.confined:
+            req["view"] = dict(view or {})
+            # The server's view is read-only: it gets the log file open.
+            fds.append(
+                os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            )
+        try:
+            reply = self._request(req, _SPAWN_TIMEOUT, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if "error" in reply:
+            raise KernelStartError(f"the fork server could not start the kernel: {reply['error']}")
+        key = int(reply["pid"])
+        pid = int(reply.get("host_pid", key))
+        with self._lock:
+            exited = self._children.get(key) or threading.Event()
+        return _ForkedProc(self, pid, exited, key)
+
+    def inject(self, key: int, ro: list[str], rw: list[str], hide: list[str]) -> None:
+        """Change a running confined kernel's view (`key`: its _ForkedProc.key)."""
+        req = {"op": "inject", "pid": key, "ro": ro, "rw": rw, "hide": hide}
+        reply = self._request(req, _SPAWN_TIMEOUT)
+        if "error" in reply:
+            raise KernelStartError(f"could not extend the kernel's view: {reply['error']}")
+
+    def _request(
+        self, req: dict[str, Any], timeout: float, fds: list[int] | None = None
+    ) -> dict[str, Any]:
+        """Send one request and wait for its reply; _ForkServerDown if the zygote is gone."""
         pending = _Pending()
         with self._lock:
             if self._down:
@@ -519,34 +592,31 @@ class _ForkServer:
             self._next_id += 1
             rid = self._next_id
             self._pending[rid] = pending
-        req = {
-            "id": rid,
-            "op": "spawn",
-            "cwd": cwd,
-            "env": dict(env),
-            "connection_file": connection_file,
-            "log_path": log_path,
-        }
+        req = {"id": rid, **req}
         try:
             with self._send_lock:
-                self._sock.sendall(json.dumps(req).encode() + b"\n")
+                data = json.dumps(req).encode() + b"\n"
+                if fds:
+                    sent = self._sock.sendmsg(
+                        [data],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())],
+                    )
+                    if sent < len(data):
+                        self._sock.sendall(data[sent:])
+                else:
+                    self._sock.sendall(data)
         except OSError as exc:
             with self._lock:
                 self._pending.pop(rid, None)
             raise _ForkServerDown(f"cannot talk to the fork server: {exc}") from exc
-        if not pending.done.wait(_SPAWN_TIMEOUT):
+        if not pending.done.wait(timeout):
             with self._lock:
                 self._pending.pop(rid, None)
-            raise _ForkServerDown(f"the fork server did not answer within {_SPAWN_TIMEOUT:.0f} s")
+            raise _ForkServerDown(f"the fork server did not answer within {timeout:.0f} s")
         reply = pending.reply
         if reply.get("down"):
             raise _ForkServerDown("the fork server exited")
-        if "error" in reply:
-            raise KernelStartError(f"the fork server could not start the kernel: {reply['error']}")
-        pid = int(reply["pid"])
-        with self._lock:
-            exited = self._children.get(pid) or threading.Event()
-        return _ForkedProc(self, pid, exited)
+        return reply
 
     def forget(self, pid: int) -> None:
         """Drop a dead kernel's exit event."""
@@ -594,9 +664,32 @@ def _lifeline_read_end() -> int:
         return _lifeline[0]
 
 
-_server: _ForkServer | None = None
+_server: _ForkServer | None = None  # the unconfined fork server
+_confined: dict[tuple[str, bool], _ForkServer] = {}  # bwrap fork servers, by Isolation.key
 _server_lock = threading.Lock()
 _fork_disabled = False  # the fork server could not start: use the subprocess launcher
+
+
+def _get_confined_server(ready_timeout: float, isolation: Isolation) -> _ForkServer:
+    """The running bwrap fork server for `isolation`, started if needed (no fallback: a kernel
+    of the bwrap tier never runs unconfined)."""
+    with _server_lock:
+        server = _confined.get(isolation.key)
+        if server is not None and server.alive():
+            return server
+        _confined.pop(isolation.key, None)
+        if server is not None:
+            log.warning("confined fork server (pid %s) died; starting a new one", server.pid)
+            server.stop(timeout=1.0)
+        try:
+            server = _ForkServer(min(ready_timeout, _ZYGOTE_READY_TIMEOUT), isolation)
+        except Exception as exc:
+            raise KernelStartError(
+                f"cannot start the bubblewrap fork server ({exc}); set sandbox.isolation: none "
+                "to run sandboxes unconfined"
+            ) from exc
+        _confined[isolation.key] = server
+        return server
 
 
 def _get_fork_server(ready_timeout: float) -> _ForkServer | None:
@@ -624,12 +717,14 @@ def _get_fork_server(ready_timeout: float) -> _ForkServer | None:
 
 
 def _stop_fork_server() -> None:
-    """Stop the fork server (a later fork launch starts a fresh one)."""
+    """Stop the fork servers (a later fork launch starts a fresh one)."""
     global _server, _fork_disabled
     with _server_lock:
-        server, _server = _server, None
+        servers = [s for s in (_server, *_confined.values()) if s is not None]
+        _server = None
+        _confined.clear()
         _fork_disabled = False
-    if server is not None:
+    for server in servers:
         server.stop()
 
 
@@ -732,9 +827,15 @@ class KernelHandle:
         runtime_dir: str,
         ready_timeout: float,
         launcher: str,
+        isolation: Isolation | None = None,
+        view: Mapping[str, Any] | None = None,
     ) -> None:
         """Record the launch parameters; start_kernel then launches the process."""
         self.cwd = cwd
+        self.isolation = isolation or iso_mod.NONE
+        self._view: dict[str, Any] = {
+            k: list(v) if isinstance(v, list) else v for k, v in (view or {}).items()
+        }
         self.pid = 0
         self.connection_file = ""
         self.log_path = ""
@@ -794,6 +895,21 @@ class KernelHandle:
         with _handles_lock:
             _handles.discard(self)
 
+    def add_paths(
+        self, *, readable: Sequence[str], writable: Sequence[str], hidden: Sequence[str] = ()
+    ) -> None:
+        """Change a confined kernel's view (now, and after a restart): hide `hidden`, then show
+        `readable` read-only and `writable` writable; no-op unconfined."""
+        if not self.isolation.confined:
+            return
+        with self._lock:
+            self._view["hide"] = [*self._view.get("hide", []), *hidden]
+            self._view["ro"] = [*self._view.get("ro", []), *readable]
+            self._view["rw"] = [*self._view.get("rw", []), *writable]
+            proc = self._proc
+            if isinstance(proc, _ForkedProc) and proc.alive():
+                proc.server.inject(proc.key, list(readable), list(writable), list(hidden))
+
     def restart(self) -> None:
         """Replace the kernel with a fresh one (same cwd, env, launcher); the namespace is lost."""
         with self._lock:
@@ -824,7 +940,14 @@ class KernelHandle:
         launcher = self._requested_launcher
         try:
             try:
-                if launcher == "fork":
+                if self.isolation.confined:
+                    if launcher != "fork":
+                        raise KernelStartError(
+                            "sandbox.isolation: bwrap needs the fork launcher "
+                            f"(unset ${LAUNCHER_ENV}, or set sandbox.isolation: none)"
+                        )
+                    proc = self._spawn_confined(cf, ipc_prefix, dirs)
+                elif launcher == "fork":
                     proc = self._spawn_forked(cf, ipc_prefix)
                     if proc is None:
                         launcher = "subprocess"
@@ -894,6 +1017,34 @@ class KernelHandle:
                 if attempt:
                     log.warning("kernel fork server failed twice (%s); using subprocess", exc)
         return None
+
+    def _spawn_confined(self, cf: str, ipc_prefix: str, dirs: list[str]) -> _Proc:
+        """Fork a kernel from the bwrap fork server, in a view that adds its runtime dirs."""
+        for attempt in range(2):
+            server = _get_confined_server(self._ready_timeout, self.isolation)
+            write_connection_file(
+                cf,
+                ip=ipc_prefix,
+                transport="ipc",
+                key=secrets.token_hex(32).encode(),
+                kernel_name="python3",
+            )
+            view = dict(self._view)
+            if not view:
+                tmp = os.path.join(self._runtime_dir, "tmp")
+                os.makedirs(os.path.join(tmp, "home"), mode=0o700, exist_ok=True)
+                view = iso_mod.kernel_view(writable=[self.cwd], private_tmp=tmp)
+            # The kernel binds its sockets in its dirs; the connection file stays as we wrote it.
+            view["rw"] = [*view.get("rw", []), *dirs]
+            view["ro"] = [*view.get("ro", []), cf]
+            try:
+                return server.spawn(self.cwd, self._env, cf, self.log_path, view)
+            except _ForkServerDown as exc:
+                if attempt:
+                    raise KernelStartError(
+                        f"the bubblewrap fork server failed twice: {exc}"
+                    ) from exc
+        raise AssertionError("unreachable")
 
     def _spawn_subprocess(self, cf: str, ipc_prefix: str) -> _Proc:
         """Start a kernel with jupyter_client's AsyncKernelManager."""
@@ -965,8 +1116,15 @@ def start_kernel(
     runtime_dir: str,
     ready_timeout: float = 30.0,
     launcher: str | None = None,
+    isolation: Isolation | None = None,
+    view: Mapping[str, Any] | None = None,
 ) -> KernelHandle:
-    """Start a kernel in `cwd` with exactly `env`, and return its handle once it is ready."""
+    """Start a kernel in `cwd` with exactly `env`, and return its handle once it is ready.
+
+    With a confined `isolation` (the bwrap tier) the kernel runs in `view` (see
+    :func:`.isolation.kernel_view`; default: `cwd` writable and a private /tmp under
+    `runtime_dir`), plus its own runtime directories.
+    """
     chosen = _resolve_launcher(launcher)
     runtime_dir = os.path.abspath(runtime_dir)
     os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
@@ -976,6 +1134,8 @@ def start_kernel(
         runtime_dir=runtime_dir,
         ready_timeout=ready_timeout,
         launcher=chosen,
+        isolation=isolation,
+        view=view,
     )
     with handle._lock:
         handle._launch()

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import sandbox_env
 from ..paths import tmp_root
-from . import transfer, workspace
+from . import isolation, transfer, workspace
 from .base import (
     NO_CONTEXT,
     CellResult,
@@ -72,6 +72,7 @@ class LocalSandbox(Sandbox):
         self._query_lock = threading.Lock()
         self._query: tuple[str, _Client, str | None] | None = None
         self._fresh_namespace = False  # the last cell's end sent the namespace summary
+        self.isolation = spec.isolation or isolation.NONE  # resolved in prepare()
 
     # -- bridge plumbing ------------------------------------------------------------------------
     def _handle(self, op: str, args: dict[str, Any]) -> Any:
@@ -119,8 +120,32 @@ class LocalSandbox(Sandbox):
         env = sandbox_env()
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ in patches
         env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-        self.kernel = start_kernel(self.path, env, runtime_dir=os.path.join(self.root, "kernel"))
+        iso = self.isolation = self.spec.isolation or isolation.resolve()
+        view = None
+        if iso.confined:
+            isolation.announce(iso)
+            env = isolation.confined_env(env)
+            view = self._view(self.spec.target)
+        self.kernel = start_kernel(
+            self.path,
+            env,
+            runtime_dir=os.path.join(self.root, "kernel"),
+            isolation=iso,
+            view=view,
+        )
         write_owner(self.root, self.kernel.pid)
+
+    def _view(self, target: workspace.Target) -> dict[str, Any]:
+        """What the confined kernel sees: its workspace, bridge and a private /tmp writable;
+        the repository hidden but its objects (which the workspace borrows) readable."""
+        tmp = os.path.join(self.root, "tmp")
+        os.makedirs(os.path.join(tmp, "home"), mode=0o700, exist_ok=True)
+        return isolation.kernel_view(
+            writable=[self.path, self.bridge_dir],
+            private_tmp=tmp,
+            readable=[*isolation.git_readable(target.git_dir), *self.spec.readable],
+            hidden=isolation.git_hidden(target.git_dir),
+        )
 
     def _install_runtime(self) -> None:
         # Which agent this sandbox serves (a pooled one's directory is named pool-<n>).
@@ -308,11 +333,35 @@ class LocalSandbox(Sandbox):
                 os.unlink(path)
         return transfer.decode(text, name)
 
+    def host_path(self, path: str) -> str:
+        """The host's path for a path the sandbox's code made: under bwrap its /tmp is private
+        (`<sandbox>/tmp` on the host), so a repository a notebook cell created in a temporary
+        directory is found there; any other path, or one that exists here, is returned as is."""
+        if not self.isolation.confined or not os.path.isabs(path) or os.path.exists(path):
+            return path
+        rel = os.path.relpath(os.path.normpath(path), "/tmp")
+        if rel.startswith(".."):
+            return path
+        mapped = os.path.join(self.root, "tmp", rel)
+        return mapped if os.path.exists(mapped) else path
+
     def set_workspace(self, target: workspace.Target) -> None:
         """Give the REPL a fresh workspace of `target` and chdir the kernel into it."""
         old_target, old_path = self.spec.target, self.path
         new_path = os.path.join(self.root, f"work-{os.urandom(3).hex()}")
         base = workspace.create_workspace(target, new_path)
+        if self.kernel is not None and self.isolation.confined:
+            try:
+                self.kernel.add_paths(
+                    readable=isolation.git_readable(target.git_dir),
+                    writable=[new_path],
+                    hidden=isolation.git_hidden(target.git_dir),
+                )
+            except Exception as exc:
+                workspace.remove_workspace(target, new_path)
+                raise SandboxError(
+                    f"could not show the new workspace to the sandbox: {exc}"
+                ) from exc
         res = self._run(
             f"import os as _o\n_o.chdir({new_path!r})\nif '__rlm__' in globals(): __rlm__.workspace = _o.getcwd()\ndel _o\n",
             timeout=30,

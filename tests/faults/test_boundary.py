@@ -135,6 +135,10 @@ def test_a_root_whose_patch_cannot_be_computed_fails_the_run_even_quiet(
             f"scripted/{MODEL}",
             "--results-dir",
             str(tmp_path / "results"),
+            # Under bwrap the workspace is a mount point: the agent empties it but cannot remove
+            # it, so this host-side outcome needs the unconfined tier.
+            "--isolation",
+            "none",
         ],
         capture_output=True,
         text=True,
@@ -181,6 +185,7 @@ data = {{"ok": [1, 2.5, None, True, "s"]}}
 """
 
 
+@pytest.mark.usefixtures("unconfined")  # the marker is written outside the workspace
 def test_pull_never_unpickles_sandbox_bytes(tmp_path: Path) -> None:
     marker = tmp_path / "marker.txt"
     cmd = f"echo reduce:$PPID >> {marker}"

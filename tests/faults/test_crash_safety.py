@@ -27,6 +27,9 @@ from .sandbox_helpers import (
     worktrees,
 )
 
+# Local sandboxes run unconfined here: agents write pid files into the test directory.
+pytestmark = pytest.mark.usefixtures("unconfined")
+
 RECORD_KEYS = {"run_id", "task", "repo", "commit", "model", "config", "started_at", "status"}
 RECORD_KEYS |= {"answer", "patch", "usage", "root"}
 

@@ -20,6 +20,9 @@ from rlm_kernel.sandbox.kernels import live_kernel_pids
 
 from .sandbox_helpers import child_pids
 
+# Local sandboxes run unconfined here: agents report through files in the test directory.
+pytestmark = pytest.mark.usefixtures("unconfined")
+
 Config = Callable[..., RLMConfig]
 AGENTS = 100
 HOLD_S = float(os.environ.get("RLM_LOAD_SECONDS", "60"))

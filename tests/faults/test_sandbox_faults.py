@@ -21,6 +21,9 @@ from rlm_kernel.sandbox.base import MAX_CELL_OUTPUT_CHARS, OutputBuffer
 
 from .sandbox_helpers import nodes, pid_alive, read_pidfile, wait_for, worktrees
 
+# Local sandboxes run unconfined here: agents write pid files and markers into the test directory.
+pytestmark = pytest.mark.usefixtures("unconfined")
+
 Config = Callable[..., RLMConfig]
 FLOOD_CHARS = 10 * (1 << 20) + len("\nEND-OF-FLOOD\n")  # what the `flood` cell prints
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import time
@@ -121,8 +122,22 @@ class RLMKernelProcess:
                 return dict(reply["content"])
 
     def sandbox_pid(self) -> int:
-        """The pid of the Python process that runs ordinary cells."""
-        return int(self.execute("import os; print(os.getpid())").stdout)
+        """The pid (on this host) of the Python process that runs ordinary cells."""
+        pid, cwd = self.execute("import os; print(os.getpid(), os.getcwd())").stdout.split()
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/cwd") == cwd:
+                return int(pid)
+        # A bwrap sandbox has its own PID namespace: find its kernel by its working directory.
+        for entry in os.listdir("/proc"):
+            with contextlib.suppress(OSError):
+                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+                if (
+                    entry.isdigit()
+                    and comm == "rlm-kernel"
+                    and os.readlink(f"/proc/{entry}/cwd") == cwd
+                ):
+                    return int(entry)
+        raise AssertionError(f"no kernel process works in {cwd}")
 
     def shutdown(self) -> None:
         """Ask the kernel to shut down (as a frontend does) and wait for its process to end."""

@@ -548,8 +548,9 @@ x = Payload()
 
 
 def test_sandbox_objects_never_run_code_in_the_kernel_process(
-    kernel: RLMKernelProcess, tmp_path: Path
+    unconfined: None, kernel: RLMKernelProcess, tmp_path: Path
 ) -> None:
+    # (unconfined: the marker is written outside the sandbox's workspace)
     # A cell's object whose pickle runs a command, read through `{x}`, `--context x` and
     # `%rlm step --code x`: only the sandbox may run its code; the kernel process (where the
     # keys live) never unpickles anything a sandbox made.
