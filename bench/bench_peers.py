@@ -96,6 +96,8 @@ def _run_rlm_kernel(url: str, workload: str, ctx: list[str] | None, results: str
             "model.retries": 0,
             "rlm.max_concurrency": concurrency,
             "rlm.max_iterations": W3_TURNS + 5,
+            # Experiments: e.g. RLM_BENCH_CONFIG='{"sandbox.pool_size": 0}'
+            **json.loads(os.environ.get("RLM_BENCH_CONFIG") or "{}"),
         }
     )
     kwargs: dict[str, Any] = {} if ctx is None else {"context": ctx}

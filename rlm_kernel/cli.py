@@ -274,20 +274,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    """`rlm cleanup`: remove leftover local sandboxes of runs that are not running."""
+    """`rlm cleanup`: remove leftover sandboxes (of one backend) of runs that are not running."""
+    from .sandbox import backend_class
     from .sandbox.base import SandboxError
-    from .sandbox.cleanup import cleanup_local
 
-    if args.sandbox == "daytona":
-        from .sandbox.daytona import cleanup_daytona
-
-        try:
-            removed = cleanup_daytona(run_id=args.run)
-        except SandboxError as exc:
-            sys.stderr.write(f"rlm cleanup: {exc}\n")
-            return EXIT_USAGE
-    else:
-        removed = cleanup_local(run_id=args.run)
+    try:
+        removed = backend_class(args.sandbox).cleanup(run_id=args.run)
+    except SandboxError as exc:
+        sys.stderr.write(f"rlm cleanup: {exc}\n")
+        return EXIT_USAGE
     for line in removed:
         sys.stderr.write(f"removed {line}\n")
     sys.stderr.write(f"{len(removed)} leftover sandbox(es) removed\n")

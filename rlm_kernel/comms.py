@@ -53,6 +53,7 @@ from .sandbox.bridge import FrameParser
 
 if TYPE_CHECKING:
     from .relay import OutputRelay
+    from .sandbox.base import Sandbox
 
 __all__ = ["COMM_TYPES", "CellForward", "CommRouter", "SandboxLink"]
 
@@ -70,12 +71,6 @@ MAX_COMM_ID = 256
 REFUSALS_LOGGED = 5  # per link; a sandbox that floods forged messages must not flood the log
 
 
-def connection_file_of(sandbox: Any) -> str:
-    """The connection file of the Jupyter kernel behind `sandbox` ("" when there is none)."""
-    kernel = getattr(sandbox, "kernel", None)
-    return str(getattr(kernel, "connection_file", "") or "")
-
-
 def _url(info: Mapping[str, Any], port: str) -> str:
     if info.get("transport", "tcp") == "ipc":
         return f"ipc://{info['ip']}-{info[port]}"
@@ -91,7 +86,7 @@ class SandboxLink:
 
     def __init__(
         self,
-        sandbox: Any,
+        sandbox: Sandbox,
         connection_file: str,
         context: zmq.Context[Any],
         on_message: Callable[[SandboxLink, list[Any]], None],
@@ -137,13 +132,9 @@ class SandboxLink:
 
     def stale(self) -> bool:
         """Whether the sandbox closed or its kernel is not the one this link talks to any more."""
-        if self.closed or getattr(self.sandbox, "closed", False):
+        if self.closed or self.sandbox.closed:
             return True
-        kernel = getattr(self.sandbox, "kernel", None)
-        if kernel is None or connection_file_of(self.sandbox) != self.connection_file:
-            return True
-        alive = getattr(kernel, "is_alive", None)
-        return callable(alive) and not alive()
+        return self.sandbox.kernel_connection() != self.connection_file
 
     def close(self) -> None:
         """Close both sockets (idempotent)."""
@@ -232,17 +223,17 @@ class CommRouter:
         self.closed = False
 
     # -- links ---------------------------------------------------------------------------------
-    def link_of(self, sandbox: Any) -> SandboxLink | None:
+    def link_of(self, sandbox: Sandbox) -> SandboxLink | None:
         """The sandbox's live link, if one was made."""
         link = self.links.get(id(sandbox))
         if link is not None and link.sandbox is sandbox and not link.stale():
             return link
         return None
 
-    async def link_for(self, sandbox: Any) -> SandboxLink | None:
+    async def link_for(self, sandbox: Sandbox) -> SandboxLink | None:
         """The link to `sandbox`'s kernel, made (and subscribed) if needed; None if it has none
         (a Daytona context is no Jupyter kernel). Main thread."""
-        if self.closed or getattr(sandbox, "closed", False):
+        if self.closed or sandbox.closed or not sandbox.capabilities.jupyter:
             return None
         link = self.link_of(sandbox)
         if link is not None:
@@ -250,13 +241,13 @@ class CommRouter:
         old = self.links.pop(id(sandbox), None)
         if old is not None:
             self.retire(old)
-        cf = connection_file_of(sandbox)
+        cf = sandbox.kernel_connection()
         if not cf:
             return None
         try:
             link = SandboxLink(sandbox, cf, self._context(), self._on_iopub)
         except Exception as exc:
-            log.warning("cannot relay widgets of sandbox %s: %s", getattr(sandbox, "id", "?"), exc)
+            log.warning("cannot relay widgets of sandbox %s: %s", sandbox.id, exc)
             return None
         self.links[id(sandbox)] = link
         # A SUB socket gets nothing until its subscription reached the kernel (ipykernel then
@@ -296,7 +287,7 @@ class CommRouter:
             self.retire(link, notify=False)
         self.links.clear()
 
-    def flush(self, sandbox: Any) -> None:
+    def flush(self, sandbox: Sandbox) -> None:
         """Handle every message already waiting on the sandbox's iopub (main thread)."""
         link = self.link_of(sandbox)
         if link is not None:

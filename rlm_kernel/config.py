@@ -180,7 +180,7 @@ class SandboxConfig:
         "ready sandboxes (workspace + kernel) the run keeps for its next sub-agents, made in the "
         "background while agents think, so `rlm_query` skips the checkout and the kernel "
         "start; `auto` = none until the run's first `rlm_query`, then 2, growing to the widest "
-        "`rlm_query_batched` seen (at most 8 and `max_concurrency`); never more than the sandbox "
+        "`rlm_query_batched` seen twice (at most 8 and `max_concurrency`); never more than the sandbox "
         "budget left; unused ones are removed when the run ends; `0` = off (local backend only)",
         zero_ok=True,
     )

@@ -155,7 +155,7 @@ class RLMKernel(IPythonKernel):
         self._main_thread = threading.current_thread()
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._link_check: PeriodicCallback | None = None
-        from .sandbox.kernels import _zmq_context
+        from .sandbox.kernelproc import _zmq_context
 
         self.relay = CommRouter(
             self._session,
@@ -223,7 +223,7 @@ class RLMKernel(IPythonKernel):
             cls = backend_class(cfg.sandbox.backend)
             cls.check(cfg)
             iso = None
-            if cfg.sandbox.backend == "local":
+            if cls.capabilities.isolation:
                 iso = resolve_isolation(cfg.sandbox.isolation, cfg.sandbox.network)
                 announce(iso)
             spec = SandboxSpec(
@@ -261,8 +261,7 @@ class RLMKernel(IPythonKernel):
         """A path named by the notebook's code, as the host finds it (a bwrap root sandbox's
         /tmp is private: see `LocalSandbox.host_path`)."""
         root = self._root
-        mapper = getattr(root, "host_path", None) if root is not None and not root.closed else None
-        return str(mapper(path)) if mapper is not None else path
+        return root.host_path(path) if root is not None and not root.closed else path
 
     def set_root_target(self, target: Target) -> None:
         """Give the root sandbox a workspace of `target` now, or at its creation if not started."""
@@ -517,7 +516,7 @@ class RLMKernel(IPythonKernel):
                 **extra,
             }
         if res.status == "restarted":
-            if sb.backend != "local" and res.error:  # e.g. Daytona restarted the context empty
+            if not sb.capabilities.interrupt and res.error:  # e.g. Daytona restarted it empty
                 return publish.error("SandboxRestarted", res.error)
             return publish.error(
                 "KeyboardInterrupt",
@@ -712,9 +711,9 @@ class RLMKernel(IPythonKernel):
             self._adopted, self._root = [], None
         for sb in sandboxes:
             sb.close()
-        from .sandbox.kernels import shutdown_all
+        from .sandbox import shutdown_backends
 
-        shutdown_all()
+        shutdown_backends()
 
     # -- internals -------------------------------------------------------------------------------------
     def _register_magics(self) -> None:

@@ -274,12 +274,12 @@ def merge_matches(
 
 
 def prepare_repl(sb: Sandbox) -> None:
-    """One-time setup of a local sandbox REPL for notebook use: `RLM_NOTEBOOK_DIR` (the kernel's
-    working directory: the notebook's folder) in its environment, since its own working directory
-    is the sandbox's workspace. (`obj?` help reaches the frontend as the pager payload of the
+    """One-time setup of a sandbox REPL on this machine for notebook use: `RLM_NOTEBOOK_DIR` (the
+    kernel's working directory: the notebook's folder) in its environment, since its own working
+    directory is the sandbox's workspace. (`obj?` help reaches the frontend as the pager payload of the
     sandbox kernel's execute_reply, which the kernel passes on.)"""
-    if sb.backend != "local":
-        return  # a Daytona context runs on another machine
+    if not sb.capabilities.host_files:
+        return  # e.g. a Daytona context runs on another machine
     code = f"__import__('os').environ['RLM_NOTEBOOK_DIR'] = {os.getcwd()!r}\n"
     res = sb.execute(code, timeout=30, store_history=False)
     if res.error:

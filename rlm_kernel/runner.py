@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import inspect
@@ -157,7 +158,8 @@ class Run:
         )
         self._threads: list[threading.Thread] = []
         self._ready_pool: SandboxPool | None = None  # made when the root agent starts
-        self._widest_batch = 0
+        self._widest_batch = 0  # what an "auto" pool prepares for: a width seen twice (else 1)
+        self._batch_widths: collections.Counter[int] = collections.Counter()
         self._fresh_starting = 0  # agents' own sandboxes being made (the pool waits for them)
         self._thread: threading.Thread | None = None
         self._result: RunResult | None = None
@@ -288,8 +290,11 @@ class Run:
             return [{"text": msg, "agent_id": "", "patch": "", "status": "error"} for _ in tasks]
         replies: list[dict[str, Any] | None] = [None] * len(tasks)
         children: list[tuple[int, Agent]] = []
-        if len(tasks) > self._widest_batch:
-            self._widest_batch = len(tasks)  # "auto" pools grow to the widest batch seen
+        # "auto" pools grow to the widest batch seen twice: one wide batch (a map over a
+        # repository's modules) is served by fresh sandboxes, and a pool made for a second one
+        # that never comes would only cost CPU and memory.
+        self._batch_widths[len(tasks)] += 1
+        self._widest_batch = max((w for w, n in self._batch_widths.items() if n >= 2), default=1)
         for i, task in enumerate(tasks):
             refusal = self.budget.take_sandbox()
             if refusal:
@@ -447,7 +452,7 @@ class Run:
             )
 
         if (
-            not cls.pool_capable
+            not cls.capabilities.pool
             or pool_target(setting, limits.max_concurrency, limits.max_depth, 1) <= 0
         ):
             return None
@@ -524,8 +529,9 @@ class Run:
         self.isolation = self._isolation()
 
     def _isolation(self) -> Isolation | None:
-        """The local sandboxes' tier (said once on stderr; recorded); None on other backends."""
-        if self.config.sandbox.backend != "local":
+        """The sandboxes' isolation tier (said once on stderr; recorded); None on backends that
+        run elsewhere."""
+        if not backend_class(self.config.sandbox.backend).capabilities.isolation:
             return None
         iso = resolve_isolation(self.config.sandbox.isolation, self.config.sandbox.network)
         announce(iso)

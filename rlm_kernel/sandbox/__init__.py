@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .base import Sandbox
 
-__all__ = ["BACKENDS", "Backend", "backend_class", "require_sdk"]
+__all__ = ["BACKENDS", "Backend", "backend_class", "require_sdk", "shutdown_backends"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,13 @@ def backend_class(name: str) -> type[Sandbox]:
     require_sdk(name)
     module, _, cls = backend.path.partition(":")
     return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def shutdown_backends() -> None:
+    """Stop what every backend in use runs for this process (`Sandbox.shutdown`): at the end of
+    a kernel or a host. A backend never imported has nothing running and is not loaded."""
+    for backend in BACKENDS.values():
+        module, _, cls = backend.path.partition(":")
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            getattr(loaded, cls).shutdown()

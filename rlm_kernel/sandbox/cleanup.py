@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from ..paths import tmp_root
+from .kernelproc import _pid_alive
 
 __all__ = ["cleanup_local", "write_owner"]
 
@@ -20,15 +21,7 @@ def write_owner(sandbox_root: str, kernel_pid: int | None = None) -> None:
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid > 0 and _pid_alive(pid, None)
 
 
 def _kill_kernel(pid: int, work: Path) -> None:

@@ -12,47 +12,38 @@ import contextlib
 import json
 import logging
 import os
-import pickle
-import queue
 import shutil
 import threading
-import time
 from typing import Any
 
 from ..config import sandbox_env
 from ..paths import tmp_root
-from . import isolation, transfer, workspace
-from .base import (
-    NO_CONTEXT,
-    CellResult,
-    OutputBuffer,
-    OutputHook,
-    Sandbox,
-    SandboxError,
-    SandboxSpec,
-    StdinHook,
-    strip_ansi,
-)
-from .bridge import Bridge, FrameParser, new_secret
-from .cleanup import write_owner
-from .kernels import KernelHandle, _Client, _zmq_context, start_kernel
-from .runtime import CELL_PREFIX
+from . import base, isolation, transfer, workspace
+from .base import Capabilities, Cell, CellResult, Sandbox, SandboxError, SandboxSpec
+from .bridge import Bridge, new_secret
+from .cells import CellCollector
+from .cleanup import cleanup_local, write_owner
+from .kernelcell import QueryClient, run_cell
+from .kernels import KernelHandle, shutdown_all, start_kernel
 
 __all__ = ["LocalSandbox"]
 
 log = logging.getLogger(__name__)
 
-INTERRUPT_GRACE_S = 3.0  # how long an interrupted cell may take to stop before the kernel restarts
-LOST_IDLE_S = 2.0  # the cell replied but its idle status has not come: iopub lost it
-QUERY_TIMEOUT_S = 5.0  # completion / inspection requests
-REPLY_TIMEOUT_S = 2.0  # the execute_reply of a cell whose idle status arrived (sent before it)
 
-
-class LocalSandbox(Sandbox):
+class LocalSandbox(transfer.Transfers, Sandbox):
     """A worktree and an IPython kernel on this machine."""
 
     backend = "local"
-    pool_capable = True
+    capabilities = Capabilities(
+        pool=True,
+        jupyter=True,
+        stdin=True,
+        history=True,
+        interrupt=True,
+        isolation=True,
+        host_files=True,
+    )
 
     def __init__(self, spec: SandboxSpec) -> None:
         super().__init__(spec)
@@ -66,11 +57,7 @@ class LocalSandbox(Sandbox):
         self.bridge = Bridge(self.secret, self._handle, self._deliver, self._discard)
         self._exec_lock = threading.RLock()  # a restart reinstalls the runtime from inside a cell
         self._workspace_made = False
-        # A second client (and a kernel subshell) for completion and inspection, so they are
-        # answered while a cell runs and their replies never mix with the executing client's:
-        # (connection file, client, subshell id).
-        self._query_lock = threading.Lock()
-        self._query: tuple[str, _Client, str | None] | None = None
+        self._query = QueryClient(self.id)  # completion and inspection, also while a cell runs
         self._fresh_namespace = False  # the last cell's end sent the namespace summary
         self.isolation = spec.isolation or isolation.NONE  # resolved in prepare()
 
@@ -92,6 +79,16 @@ class LocalSandbox(Sandbox):
     def _discard(self, rid: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.bridge_dir, f"{rid}.json"))
+
+    @classmethod
+    def cleanup(cls, run_id: str | None = None) -> list[str]:
+        """Remove local sandboxes whose owning process is gone (see `cleanup.cleanup_local`)."""
+        return cleanup_local(run_id)
+
+    @classmethod
+    def shutdown(cls) -> None:
+        """Stop every kernel this process started, and the fork servers."""
+        shutdown_all()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,37 +148,17 @@ class LocalSandbox(Sandbox):
         # Which agent this sandbox serves (a pooled one's directory is named pool-<n>).
         with open(os.path.join(self.root, "agent"), "w") as fh:
             fh.write(self.spec.agent_id + "\n")
-        cfg = dict(self.spec.runtime_cfg)
-        cfg["secret"] = self.secret
-        cfg["bridge_dir"] = self.bridge_dir
-        if self.spec.context is not NO_CONTEXT:
-            path = os.path.join(self.bridge_dir, "context.pickle")
-            try:
-                transfer.write_new(path, pickle.dumps(self.spec.context, protocol=4))
-            except SandboxError:
-                raise
-            except Exception as exc:
-                raise SandboxError(
-                    f"the context cannot be sent to the sandbox (not picklable: {exc})"
-                ) from exc
-            cfg["context_path"] = path
+        cfg = self.runtime_config()
         code = (
             "import rlm_kernel.sandbox.runtime as _rlm_runtime\n"
             f"_rlm_runtime.install(get_ipython(), __import__('json').loads({json.dumps(cfg)!r}))\n"
             "del _rlm_runtime\n"
         )
-        res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
-        if res.error:
-            raise SandboxError(f"could not install the REPL runtime in the sandbox: {res.error}")
+        self._quiet(code, "install the REPL runtime in the sandbox")
 
-    def close(self) -> None:
+    def _remove(self) -> None:
         """Stop the kernel and remove the worktree (unless kept) and every temporary file."""
-        with self._close_lock:
-            if self.closed:
-                return
-            self.closed = True
-        with self._query_lock:
-            self._stop_query_client()
+        self._query.close()
         if self.kernel is not None:
             self.kernel.shutdown()
         if self.spec.keep:
@@ -197,31 +174,20 @@ class LocalSandbox(Sandbox):
             os.rmdir(run_dir)  # the last sandbox of a run removes the run's directory
 
     # -- execution ------------------------------------------------------------------------------
-    def execute(
-        self,
-        code: str,
-        *,
-        timeout: float,
-        cancel: threading.Event | None = None,
-        on_output: OutputHook | None = None,
-        store_history: bool = True,
-        stdin_hook: StdinHook | None = None,
-        msg_id: str | None = None,
-        user_expressions: dict[str, str] | None = None,
-    ) -> CellResult:
+    def run(self, cell: Cell) -> CellResult:
         """Run one cell with the bridge open for it (and stdin answered by `stdin_hook`); with
         `msg_id`, as that request, returning the kernel's execute_reply in `CellResult.reply`."""
         return self._run(
-            code,
-            timeout=timeout,
-            cancel=cancel,
-            on_output=on_output,
+            cell.code,
+            timeout=cell.timeout,
+            cancel=cell.cancel,
+            on_output=cell.on_output,
             silent=False,
             wrap=True,
-            store_history=store_history,
-            stdin_hook=stdin_hook,
-            msg_id=msg_id,
-            user_expressions=user_expressions,
+            store_history=cell.store_history,
+            stdin_hook=cell.stdin_hook,
+            msg_id=cell.msg_id,
+            user_expressions=cell.user_expressions,
         )
 
     # -- completion and inspection --------------------------------------------------------------
@@ -235,43 +201,15 @@ class LocalSandbox(Sandbox):
         return self._request("inspect_request", content)
 
     def _request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
-        with self._query_lock:
-            kernel = self.kernel
-            if kernel is None or self.closed:
-                raise SandboxError(f"sandbox {self.id} is not running")
-            client, subshell = self._query_client(kernel)
-            msg = client.session.msg(msg_type, content)
-            if subshell is not None:
-                msg["header"]["subshell_id"] = subshell
-            client.shell_channel.send(msg)
-            reply = _reply_to(client.get_shell_msg, msg["header"]["msg_id"], QUERY_TIMEOUT_S)
-            if reply is None:
-                self._stop_query_client()  # a late reply must not answer the next request
-                raise SandboxError(f"sandbox {self.id} did not answer {msg_type} in time")
-            return dict(reply["content"])
+        return self._query.request(None if self.closed else self.kernel, msg_type, content)
 
-    def _query_client(self, kernel: KernelHandle) -> tuple[_Client, str | None]:
-        """The query client for the kernel's current connection file (a restart changes it)."""
-        if self._query is not None and self._query[0] == kernel.connection_file:
-            return self._query[1], self._query[2]
-        self._stop_query_client()
-        client = _Client(context=_zmq_context())
-        client.load_connection_file(kernel.connection_file)
-        client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=True)
-        subshell: str | None = None
-        msg = client.session.msg("create_subshell_request", {})
-        client.control_channel.send(msg)
-        reply = _reply_to(client.get_control_msg, msg["header"]["msg_id"], QUERY_TIMEOUT_S)
-        if reply is not None and reply["content"].get("status") == "ok":
-            subshell = reply["content"].get("subshell_id")
-        self._query = (kernel.connection_file, client, subshell)
-        return client, subshell
-
-    def _stop_query_client(self) -> None:
-        if self._query is not None:
-            with contextlib.suppress(Exception):
-                self._query[1].stop_channels()
-            self._query = None
+    def kernel_connection(self) -> str:
+        """The running kernel's connection file (for the widget comms relay); "" when it is not
+        running (closed, or died)."""
+        kernel = self.kernel
+        if kernel is None or self.closed or not kernel.is_alive():
+            return ""
+        return kernel.connection_file
 
     def namespace_after_cell(self) -> list[dict[str, Any]]:
         """The summary the last cell's end sent (`snapshot_on_end`), else a fresh snapshot."""
@@ -290,48 +228,27 @@ class LocalSandbox(Sandbox):
 
     def reset_agent(self) -> None:
         """Run the runtime's reset()."""
-        res = self._run(
-            "__rlm__.reset()", timeout=30, cancel=None, on_output=None, silent=True, wrap=False
-        )
+        self._quiet("__rlm__.reset()", "reset the sandbox's REPL runtime", timeout=30)
+
+    # -- the primitives of `transfer.Transfers` (push, pull, the runtime's configuration) -------
+    def _bridge_file(self, name: str) -> str:
+        return os.path.join(self.bridge_dir, name)
+
+    def _write_file(self, path: str, data: bytes) -> None:
+        transfer.write_new(path, data)
+
+    def _read_file(self, path: str) -> str:
+        return transfer.read_file(path)
+
+    def _remove_file(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+    def _quiet(self, code: str, what: str, timeout: int = 60) -> str:
+        res = self._run(code, timeout=timeout, cancel=None, on_output=None, silent=True, wrap=False)
         if res.error:
-            raise SandboxError(f"could not reset the sandbox's REPL runtime: {res.error}")
-
-    def push(self, name: str, value: Any) -> None:
-        """Pickle `value` into the bridge directory and load it into the namespace as `name`."""
-        if not name.isidentifier():
-            raise SandboxError(f"{name!r} is not a valid variable name")
-        path = os.path.join(self.bridge_dir, f"push-{os.urandom(6).hex()}.pickle")
-        try:
-            blob = pickle.dumps(value, protocol=4)
-        except Exception as exc:
-            raise SandboxError(
-                f"{name}: the value cannot be sent to the sandbox (not picklable: {exc})"
-            ) from exc
-        transfer.write_new(path, blob)
-        code = (
-            f"import pickle as _p, os as _o\nwith open({path!r}, 'rb') as _f:\n    {name} = _p.load(_f)\n"
-            f"_o.unlink({path!r})\ndel _p, _o, _f\n"
-        )
-        res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
-        if res.error:
-            raise SandboxError(f"could not set {name} in the sandbox: {res.error}")
-
-    def pull(self, name: str, *, as_text: bool = False) -> Any:
-        """The REPL variable `name` as plain data (or `str(value)`), computed in the sandbox.
-
-        Only JSON text crosses (see `transfer`); KeyError when it does not exist.
-        """
-        path = os.path.join(self.bridge_dir, f"pull-{os.urandom(6).hex()}.json")
-        code = transfer.pull_code(name, path, as_text)
-        try:
-            res = self._run(code, timeout=60, cancel=None, on_output=None, silent=True, wrap=False)
-            if res.error:
-                raise SandboxError(f"could not read {name} from the sandbox: {res.error}")
-            text = transfer.read_file(path)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        return transfer.decode(text, name)
+            raise SandboxError(f"could not {what}: {res.error}")
+        return res.output
 
     def host_path(self, path: str) -> str:
         """The host's path for a path the sandbox's code made: under bwrap its /tmp is private
@@ -362,17 +279,11 @@ class LocalSandbox(Sandbox):
                 raise SandboxError(
                     f"could not show the new workspace to the sandbox: {exc}"
                 ) from exc
-        res = self._run(
-            f"import os as _o\n_o.chdir({new_path!r})\nif '__rlm__' in globals(): __rlm__.workspace = _o.getcwd()\ndel _o\n",
-            timeout=30,
-            cancel=None,
-            on_output=None,
-            silent=True,
-            wrap=False,
-        )
-        if res.error:
+        try:
+            self._quiet(transfer.chdir_code(new_path), "move the sandbox to the new workspace", 30)
+        except SandboxError:
             workspace.remove_workspace(target, new_path)
-            raise SandboxError(f"could not move the sandbox to the new workspace: {res.error}")
+            raise
         self.spec.target, self.path, self.base_commit = target, new_path, base
         if self._workspace_made:
             workspace.remove_workspace(old_target, old_path)
@@ -394,11 +305,11 @@ class LocalSandbox(Sandbox):
         *,
         timeout: float,
         cancel: threading.Event | None,
-        on_output: OutputHook | None,
+        on_output: base.OutputHook | None,
         silent: bool,
         wrap: bool,
         store_history: bool = False,
-        stdin_hook: StdinHook | None = None,
+        stdin_hook: base.StdinHook | None = None,
         msg_id: str | None = None,
         user_expressions: dict[str, str] | None = None,
     ) -> CellResult:
@@ -407,227 +318,32 @@ class LocalSandbox(Sandbox):
             raise SandboxError(f"sandbox {self.id} is not running")
         with self._exec_lock:
             self._fresh_namespace = False
-            kc = kernel.client
             exec_id = os.urandom(8).hex()
-            ids: list[str] = []
-            # A visible cell is wrapped by the runtime's IPython hooks (one request); a silent
-            # one (no hooks run) by begin and end requests around it.
-            hooked = wrap and not silent
             if wrap:
                 self.bridge.begin(exec_id)
-            if wrap and not hooked:
-                ids.append(
-                    kc.execute(f"__rlm__.begin({exec_id!r})", silent=True, store_history=False)
-                )
-            content = {
-                "code": code,
-                "silent": silent,
-                "store_history": store_history and not silent,
-                "user_expressions": user_expressions or {},
-                "allow_stdin": stdin_hook is not None,
-                "stop_on_error": False,
-            }
-            meta = {}
-            if hooked:
-                meta["cellId"] = f"{CELL_PREFIX}{exec_id}:{int(self.snapshot_on_end)}"
-            msg = kc.session.msg("execute_request", content, metadata=meta)
-            if msg_id is not None:
-                msg["header"]["msg_id"] = msg["msg_id"] = msg_id
-            kc.shell_channel.send(msg)
-            main = msg["header"]["msg_id"]
-            ids.append(main)
-            if wrap and not hooked:
-                ids.append(kc.execute("__rlm__.end()", silent=True, store_history=False))
+            col = CellCollector(self.bridge, on_output, timeout=timeout, cancel=cancel)
             try:
-                res = self._collect(kernel, main, ids, timeout, cancel, on_output, stdin_hook)
-                if msg_id is not None and not res.namespace_lost and not res.reply:
-                    reply = _reply_to(kc.get_shell_msg, main, REPLY_TIMEOUT_S)
-                    if reply is not None:
-                        res.reply = dict(reply.get("content") or {})
-                return res
+                return run_cell(
+                    kernel,
+                    code,
+                    col,
+                    name=self.id,
+                    exec_id=exec_id,
+                    silent=silent,
+                    wrap=wrap,
+                    snapshot_on_end=self.snapshot_on_end,
+                    restart=self._restart,
+                    store_history=store_history,
+                    stdin_hook=stdin_hook,
+                    msg_id=msg_id,
+                    user_expressions=user_expressions,
+                )
             finally:
                 self.bridge.end()
-                _drain(kc)
 
-    def _collect(
-        self,
-        kernel: KernelHandle,
-        main: str,
-        ids: list[str],
-        timeout: float,
-        cancel: threading.Event | None,
-        on_output: OutputHook | None,
-        stdin_hook: StdinHook | None = None,
-    ) -> CellResult:
-        kc = kernel.client
-        parser = FrameParser()
-        parts = OutputBuffer()
-        res = CellResult()
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        interrupted_at: float | None = None
-        waiting = set(ids)
-        last_alive_check = t0
-        replied_at: float | None = None  # when the main request's execute_reply came
-
-        def handle(msg: dict[str, Any]) -> None:
-            parent = msg.get("parent_header", {}).get("msg_id")
-            if parent not in ids:
-                return
-            mtype = msg["msg_type"]
-            content = msg["content"]
-            if mtype == "status":
-                if content.get("execution_state") == "idle":
-                    waiting.discard(parent)
-                return
-            if mtype == "stream":
-                text, frames = parser.feed(content.get("text", ""))
-                for raw in frames:
-                    self.bridge.dispatch(raw)
-                if parent != main:
-                    return
-                if text:
-                    parts.append(text)
-                    if on_output is not None:
-                        on_output({"msg_type": "stream", "content": {**content, "text": text}})
-                return
-            if parent != main:
-                return
-            if on_output is not None:
-                on_output(msg)
-            res.outputs.append({"msg_type": mtype, "content": content})
-            if mtype in ("execute_result", "display_data"):
-                data = content.get("data", {})
-                if "text/plain" in data:
-                    parts.append(str(data["text/plain"]) + "\n")
-                else:
-                    kinds = ", ".join(sorted(data)) or "empty"
-                    parts.append(f"<display: {kinds}>\n")
-            elif mtype == "error":
-                tb = strip_ansi("\n".join(content.get("traceback", [])))
-                head = f"{content.get('ename', 'Error')}: {content.get('evalue', '')}"
-                res.error = tb if head.split(":")[0] in tb else f"{head}\n{tb}"
-                parts.append(res.error.rstrip() + "\n")
-                if res.status == "ok":
-                    res.status = "error"
-
-        while waiting:
-            now = time.monotonic()
-            if interrupted_at is None:
-                if cancel is not None and cancel.is_set():
-                    res.status = "cancelled"
-                    kernel.interrupt()
-                    interrupted_at = now
-                elif now > deadline:
-                    res.status = "timeout"
-                    kernel.interrupt()
-                    interrupted_at = now
-            elif now - interrupted_at > INTERRUPT_GRACE_S:
-                # The cell ignores interrupts: restart, the namespace is lost.
-                self.bridge.end()
-                kernel.restart()
-                write_owner(self.root, kernel.pid)
-                self._install_runtime()
-                res.status = "restarted"
-                break
-            if now - last_alive_check > 0.2:
-                last_alive_check = now
-                if not kernel.is_alive():
-                    res.status = "died"
-                    break
-            if stdin_hook is not None and interrupted_at is None:
-                request = _input_request(kc, main)
-                if request is not None:
-                    # Show what the cell printed before it asked (iopub and stdin race).
-                    for msg in _pending(kc.get_iopub_msg):
-                        handle(msg)
-                    try:
-                        value = stdin_hook(
-                            str(request.get("prompt", "")), bool(request.get("password"))
-                        )
-                    except Exception:
-                        # The hook gave up (the user interrupted): stop the waiting cell.
-                        if res.status == "ok":
-                            res.status = "cancelled"
-                        kernel.interrupt()
-                        interrupted_at = time.monotonic()
-                    else:
-                        kc.input(value)
-                    continue
-            try:
-                msg = kc.get_iopub_msg(timeout=0.05)
-            except queue.Empty:
-                # iopub is quiet: if the cell replied long ago, its idle status was lost (a
-                # zmq queue overflowed); do not wait for it for ever.
-                if main not in waiting:
-                    continue
-                if replied_at is None:
-                    for reply in _pending(kc.get_shell_msg):
-                        if reply.get("parent_header", {}).get("msg_id") == main:
-                            replied_at = time.monotonic()
-                            res.reply = dict(reply.get("content") or {})
-                elif time.monotonic() - replied_at > LOST_IDLE_S:
-                    log.warning("sandbox %s: a cell's idle status was lost", self.id)
-                    waiting.clear()
-                continue
-            except _MALFORMED:  # the cell can publish anything on its kernel's iopub: skip it
-                continue
-            handle(msg)
-        rest = parser.flush()
-        if rest:
-            parts.append(rest)
-        res.output = parts.getvalue()
-        res.elapsed_s = time.monotonic() - t0
-        if res.status == "died":
-            res.error = (res.error or "") + (
-                f"The sandbox's Python process died during this cell: {kernel.death()} "
-                "(its variables are lost; no other agent is affected)."
-            )
-        return res
-
-
-def _input_request(kc: Any, main: str) -> dict[str, Any] | None:
-    """The content of an `input_request` of cell `main` waiting on the stdin channel, if any."""
-    for msg in _pending(kc.get_stdin_msg):
-        if msg["msg_type"] == "input_request" and msg["parent_header"].get("msg_id") == main:
-            return dict(msg["content"])
-    return None
-
-
-# What jupyter_client raises for a message it cannot decode (bad signature, not JSON, no header).
-_MALFORMED = (ValueError, KeyError, TypeError)
-
-
-def _pending(get: Any) -> list[dict[str, Any]]:
-    """Every message already waiting on a channel (`get` is a client's get_*_msg); malformed
-    ones are skipped."""
-    out: list[dict[str, Any]] = []
-    while True:
-        try:
-            out.append(get(timeout=0))
-        except queue.Empty:
-            return out
-        except _MALFORMED:
-            continue
-
-
-def _reply_to(get: Any, msg_id: str, timeout: float) -> dict[str, Any] | None:
-    """The reply to request `msg_id` from a channel (`get` is a client's get_*_msg); None on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        try:
-            msg: dict[str, Any] = get(timeout=left)
-        except queue.Empty:
-            return None
-        if msg.get("parent_header", {}).get("msg_id") == msg_id:
-            return msg
-
-
-def _drain(kc: Any) -> None:
-    """Discard shell replies and stale stdin requests; nobody reads them and they would pile up."""
-    for get in (kc.get_shell_msg, kc.get_stdin_msg):
-        with contextlib.suppress(Exception):
-            _pending(get)
+    def _restart(self) -> None:
+        """Restart the kernel (a cell ignored its interrupt) and reinstall the runtime."""
+        assert self.kernel is not None
+        self.kernel.restart()
+        write_owner(self.root, self.kernel.pid)
+        self._install_runtime()

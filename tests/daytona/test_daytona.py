@@ -139,6 +139,10 @@ def test_repl_basics_display_errors_push_pull_diff(
             timeout=30,
         )
         assert r.outputs[0]["content"]["data"]["text/html"] == "<b>x</b>"
+        # No stdin here (capabilities say so): input() fails with a message saying why.
+        assert not sb.capabilities.stdin and sb.kernel_connection() == ""
+        r = sb.execute("input('name? ')", timeout=30, stdin_hook=lambda prompt, pw: "x")
+        assert r.status == "error" and "has no stdin" in (r.error or ""), r
         sb.push("pushed", {"a": [1, 2]})
         assert sb.pull("pushed") == {"a": [1, 2]}
         with pytest.raises(KeyError):

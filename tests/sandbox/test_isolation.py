@@ -28,7 +28,7 @@ import pytest
 import rlm_kernel
 from rlm_kernel.config import RLMConfig
 from rlm_kernel.paths import tmp_root
-from rlm_kernel.sandbox import isolation, kernels
+from rlm_kernel.sandbox import forkclient, isolation, kernels
 from rlm_kernel.sandbox.base import SandboxSpec
 from rlm_kernel.sandbox.isolation import Isolation, IsolationError
 from rlm_kernel.sandbox.local import LocalSandbox
@@ -506,6 +506,7 @@ def test_auto_and_the_environment_switch(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_bwrap_that_cannot_work_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(isolation.ENV_VAR, raising=False)  # `auto` as configured, not as pinned
     isolation.probe.cache_clear()
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv(isolation.ENV_VAR, raising=False)  # CI's none-tier pass sets it
@@ -538,7 +539,7 @@ def test_confined_kernels_outlive_a_killed_fork_server(tmp_path: Path) -> None:
     )
     h = start(runtime_dir=str(tmp_path / "rt1"))
     try:
-        server = kernels._confined[BWRAP.key]
+        server = forkclient._confined[BWRAP.key]
         os.kill(server.pid, signal.SIGKILL)  # from the host: agents cannot see it
         assert _wait(lambda: not server.alive())
         time.sleep(1.0)
@@ -546,7 +547,7 @@ def test_confined_kernels_outlive_a_killed_fork_server(tmp_path: Path) -> None:
         assert h.client.execute_interactive("x = 6 * 7", timeout=30)["content"]["status"] == "ok"
         h2 = start(runtime_dir=str(tmp_path / "rt2"))
         try:
-            assert kernels._confined[BWRAP.key].pid != server.pid
+            assert forkclient._confined[BWRAP.key].pid != server.pid
             assert h2.client.execute_interactive("1", timeout=30)["content"]["status"] == "ok"
         finally:
             h2.shutdown()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from rlm_kernel.sandbox import kernels
+from rlm_kernel.sandbox import forkclient, kernels
 from rlm_kernel.sandbox.kernels import KernelHandle, live_kernel_pids, shutdown_all, start_kernel
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX kernels only")
@@ -346,7 +346,7 @@ def test_launcher_env_override_and_validation(monkeypatch: pytest.MonkeyPatch) -
 
 def test_fork_server_eof_stops_its_kernels(start: Starter) -> None:
     h = start("fork")
-    server = kernels._server
+    server = forkclient._server
     assert server is not None
     zygote = server.pid
     assert int(proc_stat(h.pid)[1]) == zygote  # type: ignore[index]  # the kernel's parent
@@ -361,7 +361,7 @@ def test_kernels_outlive_a_killed_zygote(start: Starter) -> None:
     # Agent code can kill the fork server (os.kill(os.getppid(), 9) from any kernel): the other
     # kernels must live on, and the next start brings up a new fork server.
     h = start("fork")
-    server = kernels._server
+    server = forkclient._server
     assert server is not None
     content, _ = run(h, "import os; os.kill(os.getppid(), 9)")
     assert content["status"] == "ok"
@@ -371,7 +371,7 @@ def test_kernels_outlive_a_killed_zygote(start: Starter) -> None:
     content, out = run(h, "print(6 * 7)")
     assert content["status"] == "ok" and out == "42\n"
     h2 = start("fork")
-    assert h2.is_alive() and kernels._server is not None and kernels._server.pid != server.pid
+    assert h2.is_alive() and forkclient._server is not None and forkclient._server.pid != server.pid
     content, out = run(h2, "print(1 + 1)")
     assert content["status"] == "ok" and out == "2\n"
 
@@ -419,8 +419,8 @@ def test_fallback_to_subprocess_when_fork_server_cannot_start(
     start: Starter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     shutdown_all()
-    monkeypatch.setattr(kernels, "_FORKSERVER_MODULE", "rlm_kernel.sandbox.no_such_module")
-    with caplog.at_level(logging.WARNING, logger="rlm_kernel.sandbox.kernels"):
+    monkeypatch.setattr(forkclient, "_FORKSERVER_MODULE", "rlm_kernel.sandbox.no_such_module")
+    with caplog.at_level(logging.WARNING, logger="rlm_kernel.sandbox"):
         h1 = start("fork")
         h2 = start("fork")
     assert h1.launcher == h2.launcher == "subprocess"

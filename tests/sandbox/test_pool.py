@@ -200,3 +200,28 @@ def test_cancel_while_the_pool_fills_leaves_nothing(
     run = Run("t", repo, config=cfg)
     holder["run"] = run
     assert run.execute().status == "cancelled"
+
+
+def test_auto_grows_to_a_batch_width_only_once_it_is_seen_twice(
+    config: Callable[..., RLMConfig], make_repo: Callable[..., Path]
+) -> None:
+    """One wide batch is served by fresh sandboxes; the pool prepares for that width only when
+    the run repeats it (a pool made for a batch that never comes again only costs CPU)."""
+    holder: dict[str, Any] = {"targets": []}
+
+    def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
+        if info["depth"] >= 1:
+            return "```python\nFINAL('ok')\n```"
+        pool = holder["run"]._ready_pool
+        holder["targets"].append(pool._target() if pool is not None else None)
+        if info["iteration"] < 2:
+            return "```python\nr = rlm_query_batched(['report'] * 3)\n```"
+        return "```python\nFINAL('done')\n```"
+
+    model = llm.register_scripted(f"pool-{uuid.uuid4().hex[:8]}", respond)
+    run = Run("pool test", make_repo(), config=config(model, rlm__max_concurrency=8))
+    holder["run"] = run
+    res = run.execute()
+    assert res.status == "done", res.error
+    # before any rlm_query, after one batch of 3, after the second
+    assert holder["targets"] == [0, AUTO_INITIAL, 3]

@@ -1,0 +1,209 @@
+"""The child side of the kernel fork server: what a forked process does to become a kernel.
+
+`become_kernel` runs in the child the zygote (:mod:`.forkserver`) forked: a session of its own,
+default signals, stdio on the kernel's log, only the lifeline pipe kept, confined (under
+bubblewrap) by `_confine_child`, the requested directory and environment, then `IPKernelApp`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import locale
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import traceback
+import warnings
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from . import confine
+
+__all__ = ["KERNEL_OPTIONS", "LIFELINE_FD", "become_kernel", "set_comm"]
+
+# Every sandbox kernel: input history in memory. Dozens of kernels sharing the user's
+# ~/.ipython history.sqlite corrupt it ("readonly database" errors in cells' output), and
+# agents' cells do not belong in the user's history.
+KERNEL_OPTIONS = ("--HistoryManager.hist_file=:memory:", "--IPythonKernel._execute_sleep=0")
+LIFELINE_FD = 3  # the lifeline's read end in every kernel
+
+
+def become_kernel(
+    zygote: Any,
+    cwd: str,
+    env: dict[str, str],
+    connection_file: str,
+    log_fd: int,
+    view: dict[str, Any] | None = None,
+    report: socket.socket | None = None,
+) -> NoReturn:
+    """In the forked child of `zygote` (a `forkserver._Zygote`): become the kernel (confined:
+    the init of its namespace, then the kernel); never returns."""
+    code = 1
+    try:
+        os.setsid()
+        set_comm(b"rlm-kernel")
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        zygote.sel.close()
+        zygote.sock.close()
+        os.close(zygote.wake_r)
+        os.close(zygote.wake_w)
+        if report is not None and report.fileno() <= LIFELINE_FD:  # keep it out of the way
+            report = socket.socket(fileno=fcntl.fcntl(report.fileno(), fcntl.F_DUPFD, 10))
+        null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        first = 3
+        if zygote.lifeline is not None:
+            os.dup2(zygote.lifeline, LIFELINE_FD, inheritable=False)
+            first = LIFELINE_FD + 1
+        if report is None:
+            os.closerange(first, _max_fd())
+        else:
+            keep = report.fileno()
+            os.closerange(first, keep)
+            os.closerange(keep + 1, _max_fd())
+        _fresh_stdio()
+        if view is not None and report is not None:
+            _confine_child(view, report)  # returns in the kernel, forked by its init
+        if zygote.lifeline is not None:
+            _watch_lifeline(LIFELINE_FD)
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        for key, value in zygote.import_env.items():
+            os.environ.setdefault(key, value)  # what the imports set, as in a fresh kernel
+        _apply_startup_env(env)
+        random.seed()  # also done by `random`'s at-fork hook; cheap insurance
+        sys.argv = [zygote.argv0, "-f", connection_file]
+        zygote.inbuf = b""  # other kernels' pending requests
+        from ipykernel.kernelapp import IPKernelApp
+
+        IPKernelApp.launch_instance(argv=["-f", connection_file, *KERNEL_OPTIONS])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        # A normal interpreter exit runs the atexit handlers (ipykernel's and IPython's
+        # clean-ups); os._exit keeps the zygote's stack frames from unwinding in the child.
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _confine_child(view: dict[str, Any], report: socket.socket) -> None:
+    """In the forked child: set up the kernel's namespaces, fork the kernel, stay as its init.
+
+    Returns in the kernel (PID 2 of the new namespace, capabilities dropped); the init never
+    returns. A failure is reported to the fork server and ends the child.
+    """
+    try:
+        confine.enter(view)
+        kernel = os.fork()
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            report.send(f"error: {type(exc).__name__}: {exc}".encode()[:4000])
+        os._exit(1)
+    if kernel:
+        try:
+            confine.send_pid(report, kernel)
+        finally:
+            report.close()
+        confine.run_init(kernel)
+    report.close()
+    os.setsid()  # its own session and process group, as an unconfined kernel's
+    confine.drop_privileges()
+
+
+def _watch_lifeline(fd: int) -> None:
+    """In a kernel: kill its process group when the host's lifeline pipe reaches EOF."""
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rlm-lifeline", daemon=True).start()
+
+
+def set_comm(name: bytes) -> None:
+    """Set the process name shown by ``ps -o comm``/``pgrep`` (Linux; best effort)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)
+    except Exception:
+        pass
+
+
+def _max_fd() -> int:
+    """Return the upper bound of file descriptors to close in a child."""
+    try:
+        n = os.sysconf("SC_OPEN_MAX")
+    except (ValueError, OSError):
+        n = 4096
+    return n if n > 0 else 4096
+
+
+def _fresh_stdio() -> None:
+    """Give the child new stdio objects on fds 0/1/2 (nothing buffered from the zygote)."""
+    stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+    stdout = open(  # noqa: SIM115
+        1, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False
+    )
+    stderr = open(  # noqa: SIM115
+        2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False
+    )
+    sys.stdin, sys.stdout, sys.stderr = stdin, stdout, stderr
+    setattr(sys, "__stdin__", stdin)  # noqa: B010 - Final in typeshed, writable at run time
+    setattr(sys, "__stdout__", stdout)  # noqa: B010
+    setattr(sys, "__stderr__", stderr)  # noqa: B010
+
+
+def _apply_startup_env(env: Mapping[str, str]) -> None:
+    """Apply what a fresh interpreter reads from its environment at start-up, where possible."""
+    # PYTHONPATH, PYTHONDONTWRITEBYTECODE, PYTHONPYCACHEPREFIX, PYTHONWARNINGS and the LC_CTYPE
+    # locale are applied; PYTHONHASHSEED, PYTHONUTF8, PYTHONSAFEPATH, PYTHONNOUSERSITE and the
+    # like cannot change after start-up (the zygote's values stay).
+    entries = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    for entry in reversed(entries):
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
+    sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
+    if env.get("PYTHONPYCACHEPREFIX"):
+        sys.pycache_prefix = os.path.abspath(env["PYTHONPYCACHEPREFIX"])
+    if env.get("PYTHONWARNINGS"):
+        opts = [o.strip() for o in env["PYTHONWARNINGS"].split(",") if o.strip()]
+        sys.warnoptions[:0] = opts
+        with contextlib.suppress(Exception):
+            getattr(warnings, "_processoptions")(opts)  # noqa: B009 - private, not in typeshed
+    try:
+        ctype = locale.setlocale(locale.LC_CTYPE, "")
+    except locale.Error:
+        ctype = "C"
+    if ctype in ("C", "POSIX"):  # PEP 538's coercion of the legacy C locale
+        with contextlib.suppress(locale.Error):
+            locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
