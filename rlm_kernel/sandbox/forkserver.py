@@ -84,7 +84,8 @@ EXTRA_PRELOAD = (
 )
 OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime",)
 SHUTDOWN_GRACE_S = 1.0  # SIGTERM → SIGKILL for kernels left when the zygote exits
-_REPORT_TIMEOUT_S = 10.0  # a confined kernel's set-up (namespaces, mounts) reports its pid
+_REPORT_TIMEOUT_S = 60.0  # a confined kernel's set-up (namespaces, mounts) reports its pid; 10 s
+# was seen to pass on a 2-core machine at load 20 (a run failed with "did not report")
 _MAX_LINE = 16 * 1024 * 1024
 
 
