@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import redact_secrets
 from .events import Event, EventType
+from .llm.usage import USAGE_KEYS
 
 __all__ = ["Recorder", "TreeState", "load_index", "load_record", "write_json_atomic"]
 
@@ -36,6 +37,10 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+def _zero_usage() -> dict[str, int | float]:
+    return {k: 0.0 if k == "cost_usd" else 0 for k in USAGE_KEYS}
 
 
 def _child_key(node: dict[str, Any]) -> list[int | str]:
@@ -62,7 +67,7 @@ class TreeState:
                 patch="",
                 finished_at=None,
                 elapsed_s=None,
-                usage={"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
+                usage=_zero_usage(),
                 **d,
             )
             return
@@ -82,12 +87,7 @@ class TreeState:
                 "error": None,
                 "started_at": d.get("started_at"),
                 "finished_at": None,
-                "usage": {
-                    "llm_calls": 0,
-                    "prompt_tokens": 0,
-                    "completion_tokens": 0,
-                    "cost_usd": 0.0,
-                },
+                "usage": _zero_usage(),
                 "sandbox": None,
                 "iterations": [],
                 "children": [],
@@ -108,6 +108,8 @@ class TreeState:
         node = found
         if t is EventType.SANDBOX_READY:
             node["sandbox"] = d.get("sandbox")
+        elif t is EventType.HISTORY_FOLDED:
+            node.setdefault("history_folds", []).append(dict(d))
         elif t is EventType.LLM_RESPONSE:
             it = self._iteration(node, d["index"])
             it["llm_response"] = d.get("text", "")
@@ -145,7 +147,7 @@ class TreeState:
         if not usage:
             return
         for target in (node["usage"], self.run.setdefault("usage", {})):
-            for k in ("llm_calls", "prompt_tokens", "completion_tokens", "cost_usd"):
+            for k in USAGE_KEYS:
                 target[k] = target.get(k, 0) + usage.get(k, 0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,7 +188,10 @@ class Recorder:
     def __call__(self, ev: Event) -> None:
         """Apply an event; write now for milestones, otherwise at most every `min_interval_s`
         (and `min_interval_s` after a held-back event at the latest, so a host killed while its
-        agents are quiet leaves a record with everything up to then)."""
+        agents are quiet leaves a record with everything up to then). Streamed text is not
+        recorded (the whole reply comes with `llm_response`)."""
+        if ev.type is EventType.LLM_TEXT:
+            return
         stopped: threading.Timer | None = None
         with self._lock:
             self.state.apply(ev)

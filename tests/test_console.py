@@ -89,6 +89,10 @@ def test_summary_line() -> None:
     assert summary_line(_record()) == (
         "4 agents, depth 2, 8 iterations, 8 LLM calls, 1,500 tokens, $0.0123, 2.5 s"
     )
+    cached = {**_record(), "usage": {**_record()["usage"], "cache_read_tokens": 1024}}
+    assert summary_line(cached) == (
+        "4 agents, depth 2, 8 iterations, 8 LLM calls, 1,500 tokens (1,024 cached), $0.0123, 2.5 s"
+    )
 
 
 def test_summary_line_without_root_or_elapsed() -> None:
@@ -281,3 +285,54 @@ def test_repeated_refusals_become_one_line_with_a_count() -> None:
     ]
     assert lines[3] == "! root.0, root.1: LLM call budget exhausted (2 times)"
     assert lines[4].startswith("done: ")
+
+
+def test_render_tree_shows_the_end_of_a_reply_being_written() -> None:
+    grandchild = _node("root.0.0", "running", "deep", 1, depth=2)
+    a = _node("root.0", "running", "part a", 1, [grandchild], depth=1)
+    b = _node("root.1", "done", "part b", 1, depth=1)
+    root = _node("root", "running", "count", 1, [a, b])
+    live = {
+        "root.0.0": "First I will read the file.\n```python\nprint(open('a.txt').read())",
+        "root": "x" * 500,
+        "root.1": "not running: not shown",
+    }
+    lines = render_tree(root, 50, live)
+    assert lines == [
+        "… root [running, 1 it] count",
+        "│  ✎ …" + "x" * 44,
+        "├─ … root.0 [running, 1 it] part a",
+        "│  └─ … root.0.0 [running, 1 it] deep",
+        "│        ✎ … ```python print(open('a.txt').read())",
+        "└─ ✓ root.1 [done, 1 it] part b",
+    ]
+    assert all(len(line) <= 50 for line in lines)
+
+
+def test_a_terminal_shows_one_live_line_per_running_agent_and_logs_do_not() -> None:
+    def events() -> list[Event]:
+        def ev(t: EventType, agent: str | None = None, **data: Any) -> Event:
+            return Event(t, "run-1", agent, data)
+
+        return [
+            ev(EventType.RUN_STARTED, task="t"),
+            ev(EventType.AGENT_STARTED, "root", parent_id=None, depth=0, task="count"),
+            ev(EventType.ITERATION_STARTED, "root", index=0),
+            ev(EventType.LLM_TEXT, "root", index=0, offset=0, text="Let me count"),
+            ev(EventType.LLM_TEXT, "root", index=0, offset=12, text=" the words."),
+            ev(EventType.LLM_RESPONSE, "root", index=0, text="Let me count the words.", usage={}),
+        ]
+
+    tty = _Tty()
+    progress = ConsoleProgress(stream=tty, interval_s=0, width=60)
+    for e in events()[:-1]:
+        progress(e)
+    assert "✎ Let me count the words." in tty.getvalue().rsplit("\x1b[J", 1)[-1]
+    progress(events()[-1])
+    progress(Event(EventType.NOTICE, "run-1", "root", {"message": "redraw"}))
+    assert "✎" not in tty.getvalue().rsplit("\x1b[J", 1)[-1]  # the whole reply came: line gone
+    log = io.StringIO()
+    progress = ConsoleProgress(stream=log, interval_s=0, width=60)
+    for e in events():
+        progress(e)
+    assert "Let me count" not in log.getvalue()

@@ -61,3 +61,10 @@ def test_peers_optional(system: str, module: str) -> None:
     out = smoke("bench_peers.py", "--systems", system)
     for workload in ("W1", "W2", "W3"):
         assert f"| {workload} | {system} |" in out
+
+
+def test_llm() -> None:
+    out = smoke("bench_llm.py")
+    assert "| sequential | 10 |" in out and "| sequential, streamed | 10 |" in out
+    assert "| 10 in flight | 10 |" in out
+    assert "| `rlm run` | 1 |" in out and "| kernel start + `%%rlm` cell | 1 |" in out
