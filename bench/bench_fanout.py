@@ -121,7 +121,7 @@ def main() -> None:
         args.reps, args.latency, args.sizes = 1, 0.05, "5x2"
     L = args.latency
     sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
-    llm._litellm()  # the one-time import is not engine overhead
+    llm.import_litellm()  # the one-time import is not engine overhead
     results = tempfile.mkdtemp(prefix="rlm-bench-fanout-")
     run_once(model(2, 2, 0.0), results)  # warm: fork server, caches
     print(f"latency per LLM call L = {L} s, {args.reps} repetitions, medians; {machine()}")

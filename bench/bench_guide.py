@@ -150,7 +150,7 @@ def main() -> None:
         if args.smoke:
             args.reps, L = 1, 0.05
             repo = small_repo(src, work / "repo", ["svm", "manifold", "tree", "impute"])
-        llm._litellm()  # the one-time import is not engine overhead
+        llm.import_litellm()  # the one-time import is not engine overhead
         model = load_model(L, args.large)
         results = str(work / "results")
         run_once(load_model(0.0, args.large), repo, results)  # warm: fork server, git caches

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = ap.parse_args(argv)
     ISOLATION["value"] = args.isolation
     reps, n = (1, 4) if args.smoke else (args.reps, args.iterations)
-    llm._litellm()  # the one-time import is not per-iteration overhead
+    llm.import_litellm()  # the one-time import is not per-iteration overhead
     with tempfile.TemporaryDirectory(prefix="rlm-bench-") as work:
         results = Path(work) / "results"
         stats = measure(reps, n, results)

@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.2)
     args = ap.parse_args()
     L = args.latency
-    llm._litellm()  # the one-time ~3.5 s import is not engine overhead
+    llm.import_litellm()  # the one-time ~3.5 s import is not engine overhead
     work = Path(tempfile.mkdtemp(prefix="rlm-bench-"))
     repo, _, prompt = prepare_demo(work)
     scenarios = [

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=1, help="runs per pool setting and tier")
     args = ap.parse_args(argv)
     tiers = ["none", "bwrap"] if args.isolation == "both" else [args.isolation]
-    llm._litellm()  # the one-time import is not spawn latency
+    llm.import_litellm()  # the one-time import is not spawn latency
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rlm-bench-") as work:
         results = os.path.join(work, "results")

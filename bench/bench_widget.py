@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.02, help="seconds per LLM call")
     ap.add_argument("--renders", type=int, default=7, help="Chromium renders (default 7)")
     args = ap.parse_args()
-    llm._litellm()  # the one-time litellm import is not part of the run
+    llm.import_litellm()  # the one-time litellm import is not part of the run
     model = _model(args.latency)
     work = Path(tempfile.mkdtemp(prefix="rlm-bench-widget-"))
     try:

@@ -33,11 +33,13 @@ import argparse
 import contextlib
 import json
 import re
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+STREAM_CHARS = 4  # characters per streamed delta (a token or so, as providers send them)
 W1_CALLS = 100
 W2_CHILDREN = 10
 W3_TURNS = 30
@@ -166,8 +168,9 @@ WORKLOADS = ("mapreduce", "w1", "w2", "w3")
 class Server:
     """The server on 127.0.0.1 in a background thread; counts and logs requests per system."""
 
-    def __init__(self, latency: float, port: int = 0) -> None:
+    def __init__(self, latency: float, port: int = 0, arrivals: bool = False) -> None:
         self.latency = latency
+        self.arrivals = arrivals  # print "ARRIVAL <epoch>" per request (time-to-first-request)
         self.counts: dict[str, int] = {}
         # (arrival time.monotonic(), system, role, child index, turn) of every request
         self.log: list[tuple[float, str, str, int, int]] = []
@@ -176,9 +179,14 @@ class Server:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls between small writes
 
             def do_POST(self) -> None:
                 t = time.monotonic()
+                if outer.arrivals:
+                    with outer._lock:  # one whole line per request, however many threads print
+                        sys.stdout.write(f"ARRIVAL {time.time():.6f}\n")
+                        sys.stdout.flush()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if not self.path.rstrip("/").endswith("/chat/completions"):
@@ -195,6 +203,9 @@ class Server:
                     time.sleep(outer.latency)
                 prompt_tokens = sum(len(_text(m)) for m in messages) // 4 + 1
                 completion_tokens = len(text) // 4 + 1
+                if body.get("stream"):
+                    self._stream(body, text, prompt_tokens, completion_tokens)
+                    return
                 self._send(
                     200,
                     {
@@ -216,6 +227,35 @@ class Server:
                         },
                     },
                 )
+
+            def _stream(self, body: dict[str, Any], text: str, prompt: int, done: int) -> None:
+                """The reply as server-sent events (chunked, the connection kept): content
+                deltas of `STREAM_CHARS` characters, then usage, then [DONE]."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk"}
+                base.update(created=int(time.time()), model=body.get("model", "bench"))
+                for i in range(0, max(1, len(text)), STREAM_CHARS):
+                    delta = {"role": "assistant", "content": text[i : i + STREAM_CHARS]}
+                    choice = {"index": 0, "delta": delta, "finish_reason": None}
+                    self._event({**base, "choices": [choice]})
+                last = {"index": 0, "delta": {}, "finish_reason": "stop"}
+                self._event({**base, "choices": [last]})
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    usage = {"prompt_tokens": prompt, "completion_tokens": done}
+                    usage["total_tokens"] = prompt + done
+                    self._event({**base, "choices": [], "usage": usage})
+                self._chunk(b"data: [DONE]\n\n")
+                self._chunk(b"")
+
+            def _event(self, payload: dict[str, Any]) -> None:
+                self._chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
@@ -251,8 +291,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--latency", type=float, default=1.0)
+    ap.add_argument("--arrivals", action="store_true", help='print "ARRIVAL <epoch>" per request')
     args = ap.parse_args()
-    with Server(args.latency, args.port) as srv:
+    with Server(args.latency, args.port, args.arrivals) as srv:
         print(f"serving {srv.url} (latency {args.latency} s); Ctrl-C stops", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

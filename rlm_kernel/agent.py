@@ -15,13 +15,16 @@ from .events import (
     AgentStarted,
     BudgetHit,
     CodeExecuted,
+    HistoryFolded,
     IterationFinished,
     IterationStarted,
     LLMResponse,
+    LLMText,
     Notice,
     Payload,
 )
-from .llm import LLMCancelled, LLMError, Usage
+from .history import Fold, History, history_budget
+from .llm import Completion, ContextWindowExceeded, LLMCancelled, LLMError, Usage
 from .prompts import (
     AgentPromptInfo,
     extract_code_blocks,
@@ -182,10 +185,12 @@ class Agent:
             tools=run.tool_specs,
             budget_note=run.budget.note(),
         )
-        messages: list[dict[str, str]] = [
-            {"role": "system", "content": system_prompt(info)},
-            {"role": "user", "content": task_prompt(self.task, info)},
-        ]
+        model = run.config.model.name
+        history = History(
+            system_prompt(info),
+            task_prompt(self.task, info),
+            lambda: history_budget(model, cfg.max_history_tokens),
+        )
         status, error, last_text = "running", None, ""
         empty_replies = 0  # in a row: a provider that answers nothing should not burn every turn
         try:
@@ -196,7 +201,7 @@ class Agent:
                     status, error = why
                     break
                 self.emit(IterationStarted(index))
-                completion = run.complete(self, messages, kind="agent")
+                completion = self._turn(index, history)
                 text = completion.text
                 last_text = text
                 self.emit(LLMResponse(index, text, completion.usage.to_dict()))
@@ -213,10 +218,7 @@ class Agent:
                     )
                     break
                 if not blocks:
-                    messages += [
-                        {"role": "assistant", "content": text},
-                        {"role": "user", "content": no_code_prompt(text)},
-                    ]
+                    history.add(text, no_code_prompt(text))
                     self.emit(IterationFinished(index, None, no_code=True))
                     continue
                 replacement = run.at_step_gate(self, index, "\n\n".join(blocks))
@@ -267,13 +269,7 @@ class Agent:
                 if self.has_final:
                     status = "done"
                     break
-                messages += [
-                    {"role": "assistant", "content": text},
-                    {
-                        "role": "user",
-                        "content": format_cell_outputs(results, cfg.output_truncation_limit, notes),
-                    },
-                ]
+                history.add(text, format_cell_outputs(results, cfg.output_truncation_limit, notes))
             else:
                 status, error = "budget", f"max_iterations ({cfg.max_iterations}) reached"
                 self.emit(BudgetHit("max_iterations", error))
@@ -289,6 +285,32 @@ class Agent:
             status, error = "error", f"internal error: {exc!r}"
             run.log_exception(self.agent_id)
         return self._finish(status, error, last_text, sandbox_future)
+
+    def _turn(self, index: int, history: History) -> Completion:
+        """The model's reply for turn `index`, streamed as `llm_text` events; the history is
+        folded first when it outgrew its budget, and once more if the provider still finds the
+        prompt too long."""
+        fold = history.fit()
+        if fold is not None:
+            self.emit(_folded(index, fold, retry=False))
+
+        def on_text(offset: int, text: str) -> None:
+            self.emit(LLMText(index, offset, text))
+
+        retried = False
+        while True:
+            messages = history.messages()
+            try:
+                completion = self.run.complete(self, messages, kind="agent", on_text=on_text)
+            except ContextWindowExceeded as exc:
+                fold = None if retried else history.shrink(exc.limit_tokens)
+                if fold is None:
+                    raise
+                retried = True
+                self.emit(_folded(index, fold, retry=True))
+                continue
+            history.observe(completion.usage.prompt_tokens, messages)
+            return completion
 
     def _stop_reason(self) -> tuple[str, str] | None:
         if self.scope.is_set():
@@ -381,6 +403,12 @@ class Agent:
             )
         )
         return outcome
+
+
+def _folded(index: int, fold: Fold, *, retry: bool) -> HistoryFolded:
+    return HistoryFolded(
+        index, fold.outputs, fold.turns, fold.tokens_before, fold.tokens_after, fold.budget, retry
+    )
 
 
 def _prose(text: str) -> str:

@@ -154,9 +154,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`rlm run`: validate everything, run, print the patch (or answer)."""
     import logging
 
+    from .llm import LLMError, prewarm
+
+    prewarm()  # litellm's seconds-long import overlaps the checks and the sandbox's creation
     from .config import ConfigError, load_config
     from .console import ConsoleProgress
-    from .llm import LLMError
     from .runner import Run
     from .sandbox.base import SandboxError
     from .sandbox.workspace import TargetError

@@ -91,6 +91,11 @@ class ModelConfig:
         "`http://127.0.0.1:8000/v1` with `model.name: openai/<model>`",
         none="provider default",
     )
+    stream: bool = setting(
+        True,
+        "stream agents' replies, so the widget and the console show them as they are written "
+        "(`llm_query` calls are never streamed)",
+    )
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,13 @@ class RLMSettings:
     max_concurrency: int = setting(
         16,
         "agents doing work at once (`llm_query_batched` runs up to 4× this many calls at once)",
+    )
+    max_history_tokens: int | None = setting(
+        None,
+        "tokens of an agent's prompt (system prompt, task and turns so far); beyond it the oldest "
+        "turns' outputs, then their code, are folded into a short note (the REPL keeps their "
+        "variables; the record keeps everything)",
+        none="¾ of the model's context window per litellm, or 64 000 when it is unknown",
     )
 
 

@@ -14,13 +14,30 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-from .events import AgentFinished, AgentStarted, BudgetHit, Event, Notice, RunFinished
+from .events import (
+    AgentFinished,
+    AgentStarted,
+    BudgetHit,
+    Event,
+    LLMResponse,
+    LLMText,
+    Notice,
+    RunFinished,
+)
 from .records import TreeState
 
-__all__ = ["ConsoleProgress", "clip", "columns", "distinct_task", "render_tree", "summary_line"]
+__all__ = [
+    "ConsoleProgress",
+    "clip",
+    "columns",
+    "distinct_task",
+    "live_tail",
+    "render_tree",
+    "summary_line",
+]
 
 ICONS = {"running": "…", "done": "✓", "error": "✗", "timeout": "⏱", "cancelled": "⊘", "budget": "$"}
 _MIN_TAIL = 24  # characters of a task's own part that must show before we elide the shared prefix
@@ -87,9 +104,20 @@ def distinct_task(task: str, others: Iterable[str], room: int) -> str:
     return f"{head} … {clip(task[start:], tail_room)}"
 
 
-def render_tree(root: dict[str, Any] | None, width: int = 100) -> list[str]:
+def live_tail(text: str, room: int) -> str:
+    """The end of `text` on one line in at most `room` characters ('…' marks the cut)."""
+    text = " ".join(text.split())
+    if len(text) <= room:
+        return text
+    return "…" + text[len(text) - room + 1 :] if room > 1 else "…"[: max(0, room)]
+
+
+def render_tree(
+    root: dict[str, Any] | None, width: int = 100, live: Mapping[str, str] | None = None
+) -> list[str]:
     """The agent tree as text lines of at most `width` characters: icon, id, iterations, task
-    (the part that differs from the other agents' tasks, when a shared prefix would fill it)."""
+    (the part that differs from the other agents' tasks, when a shared prefix would fill it);
+    under a running agent in `live`, the end of the reply it is writing."""
     lines: list[str] = []
     tasks: list[str] = []
     stack = [root] if root else []
@@ -110,6 +138,12 @@ def render_tree(root: dict[str, Any] | None, width: int = 100) -> list[str]:
         line = f"{head} {distinct_task(task, peers, room)}" if room >= 4 else head
         lines.append(line if len(line) <= width else line[: width - 1] + "…")
         kids = node.get("children") or []
+        text = (live or {}).get(str(node["agent_id"])) if node.get("status") == "running" else None
+        if text:
+            lead = prefix + ("" if top else ("   " if last else "│  ")) + ("│  " if kids else "   ")
+            head = f"{lead}✎ "
+            if width - len(head) >= 8:
+                lines.append(head + live_tail(text, width - len(head)))
         for i, kid in enumerate(kids):
             walk(
                 kid, prefix + ("" if top else ("   " if last else "│  ")), i == len(kids) - 1, False
@@ -121,7 +155,7 @@ def render_tree(root: dict[str, Any] | None, width: int = 100) -> list[str]:
 
 
 def summary_line(record: dict[str, Any]) -> str:
-    """One line: agents, depth, iterations, LLM calls, tokens, cost, time."""
+    """One line: agents, depth, iterations, LLM calls, tokens (cached ones), cost, time."""
     agents = depth = iterations = 0
     stack = [record.get("root")] if record.get("root") else []
     while stack:
@@ -134,10 +168,12 @@ def summary_line(record: dict[str, Any]) -> str:
         stack.extend(node.get("children") or [])
     u = record.get("usage") or {}
     tokens = int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
+    cached = int(u.get("cache_read_tokens", 0) or 0)
     elapsed = record.get("elapsed_s")
     return (
         f"{agents} agents, depth {depth}, {iterations} iterations, {u.get('llm_calls', 0)} LLM calls, "
-        f"{tokens:,} tokens, ${float(u.get('cost_usd', 0.0)):.4f}"
+        f"{tokens:,} tokens{f' ({cached:,} cached)' if cached else ''}, "
+        f"${float(u.get('cost_usd', 0.0)):.4f}"
         + (f", {float(elapsed):.1f} s" if elapsed is not None else "")
     )
 
@@ -159,10 +195,17 @@ class ConsoleProgress:
         self._lock = threading.Lock()
         self._tasks: list[str] = []  # the tasks of the agents started so far (line mode)
         self._held: tuple[str, list[str], int, float] | None = None  # message, agents, count, since
+        self._live: dict[str, tuple[int, str]] = {}  # agent -> (turn, the reply it is writing)
 
     def __call__(self, ev: Event) -> None:
         """Consume one event."""
         with self._lock:
+            p = ev.payload
+            if isinstance(p, LLMText):
+                self._grow(ev.agent_id, p)
+                return
+            if isinstance(p, (LLMResponse, AgentFinished)) and ev.agent_id:
+                self._live.pop(ev.agent_id, None)
             self.state.apply(ev)
             finished = isinstance(ev.payload, RunFinished)
             if self.tty:
@@ -177,6 +220,21 @@ class ConsoleProgress:
                 rec = self.state.to_dict()
                 self._write(f"{rec.get('status')}: {summary_line(rec)}", wrap=True)
                 self.stream.flush()
+
+    def _grow(self, agent_id: str | None, p: LLMText) -> None:
+        """A streamed reply grew: on a terminal, its end shows under the agent's line."""
+        if not self.tty or agent_id is None:
+            return  # a log gets the whole reply in the record, not its pieces
+        index, text = self._live.get(agent_id, (p.index, ""))
+        if index != p.index:
+            text = ""
+        offset = min(p.offset, len(text))
+        text = (text[:offset] + p.text)[-4000:]  # the tail is all we show
+        self._live[agent_id] = (p.index, text)
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            self._redraw()
 
     def _columns(self) -> int:
         return max(20, self.width or columns(self.stream))
@@ -193,7 +251,11 @@ class ConsoleProgress:
     def _redraw(self) -> None:
         # One column spare: a line that fills the terminal exactly would wrap on some terminals,
         # and the cursor-up count below would be off.
-        lines = render_tree(self.state.to_dict().get("root"), self._columns() - 1)
+        lines = render_tree(
+            self.state.to_dict().get("root"),
+            self._columns() - 1,
+            {aid: text for aid, (_, text) in self._live.items()},
+        )
         if self._drawn:
             self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
         self.stream.write("\n".join(lines) + "\n")

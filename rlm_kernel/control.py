@@ -131,6 +131,7 @@ class Budget:
             assert u is not None
             u.prompt_tokens += used.prompt_tokens
             u.completion_tokens += used.completion_tokens
+            u.cache_read_tokens += used.cache_read_tokens
             u.cost_usd += used.cost_usd
 
     def note(self) -> str:

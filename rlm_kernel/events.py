@@ -27,10 +27,12 @@ __all__ = [
     "EventType",
     "GateState",
     "GateWaiter",
+    "HistoryFolded",
     "IterationFinished",
     "IterationStarted",
     "LLMQuery",
     "LLMResponse",
+    "LLMText",
     "Notice",
     "Payload",
     "RunFinished",
@@ -50,7 +52,9 @@ class EventType(str, Enum):
     AGENT_STARTED = "agent_started"
     SANDBOX_READY = "sandbox_ready"
     ITERATION_STARTED = "iteration_started"
+    LLM_TEXT = "llm_text"
     LLM_RESPONSE = "llm_response"
+    HISTORY_FOLDED = "history_folded"
     STEP_WAITING = "step_waiting"
     STEP_RESUMED = "step_resumed"
     STEP_MODE = "step_mode"
@@ -64,7 +68,8 @@ class EventType(str, Enum):
 
 
 UsageCounts = Mapping[str, int | float]
-"""`llm_calls`, `prompt_tokens`, `completion_tokens`, `cost_usd` (the record's `usage`)."""
+"""`llm_calls`, `prompt_tokens`, `completion_tokens`, `cache_read_tokens`, `cost_usd` (the
+record's `usage`: `rlm_kernel.llm.usage.USAGE_KEYS`)."""
 
 
 class GateWaiter(TypedDict):
@@ -132,6 +137,19 @@ class IterationStarted(EventPayload):
 
 
 @dataclass(frozen=True, slots=True)
+class LLMText(EventPayload):
+    """A streamed reply as it comes: the reply of turn `index` so far is the text of the
+    earlier `llm_text` events of that turn up to `offset` characters, then `text` (offset 0
+    starts it over: a retried call). At most one every 0.1 s per agent; `llm_response` then
+    carries the whole reply. Records skip these."""
+
+    kind = EventType.LLM_TEXT
+    index: int
+    offset: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class LLMResponse(EventPayload):
     """The model's reply of an iteration, and what the call used."""
 
@@ -139,6 +157,22 @@ class LLMResponse(EventPayload):
     index: int
     text: str
     usage: UsageCounts
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFolded(EventPayload):
+    """Before turn `index`, the oldest turns were folded to fit the prompt budget (`budget`
+    tokens): `outputs` turns show a note instead of their output, the first `turns` turns are
+    one note; tokens are estimates. `retry`: it followed a context-length error."""
+
+    kind = EventType.HISTORY_FOLDED
+    index: int
+    outputs: int
+    turns: int
+    tokens_before: int
+    tokens_after: int
+    budget: int
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +291,9 @@ Payload = (
     | AgentStarted
     | SandboxReady
     | IterationStarted
+    | LLMText
     | LLMResponse
+    | HistoryFolded
     | StepWaiting
     | StepResumed
     | StepMode
@@ -278,7 +314,9 @@ PAYLOAD_TYPES: dict[EventType, type[EventPayload]] = {
         AgentStarted,
         SandboxReady,
         IterationStarted,
+        LLMText,
         LLMResponse,
+        HistoryFolded,
         StepWaiting,
         StepResumed,
         StepMode,

@@ -54,7 +54,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from typing import Any
 
@@ -252,6 +251,11 @@ class RLMKernel(IPythonKernel):
         """Whether the root sandbox is running (it starts with the first ordinary cell)."""
         root = self._root
         return root is not None and not root.closed
+
+    @property
+    def root_target(self) -> Target:
+        """The workspace the root sandbox has (or will have when it starts)."""
+        return self._root_target
 
     def host_path(self, path: str) -> str:
         """A path named by the notebook's code, as the host finds it (a bwrap root sandbox's
@@ -732,9 +736,14 @@ class RLMKernel(IPythonKernel):
             self.rlm_session = session
 
     def _llm_queries(self, prompts: list[str], model: str | None) -> list[str]:
-        """`llm_query(_batched)` from a plain cell: the configured sub-model, via LLMClient."""
+        """`llm_query(_batched)` from a plain cell: the run's service (`SubLLM`), with the
+        notebook's configuration; the run limits apply to each request."""
+        import time
+
         from .config import ConfigError
-        from .llm import LLMClient, LLMError
+        from .control import Budget
+        from .llm import LLMClient
+        from .llm.service import SubLLM
 
         try:  # with the notebook's `%rlm config` settings, as a `%%rlm` run would see them
             session = self.rlm_session
@@ -742,35 +751,13 @@ class RLMKernel(IPythonKernel):
         except ConfigError as exc:
             raise BridgeRefused(f"llm_query: {exc}") from exc
         load_dotenv_file()
-        m = cfg.model
-        client = LLMClient(
-            timeout=m.timeout,
-            retries=m.retries,
-            temperature=m.temperature,
-            max_tokens=m.max_tokens,
-            api_key=os.environ.get("LLM_API_KEY") or None,
-            api_base=m.api_base,
+        budget = Budget(cfg.rlm, time.monotonic())
+        service = SubLLM(
+            LLMClient.from_config(cfg),
+            cfg.sub_model_name,
+            budget=lambda: budget,
+            width=4 * cfg.rlm.max_concurrency,
         )
-        name = model or cfg.sub_model_name
-        info = {"agent_id": "root", "parent_id": None, "depth": 0, "kind": "llm_query"}
         cancel = self._cell_cancels[-1] if self._cell_cancels else None
-
-        def one(prompt: str) -> str:
-            messages = [{"role": "user", "content": prompt}]
-            return client.complete(messages, model=name, info=info, cancel=cancel).text
-
-        if len(prompts) == 1:
-            try:
-                return [one(prompts[0])]
-            except LLMError as exc:
-                raise BridgeRefused(f"llm_query: {exc}") from exc
-
-        def guarded(prompt: str) -> str:
-            try:
-                return one(prompt)
-            except LLMError as exc:
-                return f"Error: {exc}"
-
-        width = max(1, min(len(prompts), 4 * cfg.rlm.max_concurrency))
-        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="rlm-llm") as pool:
-            return list(pool.map(guarded, prompts))
+        info = {"agent_id": "root", "parent_id": None, "depth": 0, "kind": "llm_query"}
+        return service.query(prompts, model, info=info, cancel=cancel, agent_id="root")

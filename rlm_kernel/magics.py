@@ -219,14 +219,13 @@ def _start(session: RLMSession, args: argparse.Namespace, body: str) -> RunHandl
         if args.repo:
             kernel.set_root_target(probe.target)
             session.repo = (args.repo, args.branch, args.commit)
-        sandbox = kernel.root_sandbox()
-        target = sandbox.spec.target
+        target = kernel.root_target
         run = Run(
             task,
             target.origin if target.is_repo else None,
             branch=target.branch,
             commit=target.commit,
-            root_sandbox=sandbox,
+            root_sandbox=kernel.root_sandbox,  # started (if not yet) during the first LLM call
             context_desc=desc,
             **common,
         )
@@ -415,10 +414,34 @@ class RLMMagics(Magics):
             status = rec.get("status") or h.run.status
             if gate.paused:
                 status = f"{status} (step mode)"
-            rows.append([h.run_id, status, agents, iterations, waiting or "-", _secs(rec)])
+            u = rec.get("usage") or {}
+            tokens = int(u.get("prompt_tokens") or 0) + int(u.get("completion_tokens") or 0)
+            cached = int(u.get("cache_read_tokens") or 0)
+            rows.append(
+                [
+                    h.run_id,
+                    status,
+                    agents,
+                    iterations,
+                    waiting or "-",
+                    f"{tokens:,}" + (f" ({cached:,} cached)" if cached else ""),
+                    f"${float(u.get('cost_usd') or 0.0):.4f}",
+                    _secs(rec),
+                ]
+            )
         display.show(
             display.table_bundle(
-                ["run", "status", "agents", "iterations", "waiting at gate", "time"], rows
+                [
+                    "run",
+                    "status",
+                    "agents",
+                    "iterations",
+                    "waiting at gate",
+                    "tokens",
+                    "cost",
+                    "time",
+                ],
+                rows,
             )
         )
 
@@ -713,6 +736,9 @@ def register(shell: Any, kernel: KernelLike | None = None) -> RLMSession:
     old = _SESSIONS.get(id(shell))
     if old is not None and old.shell is shell:
         return old
+    from .llm import prewarm
+
+    prewarm()  # litellm's seconds-long import, in the background, before the first %%rlm
     session = RLMSession(shell, kernel)
     _SESSIONS[id(shell)] = session
     shell.register_magics(RLMMagics(shell, session))

@@ -19,9 +19,11 @@ from .events import (
     CodeExecuted,
     Event,
     EventType,
+    HistoryFolded,
     IterationFinished,
     LLMQuery,
     LLMResponse,
+    LLMText,
     RunFinished,
     RunStarted,
     SandboxReady,
@@ -29,6 +31,7 @@ from .events import (
     StepWaiting,
     UsageCounts,
 )
+from .llm.usage import USAGE_KEYS
 
 __all__ = ["Recorder", "TreeState", "load_index", "load_record", "write_json_atomic"]
 
@@ -51,6 +54,10 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+def _zero_usage() -> dict[str, int | float]:
+    return {k: 0.0 if k == "cost_usd" else 0 for k in USAGE_KEYS}
 
 
 def _child_key(node: dict[str, Any]) -> list[int | str]:
@@ -76,7 +83,7 @@ class TreeState:
                 patch="",
                 finished_at=None,
                 elapsed_s=None,
-                usage={"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
+                usage=_zero_usage(),
                 **p.fields(),
             )
             return
@@ -96,12 +103,7 @@ class TreeState:
                 "error": None,
                 "started_at": p.started_at,
                 "finished_at": None,
-                "usage": {
-                    "llm_calls": 0,
-                    "prompt_tokens": 0,
-                    "completion_tokens": 0,
-                    "cost_usd": 0.0,
-                },
+                "usage": _zero_usage(),
                 "sandbox": None,
                 "iterations": [],
                 "children": [],
@@ -122,6 +124,8 @@ class TreeState:
         node = found
         if isinstance(p, SandboxReady):
             node["sandbox"] = p.sandbox
+        elif isinstance(p, HistoryFolded):
+            node.setdefault("history_folds", []).append(p.fields())
         elif isinstance(p, LLMResponse):
             it = self._iteration(node, p.index)
             it["llm_response"] = p.text
@@ -169,7 +173,7 @@ class TreeState:
         if not usage:
             return
         for target in (node["usage"], self.run.setdefault("usage", {})):
-            for k in ("llm_calls", "prompt_tokens", "completion_tokens", "cost_usd"):
+            for k in USAGE_KEYS:
                 target[k] = target.get(k, 0) + usage.get(k, 0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,9 +214,11 @@ class Recorder:
     def __call__(self, ev: Event) -> None:
         """Apply an event; write now for milestones, otherwise at most every `min_interval_s`
         (and `min_interval_s` after a held-back event at the latest, so a host killed while its
-        agents are quiet leaves a record with everything up to then)."""
-        if isinstance(ev.payload, StepMode):
-            return  # the gate's state is not part of the record (STEP_WAITING is)
+        agents are quiet leaves a record with everything up to then). Streamed text and the
+        gate's state are not recorded (the whole reply comes with `llm_response`, where an agent
+        waits with `step_waiting`)."""
+        if isinstance(ev.payload, (LLMText, StepMode)):
+            return
         stopped: threading.Timer | None = None
         with self._lock:
             self.state.apply(ev)

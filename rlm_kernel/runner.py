@@ -26,7 +26,6 @@ from .events import (
     BudgetHit,
     Event,
     EventSink,
-    LLMQuery,
     Notice,
     Payload,
     RunFinished,
@@ -37,10 +36,11 @@ from .events import (
     StepWaiting,
     Unsubscribe,
 )
-from .llm import LLMClient, LLMError, Usage
+from .llm import LLMClient, OnText, Usage
+from .llm.service import SubLLM
 from .records import Recorder
 from .sandbox import backend_class
-from .sandbox.base import NO_CONTEXT, Sandbox, SandboxError, SandboxSpec
+from .sandbox.base import NO_CONTEXT, Handler, Sandbox, SandboxError, SandboxSpec
 from .sandbox.bridge import BridgeRefused
 from .sandbox.isolation import Isolation, announce
 from .sandbox.isolation import resolve as resolve_isolation
@@ -111,7 +111,7 @@ class Run:
         on_event: EventSink | Sequence[EventSink] | None = None,
         step: bool = False,
         llm: LLMClient | None = None,
-        root_sandbox: Sandbox | None = None,
+        root_sandbox: Sandbox | Callable[[], Sandbox] | None = None,
         context_desc: str | None = None,
     ) -> None:
         load_dotenv_file()
@@ -130,15 +130,7 @@ class Run:
         else:
             self.tools = {fn.__name__: fn for fn in tools}
         self.tool_specs = _tool_specs(self.tools)
-        m = self.config.model
-        self.llm = llm or LLMClient(
-            timeout=m.timeout,
-            retries=m.retries,
-            temperature=m.temperature,
-            max_tokens=m.max_tokens,
-            api_key=os.environ.get("LLM_API_KEY") or None,
-            api_base=m.api_base,
-        )
+        self.llm = llm or LLMClient.from_config(self.config)
         self.scope = Scope()
         # Events: every one goes to the log (replayed to late subscribers) and to the sinks,
         # under one lock, so a subscriber sees each event once and in the same order as all others.
@@ -156,14 +148,24 @@ class Run:
         self.target = Target(None, None, None)
         self.isolation: Isolation | None = None  # prepare() resolves sandbox.isolation
         self.budget = Budget(self.config.rlm, time.monotonic())
+        self.sub_llm = SubLLM(
+            self.llm,
+            self.config.sub_model_name,
+            budget=lambda: self.budget,
+            emit=lambda agent_id, query: self.emit(query, agent_id),
+            width=4 * self.config.rlm.max_concurrency,
+        )
         self.status = "created"
         self.root: Agent | None = None
         self._kept: list[Sandbox] = []
         # An existing REPL (the notebook's) to run the root agent in; the run neither creates nor
-        # removes it, and the context may already live in it (context_desc describes it).
-        self.root_sandbox = root_sandbox
+        # removes it, and the context may already live in it (context_desc describes it). Given
+        # as a function, it is asked for in the background, so that starting it overlaps the
+        # root's first LLM call (the notebook's first `%%rlm`).
+        self._root_source = root_sandbox
+        self.root_sandbox = root_sandbox if isinstance(root_sandbox, Sandbox) else None
         self.context_desc = context_desc
-        self._root_prev_handler = root_sandbox.spec.handler if root_sandbox is not None else None
+        self._root_prev_handler: Handler | None = None
         self._agents: dict[str, Agent] = {}
         self._slots = threading.Semaphore(self.config.rlm.max_concurrency)
         self._parked: dict[str, int] = {}
@@ -306,9 +308,15 @@ class Run:
 
     # -- LLM calls --------------------------------------------------------------------------------
     def complete(
-        self, agent: Agent, messages: list[dict[str, str]], *, kind: str, model: str | None = None
+        self,
+        agent: Agent,
+        messages: list[dict[str, str]],
+        *,
+        kind: str,
+        model: str | None = None,
+        on_text: OnText | None = None,
     ) -> llm_mod.Completion:
-        """One LLM call on behalf of `agent`, charged to the run's budget."""
+        """One LLM call on behalf of `agent`, charged to the run's budget (`on_text`: stream it)."""
         refusal = self.budget.reserve_llm_call()
         if refusal:
             raise BudgetExceeded(refusal)
@@ -323,6 +331,7 @@ class Run:
                     info=agent.llm_info(kind),
                     cancel=agent.scope,
                     timeout=timeout,
+                    on_text=on_text,
                 )
             except BaseException:
                 self.budget.charge(Usage())
@@ -333,26 +342,14 @@ class Run:
 
     def llm_queries(self, agent: Agent, prompts: list[str], model: str | None) -> list[str]:
         """Answer `llm_query(_batched)`: every prompt concurrently; failures become error strings."""
-
-        def one(prompt: str) -> str:
-            try:
-                c = self.complete(
-                    agent, [{"role": "user", "content": prompt}], kind="llm_query", model=model
-                )
-            except (LLMError, BudgetExceeded) as exc:
-                self.emit(
-                    LLMQuery(prompt, None, model or self.config.sub_model_name, str(exc)),
-                    agent.agent_id,
-                )
-                return f"Error: {exc}"
-            self.emit(LLMQuery(prompt, c.text, c.model, None, c.usage.to_dict()), agent.agent_id)
-            return c.text
-
-        if len(prompts) == 1:
-            return [one(prompts[0])]
-        width = min(len(prompts), 4 * self.config.rlm.max_concurrency)
-        with ThreadPoolExecutor(max_workers=max(1, width), thread_name_prefix="rlm-llm") as ex:
-            return list(ex.map(one, prompts))
+        return self.sub_llm.query(
+            prompts,
+            model,
+            info=agent.llm_info("llm_query"),
+            cancel=agent.scope,
+            agent_id=agent.agent_id,
+            usage=agent.usage,
+        )
 
     # -- children ---------------------------------------------------------------------------------
     def spawn_children(
@@ -445,14 +442,29 @@ class Run:
         )
         cls = backend_class(self.config.sandbox.backend)
         pool = self._start_pool(cls) if agent.parent is None else self._ready_pool
-        if agent.parent is None and self.root_sandbox is not None:
+        source = self._root_source
+        if agent.parent is None and source is not None:
             if pool is not None:
                 pool.start()
-            self.root_sandbox.reset_agent()
-            self.root_sandbox.set_handler(agent.handle)
+
+            def adopt() -> Sandbox:
+                try:
+                    sb = source if isinstance(source, Sandbox) else source()
+                except SandboxError:
+                    raise
+                except Exception as exc:  # e.g. a configuration the backend refuses
+                    raise SandboxError(f"could not start the notebook's sandbox: {exc}") from exc
+                self._root_prev_handler = sb.spec.handler
+                self.root_sandbox = sb
+                sb.reset_agent()
+                sb.set_handler(agent.handle)
+                self.emit(SandboxReady(sb.info()), agent.agent_id)
+                return sb
+
+            if not isinstance(source, Sandbox):
+                return self._pool.submit(adopt)
             done: Future[Sandbox] = Future()
-            done.set_result(self.root_sandbox)
-            self.emit(SandboxReady(self.root_sandbox.info()), agent.agent_id)
+            done.set_result(adopt())
             return done
 
         def create() -> Sandbox:
@@ -540,9 +552,10 @@ class Run:
         self, agent: Agent, sandbox: Sandbox | None, future: Future[Sandbox]
     ) -> None:
         """Remove (or keep, with sandbox.keep) an ended agent's sandbox."""
-        if sandbox is not None and sandbox is self.root_sandbox:
-            if self._root_prev_handler is not None:
-                sandbox.set_handler(self._root_prev_handler)
+        if agent.parent is None and self._root_source is not None:
+            # The notebook's sandbox is never closed: it gets its handler back (once it is there,
+            # if the root ended while it was starting).
+            future.add_done_callback(self._give_back_root)
             return
         if sandbox is None:
             future.add_done_callback(_close_when_ready)
@@ -553,6 +566,12 @@ class Run:
             self.emit(Notice("info", f"sandbox kept at {sandbox.path}"), agent.agent_id)
             return
         sandbox.close()
+
+    def _give_back_root(self, future: Future[Sandbox]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        if self._root_prev_handler is not None:
+            future.result().set_handler(self._root_prev_handler)
 
     def sandbox_of(self, agent_id: str, *, kept_only: bool = False) -> Sandbox | None:
         """The live sandbox of an agent: kept after it ended, or (unless `kept_only`) its

@@ -51,6 +51,10 @@ class KernelLike(Protocol):
     def root_sandbox(self) -> Sandbox:
         """The notebook's root sandbox (started on first use)."""
 
+    @property
+    def root_target(self) -> Target:
+        """The workspace the root sandbox has (or will have when it starts)."""
+
     def set_root_target(self, target: Target) -> None:
         """Move the root sandbox to a fresh workspace of `target`."""
 

@@ -12,6 +12,7 @@ import anywidget
 import traitlets
 
 from rlm_kernel.events import (
+    AgentFinished,
     AgentStarted,
     BudgetHit,
     Event,
@@ -19,6 +20,7 @@ from rlm_kernel.events import (
     GateState,
     LLMQuery,
     LLMResponse,
+    LLMText,
     RunFinished,
     RunStarted,
     Unsubscribe,
@@ -30,6 +32,8 @@ from .summary import agent_detail, agent_summary, jsonable, run_summary
 __all__ = ["AgentTree"]
 
 STATIC = Path(__file__).parent / "static"
+LIVE_CHARS = 2000
+"""The tail of a reply being written that a live update carries."""
 
 
 def _diff(prev: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +102,8 @@ class AgentTree(anywidget.AnyWidget):
         self._started: float | None = None
         self._gate = GateState()
         self._dirty: set[str] = set()
+        self._live: dict[str, tuple[int, str]] = {}  # agent -> (turn, its reply so far)
+        self._live_dirty: set[str] = set()  # agents whose reply grew (their detail is unchanged)
         self._run_dirty = False
         self._sent: dict[str, dict[str, Any]] = {}
         self._sent_run: dict[str, Any] | None = None
@@ -174,8 +180,14 @@ class AgentTree(anywidget.AnyWidget):
         with self._lock:
             if self._final:
                 return
-            self._state.apply(ev)
             p = ev.payload
+            if isinstance(p, LLMText) and ev.agent_id is not None:
+                self._grow(ev.agent_id, p)
+                return
+            self._state.apply(ev)
+            ends_reply = isinstance(p, (LLMResponse, AgentFinished))
+            if ends_reply and ev.agent_id and self._live.pop(ev.agent_id, None) is not None:
+                self._live_dirty.add(ev.agent_id)
             gate = self._gate.after(ev)
             if gate != self._gate:
                 self._gate = gate
@@ -196,6 +208,23 @@ class AgentTree(anywidget.AnyWidget):
         else:
             self._schedule()
 
+    def _grow(self, agent_id: str, p: LLMText) -> None:
+        """A streamed reply grew (`llm_text`): keep its text; the next update carries its tail."""
+        turn, text = self._live.get(agent_id, (p.index, ""))
+        if turn != p.index:
+            text = ""
+        offset = min(p.offset, len(text))
+        self._live[agent_id] = (p.index, text[:offset] + p.text)
+        self._live_dirty.add(agent_id)
+        self._schedule()
+
+    def _with_live(self, aid: str, summary: dict[str, Any]) -> dict[str, Any]:
+        live = self._live.get(aid)
+        summary["live"] = (
+            None if live is None else {"index": live[0], "text": live[1][-LIVE_CHARS:]}
+        )
+        return summary
+
     # -- sending -----------------------------------------------------------------------------------
     def _schedule(self) -> None:
         with self._lock:
@@ -214,17 +243,18 @@ class AgentTree(anywidget.AnyWidget):
                 return
             now = time.time()
             nodes: dict[str, Any] = {}
-            touched = sorted(self._dirty)
-            for aid in touched:
+            touched = sorted(self._dirty)  # agents whose record changed (a shown detail is stale)
+            for aid in sorted(self._dirty | self._live_dirty):
                 node = self._state.nodes.get(aid)
                 if node is None:
                     continue
-                new = agent_summary(node, now)
+                new = self._with_live(aid, agent_summary(node, now))
                 patch = _diff(self._sent.get(aid), new)
                 if patch:
                     nodes[aid] = patch
                     self._sent[aid] = new
             self._dirty.clear()
+            self._live_dirty.clear()
             run_patch: dict[str, Any] = {}
             if self._run_dirty or nodes:
                 new_run = self._live_summary(now)
@@ -252,10 +282,14 @@ class AgentTree(anywidget.AnyWidget):
             if self._final:
                 return
             now = time.time()
-            nodes = {aid: agent_summary(n, now) for aid, n in self._state.nodes.items()}
+            nodes = {
+                aid: self._with_live(aid, agent_summary(n, now))
+                for aid, n in self._state.nodes.items()
+            }
             self._sent = dict(nodes)
             self._sent_run = self._live_summary(now)
             self._dirty.clear()
+            self._live_dirty.clear()
             self._run_dirty = False
             self._last_send = time.monotonic()
             self.send({"kind": "snapshot", "seq": self._seq, "nodes": nodes, "run": self._sent_run})

@@ -16,7 +16,16 @@ from rlm_kernel.console import (
     render_tree,
     summary_line,
 )
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import (
+    AgentStarted,
+    Event,
+    EventType,
+    IterationStarted,
+    LLMResponse,
+    LLMText,
+    Notice,
+    Payload,
+)
 
 
 def _node(
@@ -90,6 +99,10 @@ def test_render_tree_empty() -> None:
 def test_summary_line() -> None:
     assert summary_line(_record()) == (
         "4 agents, depth 2, 8 iterations, 8 LLM calls, 1,500 tokens, $0.0123, 2.5 s"
+    )
+    cached = {**_record(), "usage": {**_record()["usage"], "cache_read_tokens": 1024}}
+    assert summary_line(cached) == (
+        "4 agents, depth 2, 8 iterations, 8 LLM calls, 1,500 tokens (1,024 cached), $0.0123, 2.5 s"
     )
 
 
@@ -283,3 +296,54 @@ def test_repeated_refusals_become_one_line_with_a_count() -> None:
     ]
     assert lines[3] == "! root.0, root.1: LLM call budget exhausted (2 times)"
     assert lines[4].startswith("done: ")
+
+
+def test_render_tree_shows_the_end_of_a_reply_being_written() -> None:
+    grandchild = _node("root.0.0", "running", "deep", 1, depth=2)
+    a = _node("root.0", "running", "part a", 1, [grandchild], depth=1)
+    b = _node("root.1", "done", "part b", 1, depth=1)
+    root = _node("root", "running", "count", 1, [a, b])
+    live = {
+        "root.0.0": "First I will read the file.\n```python\nprint(open('a.txt').read())",
+        "root": "x" * 500,
+        "root.1": "not running: not shown",
+    }
+    lines = render_tree(root, 50, live)
+    assert lines == [
+        "… root [running, 1 it] count",
+        "│  ✎ …" + "x" * 44,
+        "├─ … root.0 [running, 1 it] part a",
+        "│  └─ … root.0.0 [running, 1 it] deep",
+        "│        ✎ … ```python print(open('a.txt').read())",
+        "└─ ✓ root.1 [done, 1 it] part b",
+    ]
+    assert all(len(line) <= 50 for line in lines)
+
+
+def test_a_terminal_shows_one_live_line_per_running_agent_and_logs_do_not() -> None:
+    def events() -> list[Event]:
+        def ev(payload: Payload, agent: str | None = None) -> Event:
+            return Event(payload, "run-1", agent)
+
+        return [
+            event(EventType.RUN_STARTED, "run-1", None, {"task": "t"}),
+            ev(AgentStarted(None, 0, "count", 0.0), "root"),
+            ev(IterationStarted(0), "root"),
+            ev(LLMText(0, 0, "Let me count"), "root"),
+            ev(LLMText(0, 12, " the words."), "root"),
+            ev(LLMResponse(0, "Let me count the words.", {}), "root"),
+        ]
+
+    tty = _Tty()
+    progress = ConsoleProgress(stream=tty, interval_s=0, width=60)
+    for e in events()[:-1]:
+        progress(e)
+    assert "✎ Let me count the words." in tty.getvalue().rsplit("\x1b[J", 1)[-1]
+    progress(events()[-1])
+    progress(Event(Notice("info", "redraw"), "run-1", "root"))
+    assert "✎" not in tty.getvalue().rsplit("\x1b[J", 1)[-1]  # the whole reply came: line gone
+    log = io.StringIO()
+    progress = ConsoleProgress(stream=log, interval_s=0, width=60)
+    for e in events():
+        progress(e)
+    assert "Let me count" not in log.getvalue()

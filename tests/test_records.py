@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from eventkit import event
 
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import Event, EventType, HistoryFolded, LLMText
 from rlm_kernel.records import Recorder, TreeState, load_index, load_record, write_json_atomic
 
 RUN_KEYS = {
@@ -50,8 +50,14 @@ BLOCK_KEYS = {"code", "output", "error", "elapsed_s", "spawned"}
 VAR_KEYS = {"name", "type", "repr", "size"}
 
 
-def _usage(calls: int, p: int, c: int, cost: float) -> dict[str, Any]:
-    return {"llm_calls": calls, "prompt_tokens": p, "completion_tokens": c, "cost_usd": cost}
+def _usage(calls: int, p: int, c: int, cost: float, cached: int = 0) -> dict[str, Any]:
+    return {
+        "llm_calls": calls,
+        "prompt_tokens": p,
+        "completion_tokens": c,
+        "cache_read_tokens": cached,
+        "cost_usd": cost,
+    }
 
 
 def _events(run_id: str = "run-1", started_at: str = "2025-01-01T10:00:00") -> list[Event]:
@@ -163,7 +169,13 @@ def _events(run_id: str = "run-1", started_at: str = "2025-01-01T10:00:00") -> l
             spawned=["root.0", "root.1"],
         ),
         ev(EventType.ITERATION_FINISHED, "root", index=0, namespace=ns),
-        ev(EventType.LLM_RESPONSE, "root", index=1, text="FINAL", usage=_usage(1, 200, 10, 0.02)),
+        ev(
+            EventType.LLM_RESPONSE,
+            "root",
+            index=1,
+            text="FINAL",
+            usage=_usage(1, 200, 10, 0.02, cached=150),
+        ),
         ev(
             EventType.CODE_EXECUTED,
             "root",
@@ -263,7 +275,7 @@ def test_usage_is_summed_per_node_and_for_the_run(tmp_path: Path) -> None:
         rec(ev)
     data = load_record(tmp_path / "run-1.detail.json")
     root = data["root"]
-    assert root["usage"] == _usage(2, 300, 30, 0.03)
+    assert root["usage"] == _usage(2, 300, 30, 0.03, cached=150)
     assert root["children"][0]["usage"] == _usage(2, 17, 8, 0.003)
     assert root["children"][1]["usage"] == _usage(0, 0, 0, 0.0)
     run = data["usage"]
@@ -466,3 +478,21 @@ def test_a_long_answer_is_stored_once(tmp_path: Path, answer: Any) -> None:
         small(ev)
     assert small.path is not None
     assert json.loads(small.path.read_text())["root"]["result"] == "42"
+
+
+def test_streamed_text_is_not_recorded_but_the_whole_reply_and_folds_are(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, min_interval_s=0)
+    events = _events()
+    first_response = next(i for i, e in enumerate(events) if e.type is EventType.LLM_RESPONSE)
+    streamed = [
+        Event(LLMText(0, 0, "Let me"), "run-1", "root"),
+        Event(LLMText(0, 6, " look"), "run-1", "root"),
+        Event(HistoryFolded(0, 3, 1, 9000, 4000, 8000, retry=False), "run-1", "root"),
+    ]
+    for ev in events[:first_response] + streamed + events[first_response:]:
+        rec(ev)
+    text = (tmp_path / "run-1.detail.json").read_text()
+    assert "Let me" not in text and " look" not in text
+    root = load_record(tmp_path / "run-1.detail.json")["root"]
+    assert root["iterations"][0]["llm_response"] == events[first_response].data["text"]
+    assert root["history_folds"] == [streamed[2].data]

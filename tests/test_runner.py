@@ -403,6 +403,59 @@ def test_root_agent_can_run_in_an_existing_repl(config: Config) -> None:
         sb.close()
 
 
+def test_a_root_repl_given_as_a_function_starts_during_the_first_llm_call(config: Config) -> None:
+    """The notebook's first `%%rlm`: the root's first LLM call goes out while its sandbox is
+    still starting (the starter waits for that call), and the sandbox, the notebook's, stays
+    open with its handler back."""
+    import threading
+
+    from rlm_kernel.llm import register_scripted
+    from rlm_kernel.sandbox.base import SandboxSpec
+    from rlm_kernel.sandbox.local import LocalSandbox
+    from rlm_kernel.sandbox.workspace import Target
+
+    asked = threading.Event()
+
+    def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
+        asked.set()
+        return "```python\nFINAL(str(6 * 7))\n```"
+
+    def notebook(op: str, args: dict[str, Any]) -> Any:
+        return "notebook handler"
+
+    made: list[LocalSandbox] = []
+
+    def start() -> LocalSandbox:
+        assert asked.wait(30), "the sandbox was asked for before the first LLM call went out"
+        sb = LocalSandbox(SandboxSpec("nb-lazy", "root", Target(None, None, None), notebook))
+        made.append(sb)
+        sb.start()
+        return sb
+
+    try:
+        res = Run(
+            "answer", config=config(register_scripted("lazy-root", respond)), root_sandbox=start
+        ).execute()
+        assert (res.status, res.answer) == ("done", "42"), res.error
+        (sb,) = made
+        assert sb.spec.handler is notebook and not sb.closed
+    finally:
+        for sb in made:
+            sb.close()
+
+
+def test_a_root_repl_that_cannot_start_ends_the_run_with_a_clear_error(config: Config) -> None:
+    from rlm_kernel.llm import register_scripted
+
+    def start() -> Any:
+        raise RuntimeError("no room for a kernel")
+
+    model = register_scripted("no-root", lambda _m, _i: "```python\nFINAL('x')\n```")
+    res = Run("answer", config=config(model), root_sandbox=start).execute()
+    assert res.status == "error"
+    assert "could not start the notebook's sandbox: no room for a kernel" in (res.error or "")
+
+
 def test_reserved_names_are_restored_after_each_cell(config: Config) -> None:
     from rlm_kernel.llm import register_scripted
 

@@ -536,6 +536,12 @@ class TreeView {
       h("span", { class: "rlm-task", title: s.task, text: task || "(no task)" }),
       r.meta,
     );
+    const tail = this.run.live && s.status === "running" && s.live ? oneLine(s.live.text) : "";
+    if (tail) {
+      // the newest words of the reply being written (the row has room for about 40 characters)
+      const shown = tail.length > 40 ? `…${tail.slice(-39)}` : tail;
+      r.row.append(h("span", { class: "rlm-live-tail", title: "the reply being written", text: shown }));
+    }
     if (id === this.model.get("selected")) r.row.classList.add("rlm-selected");
   }
 
@@ -589,6 +595,7 @@ class TreeView {
       ["iterations", all.reduce((t, n) => t + (n.iterations || 0), 0), "iterations"],
       ["calls", u.llm_calls || 0, "LLM calls"],
       ["tokens", fmtInt(tokens), "tokens"],
+      ...(u.cache_read_tokens ? [["cached", fmtInt(u.cache_read_tokens), "cached"]] : []),
       ["cost", fmtCost(u.cost_usd), "cost"],
       ["elapsed", fmtSecs(this.runElapsed()), "elapsed"],
     ];
@@ -682,9 +689,12 @@ class TreeView {
     if (s.parent != null) {
       parts.push(h("div", { class: "rlm-d-links" }, "parent: ", this.agentLink(s.parent)));
     }
+    const live = this.liveView(s);
     if (!node) {
       parts.push(h("div", { class: "rlm-hint", text: "loading…" }));
+      if (live) parts.push(live);
       this.detail.replaceChildren(...parts);
+      this.followLive();
       return;
     }
     if (node.error)
@@ -698,6 +708,7 @@ class TreeView {
     const its = node.iterations || [];
     if (!its.length) parts.push(h("div", { class: "rlm-hint", text: "no iteration yet" }));
     its.forEach((it, i) => parts.push(this.iterationView(id, it, i === its.length - 1)));
+    if (live) parts.push(live);
     const queries = node.llm_queries || [];
     if (queries.length) {
       parts.push(
@@ -721,6 +732,25 @@ class TreeView {
     }
     this.detail.replaceChildren(...parts);
     this.detail.scrollTop = scroll;
+    this.followLive();
+  }
+
+  /** The reply the model is writing now (a live run streams it), or null. */
+  liveView(s) {
+    const live = this.run.live && s.status === "running" ? s.live : null;
+    if (!live || !live.text) return null;
+    return h(
+      "div",
+      { class: "rlm-it rlm-live", dataset: { index: live.index } },
+      h("div", { class: "rlm-label", text: `Iteration ${Number(live.index) + 1} · writing…` }),
+      h("pre", { class: "rlm-llm-text rlm-live-text", text: live.text }),
+    );
+  }
+
+  /** Keep the end of the reply being written in view. */
+  followLive() {
+    const pre = this.detail.querySelector(".rlm-live-text");
+    if (pre) pre.scrollTop = pre.scrollHeight;
   }
 
   /** A <details> that stays open or closed as the user left it across re-renders. */

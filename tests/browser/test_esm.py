@@ -106,6 +106,17 @@ def test_renders_a_record_fully_expanded(page: Any, harness_url: str) -> None:
     assert _row(page, "root.0.0").is_visible()
 
 
+def test_the_header_counts_cached_tokens_when_there_are_any(page: Any, harness_url: str) -> None:
+    rec = synth_record()
+    tree = AgentTree.from_record(rec)
+    _mount(page, harness_url, record=tree.record, summary=tree.summary)
+    assert page.locator('.rlm-total[data-k="cached"]').count() == 0  # no cache, no column
+    rec["usage"] = {**rec["usage"], "cache_read_tokens": 1234}
+    tree = AgentTree.from_record(rec)
+    _mount(page, harness_url, record=tree.record, summary=tree.summary)
+    assert _total(page, "cached") == "1.2k"
+
+
 def test_selection_shows_code_output_namespace_and_children(page: Any, harness_url: str) -> None:
     rec = synth_record()
     tree = AgentTree.from_record(rec)
@@ -313,3 +324,55 @@ def test_follows_jupyterlab_theme_variables(page: Any, harness_url: str) -> None
     color = "getComputedStyle(document.querySelector('.rlm-agent-tree')).color"
     assert page.evaluate(color) == "rgb(240, 240, 240)"
     assert page.evaluate("harness.unmount()") == 0  # render's cleanup empties the element
+
+
+def test_a_reply_grows_in_the_widget_before_the_turn_ends(
+    page: Any, harness_url: str, tmp_path: Any
+) -> None:
+    """A real run (a scripted model that streams its reply in pieces 50 ms apart): the detail pane
+    and the agent's row show the reply growing while the model still writes it."""
+    from rlm_kernel.config import RLMConfig
+    from rlm_kernel.llm import register_scripted
+    from rlm_kernel.runner import Run
+
+    reply = "".join(f"Looking at part {i} of the task.\n" for i in range(12))
+    reply += "```python\nFINAL('done')\n```"
+    model = register_scripted(
+        "browser-stream", lambda _m, _i: reply, stream_chunk_s=0.05, stream_chunk_chars=12
+    )
+    cfg = RLMConfig().with_overrides({"model.name": model, "results_dir": str(tmp_path)})
+    responded: list[float] = []
+    run = Run(
+        "write slowly",
+        config=cfg,
+        on_event=lambda e: (
+            responded.append(time.monotonic()) if e.type is EventType.LLM_RESPONSE else None
+        ),
+    )
+    tree = AgentTree.from_run(run, min_interval_s=0.1)
+    _mount(page, harness_url, summary=tree.summary, record=tree.record)
+    bridge = Bridge(tree, page)
+    seen: list[tuple[float, int, str]] = []  # (when, characters shown, the row's tail)
+    run.start()
+    deadline = time.monotonic() + 60
+    while not run.done and time.monotonic() < deadline:
+        bridge.pump(lambda: True, timeout=0.2)
+        live = page.locator(".rlm-detail .rlm-live-text")
+        if live.count():
+            tail = _row(page, "root").locator(".rlm-live-tail")
+            seen.append(
+                (
+                    time.monotonic(),
+                    len(live.inner_text()),
+                    tail.inner_text() if tail.count() else "",
+                )
+            )
+    result = run.wait(30)
+    assert result.status == "done", result.error
+    before_end = [n for t, n, _ in seen if responded and t < responded[0]]
+    growth = sorted(set(before_end))
+    assert len(growth) >= 3, seen  # three different lengths, growing, before the reply was whole
+    assert [n for n in before_end] == sorted(before_end)
+    assert any(tail for _, _, tail in seen)
+    bridge.pump(lambda: page.locator(".rlm-badge").first.get_attribute("data-status") == "done")
+    assert page.locator(".rlm-live-text").count() == 0  # the finished tree shows the record

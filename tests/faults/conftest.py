@@ -14,6 +14,7 @@ from kernel.conftest import rlm_kernelspec  # the session-wide private kernelspe
 from session_checks import close_llm_clients
 
 from rlm_kernel.config import RLMConfig
+from rlm_kernel.llm import import_litellm
 
 from .openai_server import FaultServer
 
@@ -25,7 +26,12 @@ FAKE_KEY = "sk-faults-0123456789-not-a-real-key"
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[FaultServer]:
-    """One fault-injection server for the whole session."""
+    """One fault-injection server for the whole session.
+
+    litellm is imported first: a process's calls made while it is still being imported go out
+    directly (rlm_kernel.llm.direct), and these tests count litellm's requests and retries
+    (tests/llm/test_direct.py covers the direct calls)."""
+    import_litellm()
     srv = FaultServer().start()
     yield srv
     srv.stop()

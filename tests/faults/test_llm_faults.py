@@ -115,12 +115,26 @@ def test_a_reply_without_choices_ends_the_agent_with_a_clear_error(
     llm_server: FaultServer, fault_config: Config
 ) -> None:
     llm_server.script(no_choices())
-    res = rlm_kernel.run("no completion", config=fault_config())
+    res = rlm_kernel.run("no completion", config=fault_config(model__stream=False))
     assert res.status == "error"
     assert res.error == (
         "Model 'openai/fault-model' returned a response without choices (no completion); "
         "try again, or check the provider's status"
     )
+
+
+def test_a_stream_without_choices_is_retried(llm_server: FaultServer, fault_config: Config) -> None:
+    # A stream that ends before any finish_reason is a connection that broke: try again.
+    llm_server.script(no_choices(), no_choices())
+    res = rlm_kernel.run("no completion", config=fault_config())
+    assert (res.status, res.answer) == ("done", "default reply"), res.error
+    assert llm_server.kinds() == ["no_choices", "no_choices", "reply"]
+    llm_server.reset()
+    llm_server.default = no_choices()
+    res = rlm_kernel.run("never a completion", config=fault_config(model__retries=1))
+    assert res.status == "error"
+    assert "failed after 2 attempts" in (res.error or "")
+    assert "Stream ended before a finish_reason was received" in (res.error or "")
 
 
 def test_empty_content_and_a_reply_without_code_get_corrective_turns(

@@ -29,16 +29,18 @@ HOLD_S = float(os.environ.get("RLM_LOAD_SECONDS", "60"))
 
 
 _FOREIGN_THREADS = frozenset({"daytona-subscription-expiry"})
+_POOLS = ("litellm-logging", "rlm-llm-io")  # thread pools that grow lazily, bounded
 
 
 def _resources() -> dict[str, object]:
-    # litellm's logging pool is process-wide and grows lazily up to 100 threads; it is no leak of
-    # ours, so it is counted apart (and bounded below). Timer threads an earlier test's SDK left
+    # litellm's logging pool is process-wide and grows lazily up to 100 threads, and so does the
+    # LLM loop's executor (up to 64, rlm_kernel/llm/runtime.py); they are no leak, so they are
+    # counted apart (and bounded below). Timer threads an earlier test's SDK left
     # (the Daytona SDK's subscription expiry) may end meanwhile: not ours either.
     names = [
         t.name
         for t in threading.enumerate()
-        if t.name not in _FOREIGN_THREADS and not t.name.startswith("litellm-logging")
+        if t.name not in _FOREIGN_THREADS and not t.name.startswith(_POOLS)
     ]
     return {
         "threads": sorted(names),
@@ -108,3 +110,5 @@ def test_100_agents_alive_at_once_without_deadlock_or_leaks(config: Config, tmp_
     assert after == before
     pool = [t for t in threading.enumerate() if t.name.startswith("litellm-logging")]
     assert len(pool) <= 100
+    io = [t for t in threading.enumerate() if t.name.startswith("rlm-llm-io")]
+    assert len(io) <= 64

@@ -157,6 +157,7 @@ def test_background_step_code_and_continue(kernel: RLMKernelProcess, tmp_path: P
         displays(kernel.execute("%rlm status"), "text/plain")
     )
     assert "root@0" in status and "step mode" in status
+    assert "tokens" in status and "cost" in status and "$0." in status  # usage so far
 
     ok(kernel.execute("%rlm step"))
     wait_for(lambda: _waiting_at(record(results), 1), what="iteration 1 at the gate")

@@ -15,7 +15,7 @@ import pytest
 from eventkit import event
 
 from rlm_kernel.config import RLMConfig
-from rlm_kernel.events import Event, EventType, GateState
+from rlm_kernel.events import Event, EventType, GateState, LLMText
 from rlm_kernel.records import load_record
 from rlm_kernel.runner import Run
 from rlm_widget import AgentTree
@@ -213,3 +213,46 @@ def test_attach_late_then_step_and_resume_through_the_controls(tmp_path: Path) -
     n = len(spy.msgs)
     tree.on_event(event(EventType.NOTICE, run.run_id, "root", {"message": "late"}))
     assert len(spy.msgs) == n
+
+
+def test_a_reply_being_written_grows_in_the_live_updates() -> None:
+    events = synth_events()
+    first_response = next(i for i, e in enumerate(events) if e.type is EventType.LLM_RESPONSE)
+    run_id, aid = events[0].run_id, events[first_response].agent_id
+    index = events[first_response].data["index"]
+    tree = AgentTree(min_interval_s=0.05)
+    spy = Spy(tree)
+    for e in events[:first_response]:
+        tree.on_event(e)
+    words = ["Let", " me", " look", " at", " the", " files.\n```python\nprint(1)\n```"]
+    offset = 0
+    for word in words:
+        tree.on_event(Event(LLMText(index, offset, word), run_id, aid))
+        offset += len(word)
+        time.sleep(0.06)
+
+    def lives() -> list[str]:
+        out = []
+        for d in spy.custom("delta"):
+            live = (d["nodes"].get(aid) or {}).get("live")
+            if live:
+                out.append(live["text"])
+        return out
+
+    _wait(lambda: lives() and lives()[-1] == "".join(words))
+    seen = lives()
+    assert len(seen) >= 3 and all(b.startswith(a) for a, b in itertools.pairwise(seen))  # grows
+    # text alone does not make the agent's detail stale (no re-fetch of its whole record node)
+    text_only = [d for d in spy.custom("delta") if (d["nodes"].get(aid) or {}).get("live")]
+    assert all(aid not in d["touched"] for d in text_only[1:])
+    # a retried call starts the reply over (offset 0)
+    tree.on_event(Event(LLMText(index, 0, "Again"), run_id, aid))
+    _wait(lambda: lives()[-1] == "Again")
+    # the whole reply ends the live text; records never carry it
+    tree.on_event(events[first_response])
+    _wait(
+        lambda: any((d["nodes"].get(aid) or {}).get("live", 0) is None for d in spy.custom("delta"))
+    )
+    for e in events[first_response + 1 :]:
+        tree.on_event(e)
+    assert "Again" not in json.dumps(tree.record)
