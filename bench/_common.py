@@ -15,6 +15,8 @@ from typing import Any
 
 import psutil
 
+from rlm_kernel.events import AgentStarted
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 MB = 1024 * 1024
@@ -187,9 +189,9 @@ def breakdown(
         if not e.agent_id:
             continue
         by.setdefault(e.agent_id, {}).setdefault(e.type.value, []).append(e.ts)
-        if e.type.value == "agent_started":
-            depths[e.agent_id] = int(e.data.get("depth", 0))
-            parents[e.agent_id] = str(e.data.get("parent_id") or "")
+        if isinstance(e.payload, AgentStarted):
+            depths[e.agent_id] = e.payload.depth
+            parents[e.agent_id] = e.payload.parent_id or ""
     agents = [a for a, d in depths.items() if d == depth and "agent_finished" in by[a]]
     if not agents:
         return []

@@ -10,8 +10,20 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from .control import BudgetExceeded, Cancelled, Scope
-from .events import EventType
-from .history import History, history_budget
+from .events import (
+    AgentFinished,
+    AgentStarted,
+    BudgetHit,
+    CodeExecuted,
+    HistoryFolded,
+    IterationFinished,
+    IterationStarted,
+    LLMResponse,
+    LLMText,
+    Notice,
+    Payload,
+)
+from .history import Fold, History, history_budget
 from .llm import Completion, ContextWindowExceeded, LLMCancelled, LLMError, Usage
 from .prompts import (
     AgentPromptInfo,
@@ -96,9 +108,9 @@ class Agent:
             self._child_count += 1
         return f"{self.agent_id}.{n}"
 
-    def emit(self, etype: EventType, **data: Any) -> None:
+    def emit(self, payload: Payload) -> None:
         """Emit an event about this agent."""
-        self.run.emit(etype, self.agent_id, **data)
+        self.run.emit(payload, self.agent_id)
 
     def llm_info(self, kind: str) -> dict[str, Any]:
         """The `info` a scripted model receives."""
@@ -149,11 +161,12 @@ class Agent:
         run = self.run
         cfg = run.config.rlm
         self.emit(
-            EventType.AGENT_STARTED,
-            parent_id=self.parent.agent_id if self.parent else None,
-            depth=self.depth,
-            task=self.task,
-            started_at=time.time(),
+            AgentStarted(
+                parent_id=self.parent.agent_id if self.parent else None,
+                depth=self.depth,
+                task=self.task,
+                started_at=time.time(),
+            )
         )
         sandbox_future: Future[Sandbox] = run.start_sandbox(self)
         info = AgentPromptInfo(
@@ -187,19 +200,15 @@ class Agent:
                 if why:
                     status, error = why
                     break
-                self.emit(EventType.ITERATION_STARTED, index=index)
+                self.emit(IterationStarted(index))
                 completion = self._turn(index, history)
                 text = completion.text
                 last_text = text
-                self.emit(
-                    EventType.LLM_RESPONSE, index=index, text=text, usage=completion.usage.to_dict()
-                )
+                self.emit(LLMResponse(index, text, completion.usage.to_dict()))
                 blocks = extract_code_blocks(text)
                 empty_replies = 0 if text.strip() else empty_replies + 1
                 if empty_replies >= _MAX_EMPTY_REPLIES:
-                    self.emit(
-                        EventType.ITERATION_FINISHED, index=index, namespace=None, no_code=True
-                    )
+                    self.emit(IterationFinished(index, None, no_code=True))
                     status, error = (
                         "error",
                         (
@@ -210,16 +219,9 @@ class Agent:
                     break
                 if not blocks:
                     history.add(text, no_code_prompt(text))
-                    self.emit(
-                        EventType.ITERATION_FINISHED, index=index, namespace=None, no_code=True
-                    )
+                    self.emit(IterationFinished(index, None, no_code=True))
                     continue
-                replacement = None
-                if run.gate.stepping:
-                    proposal = "\n\n".join(blocks)
-                    self.emit(EventType.STEP_WAITING, index=index, code=proposal)
-                    replacement = run.gate.wait(self.agent_id, index, proposal, self.scope)
-                    self.emit(EventType.STEP_RESUMED, index=index, replaced=replacement is not None)
+                replacement = run.at_step_gate(self, index, "\n\n".join(blocks))
                 if replacement is not None:
                     blocks = [replacement]
                 sandbox = self._sandbox(sandbox_future)
@@ -229,15 +231,16 @@ class Agent:
                 for bi, code in enumerate(blocks):
                     cell = self._execute(sandbox, code)
                     self.emit(
-                        EventType.CODE_EXECUTED,
-                        index=index,
-                        block=bi,
-                        code=code,
-                        output=cell.output,
-                        error=cell.error,
-                        elapsed_s=round(cell.elapsed_s, 4),
-                        status=cell.status,
-                        spawned=list(self._spawned),
+                        CodeExecuted(
+                            index=index,
+                            block=bi,
+                            code=code,
+                            output=cell.output,
+                            error=cell.error,
+                            elapsed_s=round(cell.elapsed_s, 4),
+                            status=cell.status,
+                            spawned=list(self._spawned),
+                        )
                     )
                     results.append((code, cell.output))
                     if cell.status == "timeout":
@@ -262,21 +265,22 @@ class Agent:
                     status, error = self._cancel_status()
                     break
                 namespace = sandbox.namespace_after_cell()
-                self.emit(EventType.ITERATION_FINISHED, index=index, namespace=namespace)
+                self.emit(IterationFinished(index, namespace))
                 if self.has_final:
                     status = "done"
                     break
                 history.add(text, format_cell_outputs(results, cfg.output_truncation_limit, notes))
             else:
                 status, error = "budget", f"max_iterations ({cfg.max_iterations}) reached"
-                self.emit(EventType.BUDGET_HIT, limit="max_iterations", message=error)
+                self.emit(BudgetHit("max_iterations", error))
         except (Cancelled, LLMCancelled):
             status, error = self._cancel_status()
         except BudgetExceeded as stop:
             status, error = "budget", str(stop)
-            self.emit(EventType.BUDGET_HIT, limit=stop.limit, message=str(stop))
+            self.emit(BudgetHit(stop.limit, str(stop)))
         except (LLMError, SandboxError) as exc:
-            status, error = "error", str(exc)
+            # A cancel can surface as the failure it caused (a sandbox refused while starting).
+            status, error = self._cancel_status() if self.scope.is_set() else ("error", str(exc))
         except Exception as exc:  # a bug in the engine must still give the agent an ending
             status, error = "error", f"internal error: {exc!r}"
             run.log_exception(self.agent_id)
@@ -288,10 +292,10 @@ class Agent:
         prompt too long."""
         fold = history.fit()
         if fold is not None:
-            self.emit(EventType.HISTORY_FOLDED, index=index, retry=False, **fold.to_event())
+            self.emit(_folded(index, fold, retry=False))
 
         def on_text(offset: int, text: str) -> None:
-            self.emit(EventType.LLM_TEXT, index=index, offset=offset, text=text)
+            self.emit(LLMText(index, offset, text))
 
         retried = False
         while True:
@@ -303,7 +307,7 @@ class Agent:
                 if fold is None:
                     raise
                 retried = True
-                self.emit(EventType.HISTORY_FOLDED, index=index, retry=True, **fold.to_event())
+                self.emit(_folded(index, fold, retry=True))
                 continue
             history.observe(completion.usage.prompt_tokens, messages)
             return completion
@@ -372,12 +376,8 @@ class Agent:
                     error = f"could not compute the root's patch: {exc}" + (
                         f"; its workspace is kept at {where}" if kept else ""
                     )
-                run.emit(
-                    EventType.NOTICE,
-                    self.agent_id,
-                    level="warning" if self.depth else "error",
-                    message=f"could not compute the patch: {exc}",
-                )
+                level = "warning" if self.depth else "error"
+                self.emit(Notice(level, f"could not compute the patch: {exc}"))
         if answered:
             value = self.final
             text = (
@@ -393,15 +393,22 @@ class Agent:
         run.release_sandbox(self, sandbox, future)
         outcome = AgentOutcome(self.agent_id, text, status, patch, error, value)
         self.emit(
-            EventType.AGENT_FINISHED,
-            status=status,
-            result=value,
-            error=error,
-            usage=self.usage.to_dict(),
-            finished_at=time.time(),
-            patch=patch,
+            AgentFinished(
+                status=status,
+                result=value,
+                error=error,
+                usage=self.usage.to_dict(),
+                finished_at=time.time(),
+                patch=patch,
+            )
         )
         return outcome
+
+
+def _folded(index: int, fold: Fold, *, retry: bool) -> HistoryFolded:
+    return HistoryFolded(
+        index, fold.outputs, fold.turns, fold.tokens_before, fold.tokens_after, fold.budget, retry
+    )
 
 
 def _prose(text: str) -> str:

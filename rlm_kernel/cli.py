@@ -199,12 +199,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             run.cancel(reason="interrupted (Ctrl-C)")
             with contextlib.suppress(TimeoutError, KeyboardInterrupt):
                 run.wait(30)
-        run.release_kept()
+        run.release(remove=False)
         return _fail(
             f"interrupted; run {run.run_id} cancelled and its sandboxes removed", EXIT_INTERRUPTED
         )
     finally:
-        run.release_kept()
+        run.release(remove=False)  # kept sandboxes: their REPLs stop, their files stay
     if result.kept:
         for info in result.kept:
             sys.stderr.write(f"kept sandbox: {info['path']}\n")

@@ -17,7 +17,16 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-from .events import Event, EventType
+from .events import (
+    AgentFinished,
+    AgentStarted,
+    BudgetHit,
+    Event,
+    LLMResponse,
+    LLMText,
+    Notice,
+    RunFinished,
+)
 from .records import TreeState
 
 __all__ = [
@@ -170,7 +179,8 @@ def summary_line(record: dict[str, Any]) -> str:
 
 
 class ConsoleProgress:
-    """An event consumer that shows the tree on stderr (in place on a TTY, one line per change otherwise)."""
+    """An event consumer that shows the tree on stderr (in place on a TTY, one line per change
+    otherwise): `run.subscribe(ConsoleProgress())`."""
 
     def __init__(
         self, stream: TextIO | None = None, interval_s: float = 0.25, width: int | None = None
@@ -185,41 +195,42 @@ class ConsoleProgress:
         self._lock = threading.Lock()
         self._tasks: list[str] = []  # the tasks of the agents started so far (line mode)
         self._held: tuple[str, list[str], int, float] | None = None  # message, agents, count, since
-        self._live: dict[str, tuple[Any, str]] = {}  # agent -> (turn, the reply it is writing)
+        self._live: dict[str, tuple[int, str]] = {}  # agent -> (turn, the reply it is writing)
 
     def __call__(self, ev: Event) -> None:
         """Consume one event."""
         with self._lock:
-            if ev.type is EventType.LLM_TEXT:
-                self._grow(ev)
+            p = ev.payload
+            if isinstance(p, LLMText):
+                self._grow(ev.agent_id, p)
                 return
-            if ev.type in (EventType.LLM_RESPONSE, EventType.AGENT_FINISHED) and ev.agent_id:
+            if isinstance(p, (LLMResponse, AgentFinished)) and ev.agent_id:
                 self._live.pop(ev.agent_id, None)
             self.state.apply(ev)
+            finished = isinstance(ev.payload, RunFinished)
             if self.tty:
                 now = time.monotonic()
-                if ev.type is EventType.RUN_FINISHED or now - self._last >= self.interval_s:
+                if finished or now - self._last >= self.interval_s:
                     self._last = now
                     self._redraw()
             else:
                 self._line(ev)
-            if ev.type is EventType.RUN_FINISHED:
+            if finished:
                 self._release()
                 rec = self.state.to_dict()
                 self._write(f"{rec.get('status')}: {summary_line(rec)}", wrap=True)
                 self.stream.flush()
 
-    def _grow(self, ev: Event) -> None:
+    def _grow(self, agent_id: str | None, p: LLMText) -> None:
         """A streamed reply grew: on a terminal, its end shows under the agent's line."""
-        if not self.tty or ev.agent_id is None:
+        if not self.tty or agent_id is None:
             return  # a log gets the whole reply in the record, not its pieces
-        d = ev.data
-        index, text = self._live.get(ev.agent_id, (d.get("index"), ""))
-        if index != d.get("index"):
+        index, text = self._live.get(agent_id, (p.index, ""))
+        if index != p.index:
             text = ""
-        offset = min(int(d.get("offset") or 0), len(text))
-        text = (text[:offset] + str(d.get("text") or ""))[-4000:]  # the tail is all we show
-        self._live[ev.agent_id] = (d.get("index"), text)
+        offset = min(p.offset, len(text))
+        text = (text[:offset] + p.text)[-4000:]  # the tail is all we show
+        self._live[agent_id] = (p.index, text)
         now = time.monotonic()
         if now - self._last >= self.interval_s:
             self._last = now
@@ -253,23 +264,23 @@ class ConsoleProgress:
 
     # -- line mode (not a terminal) ---------------------------------------------------------------
     def _line(self, ev: Event) -> None:
-        d = ev.data
+        p = ev.payload
         held = self._held
         if held is not None and time.monotonic() - held[3] >= _REPEAT_FLUSH_S:
             self._release()
-        if ev.type is EventType.AGENT_STARTED:
-            task = str(d.get("task", ""))
-            head = f"▶ {ev.agent_id} (depth {d.get('depth')}): "
+        if isinstance(p, AgentStarted):
+            task = str(p.task)
+            head = f"▶ {ev.agent_id} (depth {p.depth}): "
             room = max(10, self._columns() - len(head))
             shown = distinct_task(task, self._tasks, room)
             self._tasks.append(task)
             self._print(head + shown)
-        elif ev.type is EventType.AGENT_FINISHED:
-            icon = ICONS.get(str(d.get("status")), "?")
-            extra = f" — {d.get('error')}" if d.get("error") else ""
-            self._print(f"{icon} {ev.agent_id} {d.get('status')}{extra}", wrap=True)
-        elif ev.type is EventType.NOTICE or ev.type is EventType.BUDGET_HIT:
-            self._hold(str(ev.agent_id or "run"), str(d.get("message")))
+        elif isinstance(p, AgentFinished):
+            icon = ICONS.get(p.status, "?")
+            extra = f" — {p.error}" if p.error else ""
+            self._print(f"{icon} {ev.agent_id} {p.status}{extra}", wrap=True)
+        elif isinstance(p, (Notice, BudgetHit)):
+            self._hold(str(ev.agent_id or "run"), str(p.message))
         else:
             return
         self.stream.flush()

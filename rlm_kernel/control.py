@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import RLMSettings
+from .events import GateWaiter
 from .llm import Usage
 
 __all__ = ["Budget", "BudgetExceeded", "Cancelled", "Scope", "StepGate"]
@@ -152,7 +153,11 @@ class _Waiter:
 
 
 class StepGate:
-    """Holds agents before they run code while the run is paused or stepping."""
+    """Holds agents before they run code while the run is paused or stepping.
+
+    `on_change` is called after every change of the gate's state (stepping, who waits, steps
+    granted), outside the gate's lock, so the run can emit the state as an event.
+    """
 
     def __init__(self, stepping: bool = False, on_change: Callable[[], None] | None = None) -> None:
         self._cond = threading.Condition()
@@ -162,17 +167,21 @@ class StepGate:
         self._queue: deque[_Waiter] = deque()
         self.on_change = on_change
 
-    @property
-    def waiting(self) -> list[dict[str, object]]:
-        """Agents waiting at the gate, oldest first, with the code they propose."""
+    def state(self) -> tuple[bool, tuple[GateWaiter, ...], int]:
+        """Stepping, the agents waiting (oldest first, with the code they propose), and the
+        steps granted that no agent has taken yet: one consistent reading."""
         with self._cond:
-            return [{"agent_id": w.agent_id, "index": w.index, "code": w.code} for w in self._queue]
+            waiting = tuple(
+                GateWaiter(agent_id=w.agent_id, index=w.index, code=w.code) for w in self._queue
+            )
+            return self.stepping, waiting, self._tokens
 
-    @property
-    def pending_steps(self) -> int:
-        """Steps granted (`step`) that no agent has taken yet."""
-        with self._cond:
-            return self._tokens
+    def _is_stepping(self) -> bool:
+        return self.stepping  # (a call: mypy would take `stepping` for True inside the loop)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def wait(self, agent_id: str, index: int, code: str, cancel: threading.Event) -> str | None:
         """Block while paused; return replacement code given with the step, if any."""
@@ -181,7 +190,9 @@ class StepGate:
                 return None
             me = _Waiter(agent_id, index, code)
             self._queue.append(me)
-            try:
+        self._changed()
+        try:
+            with self._cond:
                 while True:
                     if cancel.is_set():
                         raise Cancelled()
@@ -191,12 +202,11 @@ class StepGate:
                         self._tokens -= 1
                         return self._replacements.popleft() if self._replacements else None
                     self._cond.wait(0.05)
-            finally:
+        finally:
+            with self._cond:
                 self._queue.remove(me)
                 self._cond.notify_all()
-
-    def _is_stepping(self) -> bool:
-        return self.stepping
+            self._changed()
 
     def step(self, code: str | None = None) -> None:
         """Let exactly one waiting (or the next arriving) iteration run, optionally with new code."""
@@ -205,12 +215,14 @@ class StepGate:
             self._tokens += 1
             self._replacements.append(code)
             self._cond.notify_all()
+        self._changed()
 
     def pause(self) -> None:
         """Stop agents before their next code runs."""
         with self._cond:
             self.stepping = True
             self._cond.notify_all()
+        self._changed()
 
     def resume(self) -> None:
         """Run freely again."""
@@ -219,3 +231,4 @@ class StepGate:
             self._tokens = 0
             self._replacements.clear()
             self._cond.notify_all()
+        self._changed()

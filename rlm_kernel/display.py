@@ -1,7 +1,8 @@
 """Notebook outputs of the magics: live progress, step controls, the answer, the patch, tables.
 
-Everything here turns engine data (events, records, results) into Jupyter mime bundles; nothing
-calls into the engine except through a run's public controls (pause, step, resume, cancel).
+Everything here turns engine data (events, records, results) into Jupyter mime bundles: a
+`RunView` subscribes to a run's events and folds them; nothing calls into the engine except
+through a run's public controls (pause, step, resume, cancel).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .answer import answer_bundle
 from .console import ICONS, render_tree, summary_line
-from .events import Event
+from .events import Event, GateState, GateWaiter
 from .records import TreeState
 
 if TYPE_CHECKING:
@@ -111,17 +112,17 @@ def summary_text(record: dict[str, Any], patch_path: str | None = None) -> str:
     return line + (f" · patch {patch_path}" if patch_path else "")
 
 
-def gate_text(run: Run) -> str:
+def gate_text(gate: GateState) -> str:
     """What a paused or stepping run waits for, in words ("" while it runs freely or has ended):
     who waits at the step gate, and the code it proposes to run.
 
     Shown as the cell's text output under the tree, so a notebook read without widget state
     (GitHub, nbviewer, an editor without the widget) still says why the run stands still.
     """
-    if run.done or not run.gate.stepping:
+    if not gate.paused:
         return ""
     how = "Step or Continue in the tree above, or %rlm step / %rlm continue"
-    waiting = run.gate.waiting
+    waiting = gate.waiting
     if not waiting:
         return f"‖ paused (step mode): each agent stops before running its next code ({how})"
     head, rest = waiting[0], waiting[1:]
@@ -204,17 +205,18 @@ class StepControls:
     def _cancel(self, _: Any) -> None:
         self.run.cancel()
 
-    def update(self, waiting: list[dict[str, Any]], done: bool) -> None:
+    def update(self, gate: GateState) -> None:
         """Show the oldest waiting agent's proposal (unless the user is editing it)."""
-        if done:
+        waiting: Sequence[GateWaiter] = gate.waiting
+        if gate.ended:
             for b in self.buttons:
                 b.disabled = True
             self.code.disabled = True
             self.label.value = "run finished"
             return
         if not waiting:
-            stepping = self.run.gate.stepping
-            self.label.value = "step mode: waiting for a proposal…" if stepping else "running…"
+            paused = gate.stepping
+            self.label.value = "step mode: waiting for a proposal…" if paused else "running…"
             return
         head = waiting[0]
         code = str(head.get("code", ""))
@@ -230,8 +232,9 @@ class StepControls:
 class RunView:
     """Consumes a run's events and shows the tree plus a summary line, updated in place (throttled).
 
-    `__call__` (the event sink) runs on engine threads and only folds state; `refresh()` renders,
-    and is called from the thread that owns the output (the cell's loop or a watcher).
+    `__call__` (the event sink: `run.subscribe(view)`) runs on engine threads and only folds
+    state (the tree and the step gate); `refresh()` renders what changed, and is called from the
+    thread that owns the output (the cell's loop or a watcher).
     """
 
     def __init__(self, run: Run, *, quiet: bool = False, notebook: bool = True) -> None:
@@ -239,6 +242,7 @@ class RunView:
         self.quiet = quiet
         self.notebook = notebook
         self.state = TreeState()
+        self._gate_state = GateState()
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._version = 0
@@ -260,9 +264,16 @@ class RunView:
         """Fold one event (engine thread)."""
         with self._lock:
             self.state.apply(ev)
+            self._gate_state = self._gate_state.after(ev)
             self._version += 1
         if self._console is not None:
             self._console(ev)
+
+    @property
+    def gate(self) -> GateState:
+        """The step gate as the events so far tell it."""
+        with self._lock:
+            return self._gate_state
 
     def record(self) -> dict[str, Any]:
         """A copy of the record so far (elapsed time filled in while running)."""
@@ -282,8 +293,9 @@ class RunView:
                 rec["elapsed_s"] = time.monotonic() - self.started
             lines = render_tree(rec.get("root")) or ["(starting…)"]
             summary = summary_text(rec)
-        if not self.run.done:
-            for w in self.run.gate.waiting:
+            gate = self._gate_state
+        if not gate.ended:
+            for w in gate.waiting:
                 lines.append(f"⏸ {w['agent_id']} iteration {w['index']} waits at the step gate")
         return "\n".join([*lines, summary])
 
@@ -302,7 +314,7 @@ class RunView:
             self.widget = AgentTree.from_run(self.run)
             display(self.widget)  # type: ignore[no-untyped-call]
             if step_controls:
-                self._show_gate(gate_text(self.run) or " ")
+                self._show_gate(gate_text(self.gate) or " ")
             return
         except ImportError:
             self.widget = None
@@ -324,10 +336,11 @@ class RunView:
 
     def refresh(self, force: bool = False) -> None:
         """Re-render if something changed and the last update is ≥ REFRESH_S old (or `force`)."""
+        gate = self.gate
         if self.controls is not None:
-            self.controls.update(self.run.gate.waiting, self.run.done)
+            self.controls.update(gate)
         if self.widget is not None and not self.quiet:
-            text = gate_text(self.run)
+            text = gate_text(gate)
             # A line first appears in the run's own cell (not in the cell of a later %rlm wait).
             if text != self._gate_text and (self._gate is not None or _cell_id() == self._cell):
                 self._show_gate(text)

@@ -239,7 +239,7 @@ def _start(session: RLMSession, args: argparse.Namespace, body: str) -> RunHandl
                 raise UsageError(f"--context: no variable named {args.context}") from None
         run = Run(task, repo, branch=branch, commit=commit, context=context, **common)
     view = display.RunView(run, quiet=args.quiet, notebook=session.notebook)
-    run.sinks.append(view)
+    run.subscribe(view)
     run.start()
     try:
         handle = RunHandle(
@@ -406,12 +406,13 @@ class RLMMagics(Magics):
         rows = []
         for h in s.runs.values():
             rec = h.view.record()
+            gate = h.view.gate
             agents, iterations = _count(rec.get("root"))
             waiting = ", ".join(
-                f"{w['agent_id']}@{w['index']}" for w in ([] if h.run.done else h.run.gate.waiting)
+                f"{w['agent_id']}@{w['index']}" for w in ([] if gate.ended else gate.waiting)
             )
             status = rec.get("status") or h.run.status
-            if not h.run.done and h.run.gate.stepping:
+            if gate.paused:
                 status = f"{status} (step mode)"
             u = rec.get("usage") or {}
             tokens = int(u.get("prompt_tokens") or 0) + int(u.get("completion_tokens") or 0)
@@ -553,9 +554,9 @@ class RLMMagics(Magics):
         """Block until the run ends (and bind its result), or with --gate until an agent waits
         at the step gate with no step left to take; then show who waits with which code."""
         h = self.session.find(a.run)
-        gate = h.run.gate
         deadline = time.monotonic() + a.timeout
         while not h.run.done:
+            gate = h.view.gate
             if a.gate and gate.waiting and gate.pending_steps == 0:
                 for w in gate.waiting:
                     code = textwrap.indent(str(w["code"]).rstrip(), "    ")
@@ -636,7 +637,7 @@ class RLMMagics(Magics):
                     "the root agent ran in the notebook's own sandbox: its variables are already here"
                 )
             return s.root_sandbox()
-        kept = next((sb for sb in h.run.kept if sb.spec.agent_id == agent and not sb.closed), None)
+        kept = h.run.sandbox_of(agent, kept_only=True)
         if kept is not None:
             return kept
         if kept_only:

@@ -13,7 +13,24 @@ from pathlib import Path
 from typing import Any
 
 from .config import redact_secrets
-from .events import Event, EventType
+from .events import (
+    AgentFinished,
+    AgentStarted,
+    CodeExecuted,
+    Event,
+    EventType,
+    HistoryFolded,
+    IterationFinished,
+    LLMQuery,
+    LLMResponse,
+    LLMText,
+    RunFinished,
+    RunStarted,
+    SandboxReady,
+    StepMode,
+    StepWaiting,
+    UsageCounts,
+)
 from .llm.usage import USAGE_KEYS
 
 __all__ = ["Recorder", "TreeState", "load_index", "load_record", "write_json_atomic"]
@@ -57,9 +74,8 @@ class TreeState:
 
     def apply(self, ev: Event) -> None:
         """Update the tree with one event."""
-        d = ev.data
-        t = ev.type
-        if t is EventType.RUN_STARTED:
+        p = ev.payload
+        if isinstance(p, RunStarted):
             self.run.update(
                 run_id=ev.run_id,
                 status="running",
@@ -68,24 +84,24 @@ class TreeState:
                 finished_at=None,
                 elapsed_s=None,
                 usage=_zero_usage(),
-                **d,
+                **p.fields(),
             )
             return
-        if t is EventType.RUN_FINISHED:
-            self.run.update(d)
+        if isinstance(p, RunFinished):
+            self.run.update(p.fields())
             return
         if ev.agent_id is None:
             return
-        if t is EventType.AGENT_STARTED:
-            node = {
+        if isinstance(p, AgentStarted):
+            node: dict[str, Any] = {
                 "agent_id": ev.agent_id,
-                "parent_id": d.get("parent_id"),
-                "depth": d.get("depth", 0),
-                "task": d.get("task", ""),
+                "parent_id": p.parent_id,
+                "depth": p.depth,
+                "task": p.task,
                 "status": "running",
                 "result": None,
                 "error": None,
-                "started_at": d.get("started_at"),
+                "started_at": p.started_at,
                 "finished_at": None,
                 "usage": _zero_usage(),
                 "sandbox": None,
@@ -95,7 +111,7 @@ class TreeState:
                 "patch": "",
             }
             self.nodes[ev.agent_id] = node
-            parent = self.nodes.get(str(d.get("parent_id")))
+            parent = self.nodes.get(str(p.parent_id))
             if parent is not None:
                 parent["children"].append(node)
                 parent["children"].sort(key=_child_key)
@@ -106,35 +122,45 @@ class TreeState:
         if found is None:
             return
         node = found
-        if t is EventType.SANDBOX_READY:
-            node["sandbox"] = d.get("sandbox")
-        elif t is EventType.HISTORY_FOLDED:
-            node.setdefault("history_folds", []).append(dict(d))
-        elif t is EventType.LLM_RESPONSE:
-            it = self._iteration(node, d["index"])
-            it["llm_response"] = d.get("text", "")
-            self._add_usage(node, d.get("usage"))
-        elif t is EventType.STEP_WAITING:
-            self._iteration(node, d["index"])["pending_code"] = d.get("code", "")
-        elif t is EventType.CODE_EXECUTED:
-            it = self._iteration(node, d["index"])
+        if isinstance(p, SandboxReady):
+            node["sandbox"] = p.sandbox
+        elif isinstance(p, HistoryFolded):
+            node.setdefault("history_folds", []).append(p.fields())
+        elif isinstance(p, LLMResponse):
+            it = self._iteration(node, p.index)
+            it["llm_response"] = p.text
+            self._add_usage(node, p.usage)
+        elif isinstance(p, StepWaiting):
+            self._iteration(node, p.index)["pending_code"] = p.code
+        elif isinstance(p, CodeExecuted):
+            it = self._iteration(node, p.index)
             it.pop("pending_code", None)
             it["code_blocks"].append(
-                {k: d.get(k) for k in ("code", "output", "error", "elapsed_s", "spawned", "status")}
+                {
+                    "code": p.code,
+                    "output": p.output,
+                    "error": p.error,
+                    "elapsed_s": p.elapsed_s,
+                    "spawned": p.spawned,
+                    "status": p.status,
+                }
             )
-        elif t is EventType.ITERATION_FINISHED:
-            it = self._iteration(node, d["index"])
-            if d.get("namespace") is not None:
-                it["namespace"] = d["namespace"]
+        elif isinstance(p, IterationFinished):
+            it = self._iteration(node, p.index)
+            if p.namespace is not None:
+                it["namespace"] = p.namespace
             it["finished"] = True
-        elif t is EventType.LLM_QUERY:
+        elif isinstance(p, LLMQuery):
             node["llm_queries"].append(
-                {k: d.get(k) for k in ("prompt", "response", "model", "error")}
+                {"prompt": p.prompt, "response": p.response, "model": p.model, "error": p.error}
             )
-            self._add_usage(node, d.get("usage"))
-        elif t is EventType.AGENT_FINISHED:
-            for k in ("status", "result", "error", "finished_at", "patch"):
-                node[k] = d.get(k)
+            self._add_usage(node, p.usage)
+        elif isinstance(p, AgentFinished):
+            node["status"] = p.status
+            node["result"] = p.result
+            node["error"] = p.error
+            node["finished_at"] = p.finished_at
+            node["patch"] = p.patch
 
     @staticmethod
     def _iteration(node: dict[str, Any], index: int) -> dict[str, Any]:
@@ -143,7 +169,7 @@ class TreeState:
             its.append({"index": len(its), "llm_response": "", "code_blocks": [], "namespace": []})
         return its[index]  # type: ignore[no-any-return]
 
-    def _add_usage(self, node: dict[str, Any], usage: dict[str, Any] | None) -> None:
+    def _add_usage(self, node: dict[str, Any], usage: UsageCounts | None) -> None:
         if not usage:
             return
         for target in (node["usage"], self.run.setdefault("usage", {})):
@@ -188,9 +214,10 @@ class Recorder:
     def __call__(self, ev: Event) -> None:
         """Apply an event; write now for milestones, otherwise at most every `min_interval_s`
         (and `min_interval_s` after a held-back event at the latest, so a host killed while its
-        agents are quiet leaves a record with everything up to then). Streamed text is not
-        recorded (the whole reply comes with `llm_response`)."""
-        if ev.type is EventType.LLM_TEXT:
+        agents are quiet leaves a record with everything up to then). Streamed text and the
+        gate's state are not recorded (the whole reply comes with `llm_response`, where an agent
+        waits with `step_waiting`)."""
+        if isinstance(ev.payload, (LLMText, StepMode)):
             return
         stopped: threading.Timer | None = None
         with self._lock:

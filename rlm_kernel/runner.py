@@ -22,7 +22,20 @@ from . import llm as llm_mod
 from .agent import Agent, AgentOutcome
 from .config import RLMConfig, is_secret_env, load_config, load_dotenv_file
 from .control import Budget, BudgetExceeded, Scope, StepGate
-from .events import Event, EventSink, EventType
+from .events import (
+    BudgetHit,
+    Event,
+    EventSink,
+    Notice,
+    Payload,
+    RunFinished,
+    RunStarted,
+    SandboxReady,
+    StepMode,
+    StepResumed,
+    StepWaiting,
+    Unsubscribe,
+)
 from .llm import LLMClient, OnText, Usage
 from .llm.service import SubLLM
 from .records import Recorder
@@ -80,8 +93,9 @@ def _tool_specs(tools: Mapping[str, Callable[..., Any]]) -> list[dict[str, Any]]
 
 
 class Run:
-    """One RLM run. Use `execute()` (blocking) or `start()` then `wait()`; control it with
-    `pause()`, `step()`, `resume()` and `cancel()` from any thread."""
+    """One RLM run. Use `execute()` (blocking) or `start()` then `wait()`; follow it with
+    `subscribe()` (events are the only way out of the engine) and control it with `pause()`,
+    `step()`, `resume()`, `cancel()` and `release()` from any thread."""
 
     def __init__(
         self,
@@ -118,12 +132,19 @@ class Run:
         self.tool_specs = _tool_specs(self.tools)
         self.llm = llm or LLMClient.from_config(self.config)
         self.scope = Scope()
-        self.gate = StepGate(step)
-        self.recorder = Recorder(self.config.results_dir)
-        sinks: list[EventSink] = [self.recorder]
+        # Events: every one goes to the log (replayed to late subscribers) and to the sinks,
+        # under one lock, so a subscriber sees each event once and in the same order as all others.
+        self._emit_lock = threading.RLock()
+        self._log: list[Event] = []
+        self._sinks: tuple[EventSink, ...] = ()
+        self._gate = StepGate(step, on_change=self._gate_changed)
+        self._gate_last = StepMode(step)
+        self._ended = False  # RUN_FINISHED was emitted: nothing follows it
+        self._recorder = Recorder(self.config.results_dir)
+        self.subscribe(self._recorder)
         if on_event is not None:
-            sinks += list(on_event) if isinstance(on_event, Sequence) else [on_event]
-        self.sinks = sinks
+            for sink in on_event if isinstance(on_event, Sequence) else [on_event]:
+                self.subscribe(sink)
         self.target = Target(None, None, None)
         self.isolation: Isolation | None = None  # prepare() resolves sandbox.isolation
         self.budget = Budget(self.config.rlm, time.monotonic())
@@ -131,12 +152,12 @@ class Run:
             self.llm,
             self.config.sub_model_name,
             budget=lambda: self.budget,
-            emit=lambda agent_id, **data: self.emit(EventType.LLM_QUERY, agent_id, **data),
+            emit=lambda agent_id, query: self.emit(query, agent_id),
             width=4 * self.config.rlm.max_concurrency,
         )
         self.status = "created"
         self.root: Agent | None = None
-        self.kept: list[Sandbox] = []
+        self._kept: list[Sandbox] = []
         # An existing REPL (the notebook's) to run the root agent in; the run neither creates nor
         # removes it, and the context may already live in it (context_desc describes it). Given
         # as a function, it is asked for in the background, so that starting it overlaps the
@@ -146,7 +167,6 @@ class Run:
         self.context_desc = context_desc
         self._root_prev_handler: Handler | None = None
         self._agents: dict[str, Agent] = {}
-        self._emit_lock = threading.RLock()
         self._slots = threading.Semaphore(self.config.rlm.max_concurrency)
         self._parked: dict[str, int] = {}
         self._parked_lock = threading.Lock()
@@ -167,15 +187,45 @@ class Run:
         self._started_wall = time.time()
 
     # -- events -----------------------------------------------------------------------------------
-    def emit(self, etype: EventType, agent_id: str | None = None, **data: Any) -> None:
+    def emit(self, payload: Payload, agent_id: str | None = None) -> None:
         """Send an event to every consumer (recorder, progress, widget…); consumer errors are logged."""
-        ev = Event(etype, self.run_id, agent_id, data)
+        ev = Event(payload, self.run_id, agent_id)
         with self._emit_lock:
-            for sink in self.sinks:
-                try:
-                    sink(ev)
-                except Exception:
-                    log.exception("event consumer %r failed on %s", sink, etype.value)
+            self._log.append(ev)
+            for sink in self._sinks:
+                _deliver(sink, ev)
+
+    def subscribe(self, sink: EventSink, *, replay: bool = True) -> Unsubscribe:
+        """Deliver the run's events to `sink`: with `replay`, every event so far first (the
+        state so far), then each new one as it happens. No event is missed or delivered twice
+        between the two, however many agents emit meanwhile. Returns the function that stops
+        the delivery. `sink` runs on engine threads, one event at a time; it must be quick and
+        must not mutate the payloads."""
+        with self._emit_lock:
+            if replay:
+                for ev in list(self._log):
+                    _deliver(sink, ev)
+            self._sinks = (*self._sinks, sink)
+
+        def unsubscribe() -> None:
+            with self._emit_lock:
+                sinks = list(self._sinks)
+                for i, s in enumerate(sinks):
+                    if s is sink:
+                        del sinks[i]
+                        self._sinks = tuple(sinks)
+                        return
+
+        return unsubscribe
+
+    def _gate_changed(self) -> None:
+        """The step gate changed: emit its whole state (only when it differs from the last)."""
+        with self._emit_lock:
+            stepping, waiting, pending = self._gate.state()
+            payload = StepMode(stepping, waiting, pending)
+            if payload != self._gate_last and not self._ended:
+                self._gate_last = payload
+                self.emit(payload)
 
     def log_exception(self, agent_id: str) -> None:
         """Log an engine bug with its traceback."""
@@ -183,16 +233,16 @@ class Run:
 
     # -- controls ---------------------------------------------------------------------------------
     def pause(self) -> None:
-        """Hold every agent before its next code runs."""
-        self.gate.pause()
+        """Hold every agent before its next code runs (a `StepMode` event says who waits)."""
+        self._gate.pause()
 
     def step(self, code: str | None = None) -> None:
         """Let one iteration run (with `code` instead of the model's, if given)."""
-        self.gate.step(code)
+        self._gate.step(code)
 
     def resume(self) -> None:
         """Run freely (leave step mode)."""
-        self.gate.resume()
+        self._gate.resume()
 
     def cancel(self, agent_id: str | None = None, reason: str = "cancelled by the user") -> None:
         """Cancel the whole run, or one agent and its sub-tree."""
@@ -202,6 +252,31 @@ class Run:
         agent = self._agents.get(agent_id)
         if agent is not None:
             agent.scope.cancel(reason)
+
+    def release(self, *, remove: bool = True) -> int:
+        """Close the sandboxes this run kept (`sandbox.keep`): their REPLs stop and, unless
+        `remove=False`, their workspaces are removed too. Returns how many were closed."""
+        with self._sandbox_lock:
+            kept, self._kept = self._kept, []
+        n = 0
+        for sb in kept:
+            if sb.closed:
+                continue
+            if remove:
+                sb.spec.keep = False  # close() then removes the workspace and its directory
+            sb.close()
+            n += 1
+        return n
+
+    def at_step_gate(self, agent: Agent, index: int, code: str) -> str | None:
+        """Hold `agent` before it runs `code` while the run is paused; returns the code given
+        with the step that let it through, if any (raises `Cancelled` when it is cancelled)."""
+        if not self._gate.stepping:
+            return None
+        self.emit(StepWaiting(index, code), agent.agent_id)
+        replacement = self._gate.wait(agent.agent_id, index, code, agent.scope)
+        self.emit(StepResumed(index, replacement is not None), agent.agent_id)
+        return replacement
 
     # -- work slots -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -298,9 +373,7 @@ class Run:
         for i, task in enumerate(tasks):
             refusal = self.budget.take_sandbox()
             if refusal:
-                self.emit(
-                    EventType.BUDGET_HIT, parent.agent_id, limit="max_sandboxes", message=refusal
-                )
+                self.emit(BudgetHit("max_sandboxes", refusal), parent.agent_id)
                 replies[i] = {
                     "text": f"Error: {refusal}; no sub-agent was started for this task.",
                     "agent_id": "",
@@ -385,7 +458,7 @@ class Run:
                 self.root_sandbox = sb
                 sb.reset_agent()
                 sb.set_handler(agent.handle)
-                self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=sb.info())
+                self.emit(SandboxReady(sb.info()), agent.agent_id)
                 return sb
 
             if not isinstance(source, Sandbox):
@@ -406,7 +479,7 @@ class Run:
                     pooled.close()
                 else:
                     agent.sandbox = pooled
-                    self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=pooled.info())
+                    self.emit(SandboxReady(pooled.info()), agent.agent_id)
                     return pooled
             sb = cls(spec)
             sb.snapshot_on_end = True
@@ -430,7 +503,7 @@ class Run:
                 if self._ready_pool is not None:
                     self._ready_pool.poke()  # it may fill again
             agent.sandbox = sb  # reachable (e.g. `%rlm ns --live`) before its first code runs
-            self.emit(EventType.SANDBOX_READY, agent.agent_id, sandbox=sb.info())
+            self.emit(SandboxReady(sb.info()), agent.agent_id)
             return sb
 
         future = self._pool.submit(create)
@@ -445,7 +518,7 @@ class Run:
         setting = self.config.sandbox.pool_size
 
         def target() -> int:
-            if self.gate.stepping or self.scope.is_set() or self._fresh_starting:
+            if self._gate.stepping or self.scope.is_set() or self._fresh_starting:
                 return 0  # a paused or ending run, or agents waiting for sandboxes: not now
             return pool_target(
                 setting, limits.max_concurrency, limits.max_depth, self._widest_batch
@@ -488,13 +561,9 @@ class Run:
             future.add_done_callback(_close_when_ready)
             return
         if self.config.sandbox.keep:
-            self.kept.append(sandbox)
-            self.emit(
-                EventType.NOTICE,
-                agent.agent_id,
-                level="info",
-                message=f"sandbox kept at {sandbox.path}",
-            )
+            with self._sandbox_lock:
+                self._kept.append(sandbox)
+            self.emit(Notice("info", f"sandbox kept at {sandbox.path}"), agent.agent_id)
             return
         sandbox.close()
 
@@ -504,19 +573,19 @@ class Run:
         if self._root_prev_handler is not None:
             future.result().set_handler(self._root_prev_handler)
 
-    def sandbox_of(self, agent_id: str) -> Sandbox | None:
-        """The live sandbox of an agent: kept after it ended, or its running one; else None."""
-        for sb in self.kept:
+    def sandbox_of(self, agent_id: str, *, kept_only: bool = False) -> Sandbox | None:
+        """The live sandbox of an agent: kept after it ended, or (unless `kept_only`) its
+        running one; else None."""
+        with self._sandbox_lock:
+            kept = list(self._kept)
+        for sb in kept:
             if sb.spec.agent_id == agent_id and not sb.closed:
                 return sb
+        if kept_only:
+            return None
         agent = self._agents.get(agent_id)
         live = agent.sandbox if agent is not None else None
         return live if live is not None and not live.closed else None
-
-    def release_kept(self) -> None:
-        """Stop the kernels of kept sandboxes (their files stay)."""
-        for sb in self.kept:
-            sb.close()
 
     # -- the run ----------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -583,18 +652,20 @@ class Run:
         llm_mod.prewarm()
         self.status = "running"
         cfg = self.config.to_dict()
-        self.emit(
-            EventType.RUN_STARTED,
-            task=self.task,
-            repo=self.repo,
-            branch=self.branch,
-            commit=self.target.commit,
-            model=self.config.model.name,
-            config=_redact(cfg),
-            isolation=self.isolation.to_dict() if self.isolation is not None else None,
-            started_at=dt.datetime.now().isoformat(timespec="seconds"),
-            step=self.gate.stepping,
-        )
+        with self._emit_lock:  # `step` and the step-mode events stay in order
+            self.emit(
+                RunStarted(
+                    task=self.task,
+                    repo=self.repo,
+                    branch=self.branch,
+                    commit=self.target.commit,
+                    model=self.config.model.name,
+                    config=_redact(cfg),
+                    isolation=self.isolation.to_dict() if self.isolation is not None else None,
+                    started_at=dt.datetime.now().isoformat(timespec="seconds"),
+                    step=self._gate.stepping,
+                )
+            )
         timer = threading.Timer(
             self.config.rlm.global_timeout,
             lambda: self.scope.cancel(
@@ -632,16 +703,19 @@ class Run:
         answer = outcome.value if outcome else None
         assert self.budget.usage is not None
         self.status = status
-        self.emit(
-            EventType.RUN_FINISHED,
-            status=status,
-            answer=answer,
-            patch=patch,
-            usage=self.budget.usage.to_dict(),
-            elapsed_s=round(elapsed, 3),
-            finished_at=dt.datetime.now().isoformat(timespec="seconds"),
-            patch_path=patch_path,
-        )
+        with self._emit_lock:
+            self.emit(
+                RunFinished(
+                    status=status,
+                    answer=answer,
+                    patch=patch,
+                    usage=self.budget.usage.to_dict(),
+                    elapsed_s=round(elapsed, 3),
+                    finished_at=dt.datetime.now().isoformat(timespec="seconds"),
+                    patch_path=patch_path,
+                )
+            )
+            self._ended = True
         self._result = RunResult(
             run_id=self.run_id,
             status=status,
@@ -649,11 +723,11 @@ class Run:
             patch=patch,
             usage=self.budget.usage,
             elapsed_s=elapsed,
-            record_path=str(self.recorder.path) if self.recorder.path else None,
-            tree=self.recorder.state.to_dict().get("root"),
+            record_path=str(self._recorder.path) if self._recorder.path else None,
+            tree=self._recorder.state.to_dict().get("root"),
             patch_path=patch_path,
             error=error or (outcome.error if outcome and status != "done" else None),
-            kept=[sb.info() for sb in self.kept],
+            kept=[sb.info() for sb in self._kept],
         )
         self._done.set()
 
@@ -667,10 +741,17 @@ class Run:
             leftovers = [
                 sb
                 for sb in self._sandboxes
-                if not sb.closed and sb not in self.kept and sb is not self.root_sandbox
+                if not sb.closed and sb not in self._kept and sb is not self.root_sandbox
             ]
         for sb in leftovers:
             sb.close()
+
+
+def _deliver(sink: EventSink, ev: Event) -> None:
+    try:
+        sink(ev)
+    except Exception:
+        log.exception("event consumer %r failed on %s", sink, ev.type.value)
 
 
 def _unbound_handler(op: str, args: dict[str, Any]) -> Any:

@@ -229,16 +229,10 @@ class RunHandle:
     def release(self) -> int:
         """Remove this run's kept sandboxes (kernel and files); returns how many."""
         kernel = self.session.kernel
-        n = 0
-        for sb in list(self.run.kept):
-            if kernel is not None and kernel.attached is sb:
-                kernel.attach(None)
-            if not sb.closed:
-                sb.spec.keep = False  # close() then removes the workspace and the directory
-                sb.close()
-                n += 1
-        self.run.kept.clear()
-        return n
+        attached = kernel.attached if kernel is not None else None
+        if kernel is not None and attached is not None and attached.spec.run_id == self.run_id:
+            kernel.attach(None)  # cells go back to the notebook's sandbox first
+        return self.run.release()
 
 
 class RLMSession:

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import datetime as dt
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anywidget
 import traitlets
 
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import (
+    AgentFinished,
+    AgentStarted,
+    BudgetHit,
+    Event,
+    EventSink,
+    GateState,
+    LLMQuery,
+    LLMResponse,
+    LLMText,
+    RunFinished,
+    RunStarted,
+    Unsubscribe,
+)
 from rlm_kernel.records import TreeState, load_record
 
 from .summary import agent_detail, agent_summary, jsonable, run_summary
@@ -40,11 +50,27 @@ def _diff(prev: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def _epoch(iso: Any) -> float | None:
-    try:
-        return dt.datetime.fromisoformat(str(iso)).timestamp()
-    except ValueError:
-        return None
+class RunLike(Protocol):
+    """What the tree uses of a `rlm_kernel.runner.Run`: its id and task, its events, and its
+    public controls."""
+
+    run_id: str
+    task: str
+
+    def subscribe(self, sink: EventSink, *, replay: bool = True) -> Unsubscribe:
+        """Deliver the events so far, then the live ones; returns the unsubscribe function."""
+
+    def pause(self) -> None:
+        """Hold every agent before its next code."""
+
+    def step(self, code: str | None = None) -> None:
+        """Let one iteration run."""
+
+    def resume(self) -> None:
+        """Run freely."""
+
+    def cancel(self, agent_id: str | None = None) -> None:
+        """Cancel the run or one agent."""
 
 
 class AgentTree(anywidget.AnyWidget):
@@ -71,10 +97,10 @@ class AgentTree(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self._lock = threading.RLock()
         self._state = TreeState()
-        self._run: Any = None
+        self._run: RunLike | None = None
+        self._unsubscribe: Unsubscribe | None = None
         self._started: float | None = None
-        self._stepping = False
-        self._waiting: list[dict[str, Any]] = []
+        self._gate = GateState()
         self._dirty: set[str] = set()
         self._live: dict[str, tuple[int, str]] = {}  # agent -> (turn, its reply so far)
         self._live_dirty: set[str] = set()  # agents whose reply grew (their detail is unchanged)
@@ -89,7 +115,7 @@ class AgentTree(anywidget.AnyWidget):
 
     # -- constructors ------------------------------------------------------------------------------
     @classmethod
-    def from_run(cls, run: Any, **kwargs: Any) -> AgentTree:
+    def from_run(cls, run: RunLike, **kwargs: Any) -> AgentTree:
         """A tree bound to a `Run` (started or not): live updates and the run's controls."""
         tree = cls(**kwargs)
         tree.attach(run)
@@ -110,33 +136,22 @@ class AgentTree(anywidget.AnyWidget):
         return tree
 
     # -- binding to a run --------------------------------------------------------------------------
-    def attach(self, run: Any) -> AgentTree:
-        """Follow `run`: copy what happened so far, then consume its events; enable the controls."""
-        # No event is delivered while we copy the recorder's tree and subscribe (Run.emit holds
-        # this lock around its consumers), so nothing is missed or seen twice.
-        emit_lock = getattr(run, "_emit_lock", None) or contextlib.nullcontext()
-        with emit_lock, self._lock:
+    def attach(self, run: RunLike) -> AgentTree:
+        """Follow `run`: its events so far (replayed), then the live ones; enable the controls."""
+        with self._lock:
             self._run = run
-            state = getattr(getattr(run, "recorder", None), "state", None)
-            if isinstance(state, TreeState) and state.run and not self._state.run:
-                self._state.run, self._state.nodes, self._state.root_id = copy.deepcopy(
-                    (state.run, state.nodes, state.root_id)
-                )
-                self._started = _epoch(state.run.get("started_at"))
-            gate = getattr(run, "gate", None)
-            if gate is not None:
-                self._stepping = bool(gate.stepping)
-                self._waiting = [dict(w) for w in gate.waiting]
-            finished = bool(self._state.run.get("finished_at"))
-            if not finished:
-                run.sinks.append(self.on_event)
+        # The replay and the live events come one at a time, in order, none missed or repeated
+        # (Run.subscribe); a finished run's replay ends with RUN_FINISHED, which finalizes.
+        unsubscribe = run.subscribe(self.on_event, replay=True)
+        with self._lock:
+            if self._final:
+                unsubscribe()
+                return self
+            self._unsubscribe = unsubscribe
             self._dirty.update(self._state.nodes)
             self._run_dirty = True
             self.summary = self._live_summary(time.time())
-        if finished:
-            self._finalize()
-        else:
-            self._schedule()
+        self._schedule()
         return self
 
     def detach(self) -> None:
@@ -145,10 +160,14 @@ class AgentTree(anywidget.AnyWidget):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            run, self._run = self._run, None
-        if run is not None:
-            with contextlib.suppress(ValueError):
-                run.sinks.remove(self.on_event)
+            self._run = None
+        self._stop_events()
+
+    def _stop_events(self) -> None:
+        with self._lock:
+            unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()  # not under our lock: the run's emit lock is taken before ours
 
     def close(self) -> None:
         """Detach from the run and close the widget."""
@@ -156,55 +175,46 @@ class AgentTree(anywidget.AnyWidget):
         super().close()
 
     def on_event(self, ev: Event) -> None:
-        """The event consumer: `Run(..., on_event=tree.on_event)` (any thread)."""
+        """The event consumer: `run.subscribe(tree.on_event)` or `Run(..., on_event=tree.on_event)`
+        (any thread)."""
         with self._lock:
             if self._final:
                 return
-            t, d = ev.type, ev.data
-            if t is EventType.LLM_TEXT and ev.agent_id is not None:
-                self._grow(ev.agent_id, int(d.get("index") or 0), d)
+            p = ev.payload
+            if isinstance(p, LLMText) and ev.agent_id is not None:
+                self._grow(ev.agent_id, p)
                 return
             self._state.apply(ev)
-            ends_reply = t in (EventType.LLM_RESPONSE, EventType.AGENT_FINISHED)
+            ends_reply = isinstance(p, (LLMResponse, AgentFinished))
             if ends_reply and ev.agent_id and self._live.pop(ev.agent_id, None) is not None:
                 self._live_dirty.add(ev.agent_id)
-            if t is EventType.RUN_STARTED:
+            gate = self._gate.after(ev)
+            if gate != self._gate:
+                self._gate = gate
+                self._run_dirty = True
+            if isinstance(p, RunStarted):
                 self._started = ev.ts
-                self._stepping = bool(d.get("step"))
                 self._run_dirty = True
-            elif t is EventType.STEP_WAITING:
-                self._waiting.append(
-                    {"agent_id": ev.agent_id, "index": d.get("index"), "code": d.get("code", "")}
-                )
-                self._run_dirty = True
-            elif t is EventType.STEP_RESUMED or t is EventType.AGENT_FINISHED:
-                before = len(self._waiting)
-                self._waiting = [
-                    w
-                    for w in self._waiting
-                    if w["agent_id"] != ev.agent_id
-                    or (t is EventType.STEP_RESUMED and w["index"] != d.get("index"))
-                ]
-                self._run_dirty |= len(self._waiting) != before
-            if t in (EventType.LLM_RESPONSE, EventType.LLM_QUERY, EventType.BUDGET_HIT):
+            elif isinstance(p, (LLMResponse, LLMQuery, BudgetHit)):
                 self._run_dirty = True
             if ev.agent_id is not None:
                 self._dirty.add(ev.agent_id)
-                if t is EventType.AGENT_STARTED and d.get("parent_id") is not None:
-                    self._dirty.add(str(d["parent_id"]))
-            final = t is EventType.RUN_FINISHED
+                if isinstance(p, AgentStarted) and p.parent_id is not None:
+                    self._dirty.add(p.parent_id)
+            final = isinstance(p, RunFinished)
         if final:
             self._finalize()
+            self._stop_events()  # RUN_FINISHED is the last event
         else:
             self._schedule()
 
-    def _grow(self, agent_id: str, index: int, d: dict[str, Any]) -> None:
+    def _grow(self, agent_id: str, p: LLMText) -> None:
         """A streamed reply grew (`llm_text`): keep its text; the next update carries its tail."""
-        turn, text = self._live.get(agent_id, (index, ""))
-        if turn != index:
+        turn, text = self._live.get(agent_id, (p.index, ""))
+        if turn != p.index:
             text = ""
-        offset = min(int(d.get("offset") or 0), len(text))
-        self._live[agent_id] = (index, text[:offset] + str(d.get("text") or ""))
+        offset = min(p.offset, len(text))
+        self._live[agent_id] = (p.index, text[:offset] + p.text)
         self._live_dirty.add(agent_id)
         self._schedule()
 
@@ -300,16 +310,14 @@ class AgentTree(anywidget.AnyWidget):
 
     def _live_summary(self, now: float) -> dict[str, Any]:
         run = self._run
-        gate = getattr(run, "gate", None)
-        stepping = bool(gate.stepping) if gate is not None else self._stepping
         out = run_summary(self._state.run, self._state.root_id, self._started or now)
         if not self._state.run and run is not None:
-            out.update(run_id=getattr(run, "run_id", None), task=getattr(run, "task", None))
+            out.update(run_id=run.run_id, task=run.task)
         out.update(
             live=True,
             controls=run is not None,
-            stepping=stepping,
-            waiting=jsonable(self._waiting),
+            stepping=self._gate.stepping,
+            waiting=jsonable([dict(w) for w in self._gate.waiting]),
         )
         return out
 

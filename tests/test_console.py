@@ -6,6 +6,8 @@ import io
 import re
 from typing import Any
 
+from eventkit import event
+
 from rlm_kernel.console import (
     ConsoleProgress,
     clip,
@@ -14,7 +16,16 @@ from rlm_kernel.console import (
     render_tree,
     summary_line,
 )
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import (
+    AgentStarted,
+    Event,
+    EventType,
+    IterationStarted,
+    LLMResponse,
+    LLMText,
+    Notice,
+    Payload,
+)
 
 
 def _node(
@@ -105,7 +116,7 @@ def test_console_progress_non_tty_one_line_per_agent_event() -> None:
     assert progress.tty is False
 
     def ev(t: EventType, agent: str | None = None, **data: Any) -> Event:
-        return Event(t, "run-1", agent, data)
+        return event(t, "run-1", agent, data)
 
     u = {"llm_calls": 2, "prompt_tokens": 100, "completion_tokens": 20, "cost_usd": 0.5}
     events = [
@@ -155,14 +166,14 @@ def test_console_progress_tty_redraws_tree_in_place() -> None:
     out = _Tty()
     progress = ConsoleProgress(out, interval_s=0)
     assert progress.tty
-    progress(Event(EventType.RUN_STARTED, "r", None, {"task": "t"}))
-    progress(Event(EventType.AGENT_STARTED, "r", "root", {"depth": 0, "task": "t"}))
+    progress(event(EventType.RUN_STARTED, "r", None, {"task": "t"}))
+    progress(event(EventType.AGENT_STARTED, "r", "root", {"depth": 0, "task": "t"}))
     progress(
-        Event(
+        event(
             EventType.AGENT_STARTED, "r", "root.0", {"parent_id": "root", "depth": 1, "task": "s"}
         )
     )
-    progress(Event(EventType.RUN_FINISHED, "r", None, {"status": "done", "elapsed_s": 0.5}))
+    progress(event(EventType.RUN_FINISHED, "r", None, {"status": "done", "elapsed_s": 0.5}))
     text = out.getvalue()
     assert "\x1b[2F\x1b[J" in text  # the two-line tree is redrawn over itself
     assert text.endswith(
@@ -215,7 +226,7 @@ def test_render_tree_fits_the_width_and_tells_cousins_apart() -> None:
 
 
 def _started(agent: str, depth: int, task: str) -> Event:
-    return Event(EventType.AGENT_STARTED, "r", agent, {"depth": depth, "task": task})
+    return event(EventType.AGENT_STARTED, "r", agent, {"depth": depth, "task": task})
 
 
 def test_console_lines_fit_columns(monkeypatch: Any) -> None:
@@ -226,14 +237,14 @@ def test_console_lines_fit_columns(monkeypatch: Any) -> None:
     for i, t in enumerate(TODOS):
         progress(_started(f"root.{i}.0", 2, RATE + t))
     progress(
-        Event(
+        event(
             EventType.AGENT_FINISHED,
             "r",
             "root.0.0",
             {"status": "error", "error": "the model returned 3 empty replies in a row; check " * 3},
         )
     )
-    progress(Event(EventType.RUN_FINISHED, "r", None, {"status": "error", "elapsed_s": 1.0}))
+    progress(event(EventType.RUN_FINISHED, "r", None, {"status": "error", "elapsed_s": 1.0}))
     lines = out.getvalue().splitlines()
     assert all(len(ln) <= 64 for ln in lines), lines
     started = [ln for ln in lines if ln.startswith("▶ root.")]
@@ -257,11 +268,11 @@ def test_repeated_refusals_become_one_line_with_a_count() -> None:
     progress(_started("root", 0, "fan out"))
     for _ in range(51):
         progress(
-            Event(EventType.BUDGET_HIT, "r", "root", {"limit": "max_sandboxes", "message": msg})
+            event(EventType.BUDGET_HIT, "r", "root", {"limit": "max_sandboxes", "message": msg})
         )
     progress(_started("root.0", 1, "part 0"))
     progress(
-        Event(
+        event(
             EventType.BUDGET_HIT,
             "r",
             "root.0",
@@ -269,14 +280,14 @@ def test_repeated_refusals_become_one_line_with_a_count() -> None:
         )
     )
     progress(
-        Event(
+        event(
             EventType.BUDGET_HIT,
             "r",
             "root.1",
             {"limit": "max_llm_calls", "message": "LLM call budget exhausted"},
         )
     )
-    progress(Event(EventType.RUN_FINISHED, "r", None, {"status": "done", "elapsed_s": 1.0}))
+    progress(event(EventType.RUN_FINISHED, "r", None, {"status": "done", "elapsed_s": 1.0}))
     lines = out.getvalue().splitlines()
     assert lines[:3] == [
         "▶ root (depth 0): fan out",
@@ -311,16 +322,16 @@ def test_render_tree_shows_the_end_of_a_reply_being_written() -> None:
 
 def test_a_terminal_shows_one_live_line_per_running_agent_and_logs_do_not() -> None:
     def events() -> list[Event]:
-        def ev(t: EventType, agent: str | None = None, **data: Any) -> Event:
-            return Event(t, "run-1", agent, data)
+        def ev(payload: Payload, agent: str | None = None) -> Event:
+            return Event(payload, "run-1", agent)
 
         return [
-            ev(EventType.RUN_STARTED, task="t"),
-            ev(EventType.AGENT_STARTED, "root", parent_id=None, depth=0, task="count"),
-            ev(EventType.ITERATION_STARTED, "root", index=0),
-            ev(EventType.LLM_TEXT, "root", index=0, offset=0, text="Let me count"),
-            ev(EventType.LLM_TEXT, "root", index=0, offset=12, text=" the words."),
-            ev(EventType.LLM_RESPONSE, "root", index=0, text="Let me count the words.", usage={}),
+            event(EventType.RUN_STARTED, "run-1", None, {"task": "t"}),
+            ev(AgentStarted(None, 0, "count", 0.0), "root"),
+            ev(IterationStarted(0), "root"),
+            ev(LLMText(0, 0, "Let me count"), "root"),
+            ev(LLMText(0, 12, " the words."), "root"),
+            ev(LLMResponse(0, "Let me count the words.", {}), "root"),
         ]
 
     tty = _Tty()
@@ -329,7 +340,7 @@ def test_a_terminal_shows_one_live_line_per_running_agent_and_logs_do_not() -> N
         progress(e)
     assert "✎ Let me count the words." in tty.getvalue().rsplit("\x1b[J", 1)[-1]
     progress(events()[-1])
-    progress(Event(EventType.NOTICE, "run-1", "root", {"message": "redraw"}))
+    progress(Event(Notice("info", "redraw"), "run-1", "root"))
     assert "✎" not in tty.getvalue().rsplit("\x1b[J", 1)[-1]  # the whole reply came: line gone
     log = io.StringIO()
     progress = ConsoleProgress(stream=log, interval_s=0, width=60)

@@ -1,9 +1,21 @@
-"""Notebook output bundles: answer, diff, summary and tables."""
+"""Notebook output bundles: answer, diff, summary and tables; the step gate's text line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rlm_kernel.answer import looks_like_markdown
-from rlm_kernel.display import answer_bundle, diff_bundle, summary_text, table_bundle
+from rlm_kernel.config import RLMConfig
+from rlm_kernel.display import (
+    RunView,
+    answer_bundle,
+    diff_bundle,
+    gate_text,
+    summary_text,
+    table_bundle,
+)
+from rlm_kernel.events import AgentStarted, GateState, GateWaiter, RunFinished, StepMode
+from rlm_kernel.runner import Run
 
 PATCH = """diff --git a/a.py b/a.py
 index 1..2 100644
@@ -112,3 +124,43 @@ def test_summary_text_and_tables() -> None:
     t = table_bundle(["name", "repr"], [["x", "<1>"]])
     assert t["text/plain"].splitlines() == ["name  repr", "----  ----", "x     <1>"]
     assert "<code>&lt;1&gt;</code>" in t["text/html"]
+
+
+# -- the step gate's text line, from events --------------------------------------------------------
+
+
+def _waiter(agent: str, index: int, code: str = "x = 1") -> GateWaiter:
+    return {"agent_id": agent, "index": index, "code": code}
+
+
+def test_gate_text_says_who_waits_with_which_code() -> None:
+    assert gate_text(GateState()) == ""  # running freely
+    paused = gate_text(GateState(stepping=True))
+    assert paused.startswith("‖ paused (step mode): each agent stops before running its next code")
+    code = "\n".join(f"line_{i} = {i}" for i in range(35))
+    text = gate_text(
+        GateState(True, (_waiter("root.0", 2, code), _waiter("root.1", 0), _waiter("root", 4)))
+    )
+    lines = text.splitlines()
+    assert lines[0].startswith(
+        "‖ root.0, iteration 3, waits at the step gate to run this code "
+        "(2 more wait: root.1, root) (Step or Continue"
+    )
+    assert lines[1] == "    line_0 = 0" and lines[30] == "    line_29 = 29"
+    assert lines[31] == "    … (5 more lines)" and len(lines) == 32
+    assert gate_text(GateState(True, (_waiter("root", 0),), ended=True)) == ""
+
+
+def test_run_view_follows_the_gate_from_events(tmp_path: Path) -> None:
+    """The view folds STEP_MODE events (no polling of the run): its text and `gate` say who waits."""
+    run = Run("t", config=RLMConfig().with_overrides({"results_dir": str(tmp_path)}))
+    view = RunView(run, quiet=True, notebook=False)
+    run.subscribe(view)
+    run.emit(AgentStarted(None, 0, "the task", 0.0), "root")
+    assert not view.gate.paused and "waits at the step gate" not in view.text()
+    run.emit(StepMode(True, (_waiter("root", 0),), 1))
+    assert view.gate.paused and view.gate.pending_steps == 1
+    assert "⏸ root iteration 0 waits at the step gate" in view.text()
+    run.emit(RunFinished("cancelled", None, "", {}, 0.1, "2026-01-01T00:00:00"))
+    assert view.gate.ended and "waits at the step gate" not in view.text()
+    assert gate_text(view.gate) == ""

@@ -282,7 +282,7 @@ def test_background_step_in_plain_ipython(shell: Any, capsys: pytest.CaptureFixt
 
     def wait_gate(index: int) -> None:
         deadline = time.monotonic() + 30
-        while [w["index"] for w in handle.run.gate.waiting] != [index]:
+        while [w["index"] for w in handle.view.gate.waiting] != [index]:
             assert time.monotonic() < deadline, f"iteration {index} never reached the gate"
             time.sleep(0.02)
 

@@ -1,6 +1,7 @@
 """README.md's reference tables stay true: the configuration table is the one generated from the
 settings table, the `%%rlm`/`%rlm` tables match the magics' parsers, the CLI synopses `rlm`'s
-argparse, the kernel traitlets are listed, and the notebook list matches notebooks/."""
+argparse, the kernel traitlets are listed, the notebook list matches notebooks/, and the event
+table lists every event kind with its payload's fields."""
 
 from __future__ import annotations
 
@@ -117,3 +118,18 @@ def test_every_notebook_is_described() -> None:
     text = section("Notebooks")
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert f"`{nb.name}`" in text, f"README's Notebooks section does not describe {nb.name}"
+
+
+def test_the_event_table_lists_every_kind_with_its_fields() -> None:
+    from rlm_kernel.events import PAYLOAD_TYPES, EventType
+
+    rows = table(README, "event (`type`)")
+    documented: dict[str, tuple[str, list[str]]] = {}
+    for kind, payload, fields in rows:
+        names = re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", fields))  # not what () explain
+        documented[kind.strip("`")] = (payload.strip("`"), names)
+    assert set(documented) == {t.value for t in EventType}, "README's event table is out of date"
+    for t, cls in PAYLOAD_TYPES.items():
+        payload, names = documented[t.value]
+        assert payload == cls.__name__, t
+        assert names == list(cls.__match_args__), f"README: the fields of {t.value}"

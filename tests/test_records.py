@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventkit import event
 
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import Event, EventType, HistoryFolded, LLMText
 from rlm_kernel.records import Recorder, TreeState, load_index, load_record, write_json_atomic
 
 RUN_KEYS = {
@@ -61,7 +62,7 @@ def _usage(calls: int, p: int, c: int, cost: float, cached: int = 0) -> dict[str
 
 def _events(run_id: str = "run-1", started_at: str = "2025-01-01T10:00:00") -> list[Event]:
     def ev(t: EventType, agent: str | None = None, **data: Any) -> Event:
-        return Event(t, run_id, agent, data)
+        return event(t, run_id, agent, data)
 
     ns = [{"name": "x", "type": "int", "repr": "1", "size": None}]
     return [
@@ -202,6 +203,7 @@ def _events(run_id: str = "run-1", started_at: str = "2025-01-01T10:00:00") -> l
             status="done",
             answer="42",
             patch="diff --git a/x b/x\n",
+            usage=_usage(4, 317, 38, 0.033),
             elapsed_s=3.0,
             finished_at="2025-01-01T10:00:03",
         ),
@@ -259,7 +261,7 @@ def test_record_has_contract_keys_and_nesting(tmp_path: Path) -> None:
             "error": None,
             "elapsed_s": 1.5,
             "spawned": ["root.0", "root.1"],
-            "status": None,
+            "status": "ok",  # the payload's default
         }
     ]
     assert its[0]["namespace"] == [{"name": "x", "type": "int", "repr": "1", "size": None}]
@@ -269,7 +271,7 @@ def test_record_has_contract_keys_and_nesting(tmp_path: Path) -> None:
 
 def test_usage_is_summed_per_node_and_for_the_run(tmp_path: Path) -> None:
     rec = Recorder(tmp_path, min_interval_s=0)
-    for ev in _events():
+    for ev in _events()[:-1]:  # the run's usage while it goes (RUN_FINISHED brings the total)
         rec(ev)
     data = load_record(tmp_path / "run-1.detail.json")
     root = data["root"]
@@ -284,7 +286,7 @@ def test_usage_is_summed_per_node_and_for_the_run(tmp_path: Path) -> None:
 def test_run_finished_usage_overrides_the_sum() -> None:
     state = TreeState()
     evs = _events()
-    evs[-1] = Event(
+    evs[-1] = event(
         EventType.RUN_FINISHED, "run-1", None, {"status": "done", "usage": _usage(9, 9, 9, 9.0)}
     )
     for ev in evs:
@@ -294,15 +296,15 @@ def test_run_finished_usage_overrides_the_sum() -> None:
 
 def test_children_sorted_numerically() -> None:
     state = TreeState()
-    state.apply(Event(EventType.RUN_STARTED, "r", None, {"task": "t"}))
-    state.apply(Event(EventType.AGENT_STARTED, "r", "root", {"parent_id": None, "depth": 0}))
+    state.apply(event(EventType.RUN_STARTED, "r", None, {"task": "t"}))
+    state.apply(event(EventType.AGENT_STARTED, "r", "root", {"parent_id": None, "depth": 0}))
     for kid in ("root.10", "root.2", "root.0", "root.1"):
-        state.apply(Event(EventType.AGENT_STARTED, "r", kid, {"parent_id": "root", "depth": 1}))
+        state.apply(event(EventType.AGENT_STARTED, "r", kid, {"parent_id": "root", "depth": 1}))
     state.apply(
-        Event(EventType.AGENT_STARTED, "r", "root.2.1", {"parent_id": "root.2", "depth": 2})
+        event(EventType.AGENT_STARTED, "r", "root.2.1", {"parent_id": "root.2", "depth": 2})
     )
     state.apply(
-        Event(EventType.AGENT_STARTED, "r", "root.2.0", {"parent_id": "root.2", "depth": 2})
+        event(EventType.AGENT_STARTED, "r", "root.2.0", {"parent_id": "root.2", "depth": 2})
     )
     root = state.to_dict()["root"]
     assert [c["agent_id"] for c in root["children"]] == ["root.0", "root.1", "root.2", "root.10"]
@@ -311,19 +313,19 @@ def test_children_sorted_numerically() -> None:
 
 def test_events_for_unknown_agents_are_ignored() -> None:
     state = TreeState()
-    state.apply(Event(EventType.LLM_RESPONSE, "r", "ghost", {"index": 0, "text": "x"}))
-    state.apply(Event(EventType.NOTICE, "r", None, {"message": "hi"}))
+    state.apply(event(EventType.LLM_RESPONSE, "r", "ghost", {"index": 0, "text": "x"}))
+    state.apply(event(EventType.NOTICE, "r", None, {"message": "hi"}))
     assert state.to_dict() == {"root": None}
 
 
 def test_step_waiting_then_code_executed() -> None:
     state = TreeState()
-    state.apply(Event(EventType.AGENT_STARTED, "r", "root", {"depth": 0}))
-    state.apply(Event(EventType.STEP_WAITING, "r", "root", {"index": 0, "code": "x = 1"}))
+    state.apply(event(EventType.AGENT_STARTED, "r", "root", {"depth": 0}))
+    state.apply(event(EventType.STEP_WAITING, "r", "root", {"index": 0, "code": "x = 1"}))
     it = state.to_dict()["root"]["iterations"][0]
     assert it["pending_code"] == "x = 1"
     state.apply(
-        Event(EventType.CODE_EXECUTED, "r", "root", {"index": 0, "code": "x = 1", "output": ""})
+        event(EventType.CODE_EXECUTED, "r", "root", {"index": 0, "code": "x = 1", "output": ""})
     )
     it = state.to_dict()["root"]["iterations"][0]
     assert "pending_code" not in it and it["code_blocks"][0]["code"] == "x = 1"
@@ -446,9 +448,9 @@ def _with_answer(answer: Any, patch: str) -> list[Event]:
     out = []
     for ev in _events():
         if ev.agent_id == "root" and ev.type is EventType.AGENT_FINISHED:
-            ev = Event(ev.type, ev.run_id, "root", {**ev.data, "result": answer, "patch": patch})
+            ev = event(ev.type, ev.run_id, "root", {**ev.data, "result": answer, "patch": patch})
         elif ev.type is EventType.RUN_FINISHED:
-            ev = Event(ev.type, ev.run_id, None, {**ev.data, "answer": answer, "patch": patch})
+            ev = event(ev.type, ev.run_id, None, {**ev.data, "answer": answer, "patch": patch})
         out.append(ev)
     return out
 
@@ -483,22 +485,9 @@ def test_streamed_text_is_not_recorded_but_the_whole_reply_and_folds_are(tmp_pat
     events = _events()
     first_response = next(i for i, e in enumerate(events) if e.type is EventType.LLM_RESPONSE)
     streamed = [
-        Event(EventType.LLM_TEXT, "run-1", "root", {"index": 0, "offset": 0, "text": "Let me"}),
-        Event(EventType.LLM_TEXT, "run-1", "root", {"index": 0, "offset": 6, "text": " look"}),
-        Event(
-            EventType.HISTORY_FOLDED,
-            "run-1",
-            "root",
-            {
-                "index": 0,
-                "outputs": 3,
-                "turns": 1,
-                "tokens_before": 9000,
-                "tokens_after": 4000,
-                "budget": 8000,
-                "retry": False,
-            },
-        ),
+        Event(LLMText(0, 0, "Let me"), "run-1", "root"),
+        Event(LLMText(0, 6, " look"), "run-1", "root"),
+        Event(HistoryFolded(0, 3, 1, 9000, 4000, 8000, retry=False), "run-1", "root"),
     ]
     for ev in events[:first_response] + streamed + events[first_response:]:
         rec(ev)

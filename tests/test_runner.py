@@ -317,7 +317,7 @@ def test_keep_keeps_worktrees_and_says_where(
         "isolate", repo, config=config("isolation.py", sandbox__keep=True), on_event=seen.append
     )
     res = r.execute()
-    r.release_kept()
+    assert r.release(remove=False) == 3  # their REPLs stop, their files stay
     paths = [k["path"] for k in res.kept]
     assert len(paths) == 3 and all(
         Path(p, "shared.txt").exists() or p.endswith("root/work") for p in paths

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from ..events import LLMQuery
 from .client import LLMClient
 from .errors import LLMCancelled, LLMError
 from .usage import Completion, Usage
@@ -28,8 +29,8 @@ class BudgetLike(Protocol):
     def remaining_s(self) -> float: ...
 
 
-QueryEmitter = Callable[..., None]
-"""Called as `emit(agent_id, prompt=, response=, model=, usage=, error=)` once per prompt."""
+QueryEmitter = Callable[[str | None, LLMQuery], None]
+"""Called as `emit(agent_id, LLMQuery(prompt, response, model, error, usage))` once per prompt."""
 
 
 class SubLLM:
@@ -107,16 +108,14 @@ class SubLLM:
             if self.emit is not None:
                 self.emit(
                     agent_id,
-                    prompt=prompts[i],
-                    response=outcome.text,
-                    model=outcome.model,
-                    error=None,
-                    usage=outcome.usage.to_dict(),
+                    LLMQuery(
+                        prompts[i], outcome.text, outcome.model, None, outcome.usage.to_dict()
+                    ),
                 )
             answers[i] = outcome.text
         return [a if a is not None else "Error: no answer" for a in answers]
 
     def _failed(self, agent_id: str | None, prompt: str, model: str, error: str) -> str:
         if self.emit is not None:
-            self.emit(agent_id, prompt=prompt, response=None, model=model, error=error, usage=None)
+            self.emit(agent_id, LLMQuery(prompt, None, model, error))
         return f"Error: {error}"

@@ -63,6 +63,12 @@ def test_peers_optional(system: str, module: str) -> None:
         assert f"| {workload} | {system} |" in out
 
 
+def test_events() -> None:
+    out = smoke("bench_events.py")
+    assert "| recorder | 61 |" in out  # 4 agents x (3 + 4 x 3 iterations) + RUN_FINISHED
+    assert "| recorder, RunView, AgentTree | 61 |" in out
+
+
 def test_llm() -> None:
     out = smoke("bench_llm.py")
     assert "| sequential | 10 |" in out and "| sequential, streamed | 10 |" in out

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from eventkit import event
 from widget.synth import synth_events, synth_record
 
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import Event, EventType, GateWaiter, StepMode
 from rlm_widget import AgentTree
 from rlm_widget.summary import agent_summary
 
@@ -162,9 +163,9 @@ def test_live_deltas_and_details_on_demand(page: Any, harness_url: str) -> None:
     assert any(m["content"].get("kind") == "snapshot" for m in bridge.log if "content" in m)
     # a change to one agent sends only that agent, only the fields that changed
     bridge.log.clear()
-    tree.on_event(Event(EventType.ITERATION_STARTED, events[0].run_id, "root.0.0", {"index": 0}))
+    tree.on_event(event(EventType.ITERATION_STARTED, events[0].run_id, "root.0.0", {"index": 0}))
     tree.on_event(
-        Event(
+        event(
             EventType.LLM_RESPONSE,
             events[0].run_id,
             "root.0.0",
@@ -196,7 +197,7 @@ def test_live_deltas_and_details_on_demand(page: Any, harness_url: str) -> None:
 
 
 class FakeRun:
-    """Stands in for a Run's control surface: sinks, gate and the four controls."""
+    """Stands in for a Run's public surface: subscribe and the four controls."""
 
     run_id = "20260101-120000-cccccc"
     task = "survey the project"
@@ -204,9 +205,10 @@ class FakeRun:
     def __init__(self) -> None:
         self.sinks: list[Any] = []
         self.calls: list[tuple[Any, ...]] = []
-        self.gate = self  # gate.stepping, gate.waiting
-        self.stepping = True
-        self.waiting: list[dict[str, Any]] = []
+
+    def subscribe(self, sink: Any, *, replay: bool = True) -> Callable[[], None]:
+        self.sinks.append(sink)
+        return lambda: self.sinks.remove(sink)
 
     def pause(self) -> None:
         self.calls.append(("pause",))
@@ -232,7 +234,9 @@ def test_controls_and_the_editable_step_code(page: Any, harness_url: str) -> Non
     for e in events[: upto + 1]:
         tree.on_event(e)
     proposal = 'print("hello")'
-    tree.on_event(Event(EventType.STEP_WAITING, run.run_id, "root", {"index": 0, "code": proposal}))
+    tree.on_event(event(EventType.STEP_WAITING, run.run_id, "root", {"index": 0, "code": proposal}))
+    waiter: GateWaiter = {"agent_id": "root", "index": 0, "code": proposal}
+    tree.on_event(Event(StepMode(True, (waiter,)), run.run_id))
     bridge.pump(lambda: page.locator(".rlm-step").is_visible())
     assert page.locator(".rlm-step-code").input_value() == proposal
     assert "root, iteration 1, waits" in page.locator(".rlm-gate-label").inner_text()
@@ -257,8 +261,9 @@ def test_controls_and_the_editable_step_code(page: Any, harness_url: str) -> Non
     for e in events[upto + 1 :]:
         tree.on_event(e)
     bridge.pump(lambda: page.locator(".rlm-controls").is_hidden())
+    assert tree.on_event not in run.sinks  # RUN_FINISHED is the last event: it unsubscribed
     n = len(bridge.out)  # a finished tree ignores late events
-    tree.on_event(Event(EventType.NOTICE, run.run_id, "root", {"message": "late"}))
+    tree.on_event(event(EventType.NOTICE, run.run_id, "root", {"message": "late"}))
     assert len(bridge.out) == n
 
 

@@ -171,13 +171,15 @@ def test_the_record_catches_up_with_events_the_throttle_held_back(tmp_path: Path
     """A host killed while its agents are quiet must not lose what happened just before."""
     import threading
 
-    from rlm_kernel.events import Event, EventType
+    from eventkit import event
+
+    from rlm_kernel.events import EventType
     from rlm_kernel.records import Recorder
 
     rec = Recorder(tmp_path, min_interval_s=0.3)
-    rec(Event(EventType.RUN_STARTED, "r", None, {"task": "t"}))
-    rec(Event(EventType.AGENT_STARTED, "r", "root", {"parent_id": None, "depth": 0}))
-    rec(Event(EventType.LLM_RESPONSE, "r", "root", {"index": 0, "text": "held back"}))
+    rec(event(EventType.RUN_STARTED, "r", None, {"task": "t"}))
+    rec(event(EventType.AGENT_STARTED, "r", "root", {"parent_id": None, "depth": 0}))
+    rec(event(EventType.LLM_RESPONSE, "r", "root", {"index": 0, "text": "held back"}))
     path = tmp_path / "r.detail.json"
 
     def written() -> bool:
@@ -185,8 +187,8 @@ def test_the_record_catches_up_with_events_the_throttle_held_back(tmp_path: Path
         return bool(root and root["iterations"] and root["iterations"][0]["llm_response"])
 
     wait_for(written, 10, "the held-back events to be written")
-    rec(Event(EventType.LLM_RESPONSE, "r", "root", {"index": 1, "text": "x"}))
-    rec(Event(EventType.RUN_FINISHED, "r", None, {"status": "done"}))
+    rec(event(EventType.LLM_RESPONSE, "r", "root", {"index": 1, "text": "x"}))
+    rec(event(EventType.RUN_FINISHED, "r", None, {"status": "done"}))
 
     def timers() -> list[threading.Thread]:
         return [

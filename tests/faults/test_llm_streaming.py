@@ -21,7 +21,7 @@ import pytest
 
 from rlm_kernel.config import RLMConfig
 from rlm_kernel.console import ConsoleProgress
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import Event, EventType, GateState, LLMText
 from rlm_kernel.llm import import_litellm
 from rlm_kernel.records import load_record
 from rlm_kernel.runner import Run
@@ -130,16 +130,19 @@ def test_pause_mid_stream_holds_the_agent_once_its_reply_is_whole(
     llm_server.script(reply(text, chunk_s=0.02, chunk_chars=8))
     llm_server.default = reply("```python\nFINAL(str(x))\n```")
     streaming = threading.Event()
-    run = Run(
-        "pause me",
-        config=fault_config(),
-        on_event=lambda e: streaming.set() if e.type is EventType.LLM_TEXT else None,
-    )
+    gate = [GateState()]  # the step gate as the events tell it
+
+    def on_event(e: Event) -> None:
+        gate[0] = gate[0].after(e)
+        if isinstance(e.payload, LLMText):
+            streaming.set()
+
+    run = Run("pause me", config=fault_config(), on_event=on_event)
     run.start()
     assert streaming.wait(30)
     run.pause()  # while the reply is still being written
-    _wait(lambda: run.gate.waiting, 30, "the agent at the step gate")
-    assert run.gate.waiting[0]["code"] == "x = 41\nprint(x + 1)\n"
+    _wait(lambda: gate[0].waiting, 30, "the agent at the step gate")
+    assert gate[0].waiting[0]["code"] == "x = 41\nprint(x + 1)\n"
     assert llm_server.requests[0].completed  # the stream was read to its end, not cut
     run.resume()
     res = run.wait(30)

@@ -8,6 +8,7 @@ from typing import Any
 
 from rlm_kernel.config import RLMConfig
 from rlm_kernel.control import Budget
+from rlm_kernel.events import LLMQuery
 from rlm_kernel.llm import Usage, register_scripted
 from rlm_kernel.llm.service import SubLLM
 
@@ -29,20 +30,20 @@ def _model(latency: float = 0.0) -> str:
 
 
 def test_answers_in_order_errors_in_place_and_one_event_per_prompt() -> None:
-    events: list[tuple[str | None, dict[str, Any]]] = []
+    events: list[tuple[str | None, LLMQuery]] = []
     usage = Usage()
-    service = SubLLM(client(), _model(), emit=lambda aid, **d: events.append((aid, d)))
+    service = SubLLM(client(), _model(), emit=lambda aid, q: events.append((aid, q)))
     out = service.query(
         ["a", "fail now", "c"], info={"kind": "llm_query"}, agent_id="root.1", usage=usage
     )
     assert out[0] == "llm_query:a" and out[2] == "llm_query:c"
     assert out[1].startswith("Error: scripted model") and "ValueError: cannot" in out[1]
     assert [aid for aid, _ in events] == ["root.1"] * 3
-    by_prompt = {d["prompt"]: d for _, d in events}
-    assert by_prompt["a"]["response"] == "llm_query:a" and by_prompt["a"]["error"] is None
-    assert by_prompt["a"]["usage"]["llm_calls"] == 1
-    assert by_prompt["fail now"]["response"] is None and by_prompt["fail now"]["usage"] is None
-    assert "ValueError" in by_prompt["fail now"]["error"]
+    by_prompt = {q.prompt: q for _, q in events}
+    assert by_prompt["a"].response == "llm_query:a" and by_prompt["a"].error is None
+    assert by_prompt["a"].usage is not None and by_prompt["a"].usage["llm_calls"] == 1
+    assert by_prompt["fail now"].response is None and by_prompt["fail now"].usage is None
+    assert "ValueError" in str(by_prompt["fail now"].error)
     assert usage.llm_calls == 2 and usage.cost_usd > 0  # the agent is charged for its answers
 
 

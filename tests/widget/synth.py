@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import PAYLOAD_TYPES, Event, EventType
 from rlm_kernel.records import Recorder, TreeState
 
 __all__ = ["agent_ids", "synth_events", "synth_record", "write_results"]
@@ -42,7 +42,7 @@ def synth_events(
 
     def ev(t: EventType, agent: str | None = None, **data: Any) -> None:
         clock[0] += 0.05
-        out.append(Event(t, run_id, agent, data, ts=clock[0]))
+        out.append(Event(PAYLOAD_TYPES[t](**data), run_id, agent, ts=clock[0]))
 
     usage = {"llm_calls": 1, "prompt_tokens": 400, "completion_tokens": 60, "cost_usd": 0.00052}
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventkit import event
 
 from rlm_kernel.config import RLMConfig
-from rlm_kernel.events import Event, EventType
+from rlm_kernel.events import Event, EventType, GateState, LLMText
 from rlm_kernel.records import load_record
 from rlm_kernel.runner import Run
 from rlm_widget import AgentTree
@@ -171,13 +172,20 @@ def test_on_event_consumer_of_a_real_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_attach_late_then_step_and_resume_through_the_controls(tmp_path: Path) -> None:
-    run = Run("survey the project", config=_config(tmp_path), step=True)
+    seen: list[Event] = []
+    run = Run("survey the project", config=_config(tmp_path), step=True, on_event=seen.append)
+
+    def gate() -> GateState:
+        state = GateState()
+        for ev in list(seen):
+            state = state.after(ev)
+        return state
+
     run.start()
     try:
-        _wait(lambda: run.gate.waiting, 30)
+        _wait(lambda: gate().waiting, 30)
         tree = AgentTree.from_run(run, min_interval_s=0.05)  # joins a run already under way
         spy = Spy(tree)
-        assert tree.on_event in run.sinks
         assert tree.summary["controls"] is True and tree.summary["stepping"] is True
         assert [w["agent_id"] for w in tree.summary["waiting"]] == ["root"]
         assert "root" in tree._state.nodes  # copied from what happened before
@@ -185,7 +193,7 @@ def test_attach_late_then_step_and_resume_through_the_controls(tmp_path: Path) -
         # the four children wait at the gate, and the browser is told
         _wait(lambda: any(len(c["run"].get("waiting", [])) == 4 for c in spy.custom("delta")), 30)
         tree._on_msg(tree, {"kind": "control", "action": "pause"}, [])
-        assert run.gate.stepping
+        assert gate().paused
         tree._on_msg(tree, {"kind": "control", "action": "cancel", "agent_id": "root.3"}, [])
         tree._on_msg(tree, {"kind": "control", "action": "resume"}, [])
         res = run.wait(60)
@@ -198,9 +206,12 @@ def test_attach_late_then_step_and_resume_through_the_controls(tmp_path: Path) -
     assert tree.record["root"]["children"][3]["status"] == "cancelled"
     # a finished tree ignores controls and events
     tree.control("pause")
-    assert not run.gate.stepping
+    assert seen[-1].type is EventType.RUN_FINISHED and not gate().paused
+    n = len(seen)
+    run.pause()  # a finished run emits nothing more
+    assert len(seen) == n
     n = len(spy.msgs)
-    tree.on_event(Event(EventType.NOTICE, run.run_id, "root", {"message": "late"}))
+    tree.on_event(event(EventType.NOTICE, run.run_id, "root", {"message": "late"}))
     assert len(spy.msgs) == n
 
 
@@ -216,9 +227,7 @@ def test_a_reply_being_written_grows_in_the_live_updates() -> None:
     words = ["Let", " me", " look", " at", " the", " files.\n```python\nprint(1)\n```"]
     offset = 0
     for word in words:
-        tree.on_event(
-            Event(EventType.LLM_TEXT, run_id, aid, {"index": index, "offset": offset, "text": word})
-        )
+        tree.on_event(Event(LLMText(index, offset, word), run_id, aid))
         offset += len(word)
         time.sleep(0.06)
 
@@ -237,9 +246,7 @@ def test_a_reply_being_written_grows_in_the_live_updates() -> None:
     text_only = [d for d in spy.custom("delta") if (d["nodes"].get(aid) or {}).get("live")]
     assert all(aid not in d["touched"] for d in text_only[1:])
     # a retried call starts the reply over (offset 0)
-    tree.on_event(
-        Event(EventType.LLM_TEXT, run_id, aid, {"index": index, "offset": 0, "text": "Again"})
-    )
+    tree.on_event(Event(LLMText(index, 0, "Again"), run_id, aid))
     _wait(lambda: lives()[-1] == "Again")
     # the whole reply ends the live text; records never carry it
     tree.on_event(events[first_response])
