@@ -179,8 +179,8 @@ class SandboxConfig:
         "auto",
         "ready sandboxes (workspace + kernel) the run keeps for its next sub-agents, made in the "
         "background while agents think, so `rlm_query` skips the checkout and the kernel "
-        "start; `auto` = none until the run's first `rlm_query`, then 2, growing to the widest "
-        "`rlm_query_batched` seen twice (at most 8 and `max_concurrency`); never more than the sandbox "
+        "start; `auto` = none until the run's second `rlm_query` (a run that delegates once is "
+        "served by fresh sandboxes), then 2, growing to the widest `rlm_query_batched` seen twice (at most 8 and `max_concurrency`); never more than the sandbox "
         "budget left; unused ones are removed when the run ends; `0` = off (local backend only)",
         zero_ok=True,
     )

@@ -178,7 +178,8 @@ class Run:
         )
         self._threads: list[threading.Thread] = []
         self._ready_pool: SandboxPool | None = None  # made when the root agent starts
-        self._widest_batch = 0  # what an "auto" pool prepares for: a width seen twice (else 1)
+        self._widest_batch = 0  # what an "auto" pool prepares for: a width seen twice (else 1 from
+        # the second delegation on, 0 before)
         self._batch_widths: collections.Counter[int] = collections.Counter()
         self._fresh_starting = 0  # agents' own sandboxes being made (the pool waits for them)
         self._thread: threading.Thread | None = None
@@ -365,11 +366,15 @@ class Run:
             return [{"text": msg, "agent_id": "", "patch": "", "status": "error"} for _ in tasks]
         replies: list[dict[str, Any] | None] = [None] * len(tasks)
         children: list[tuple[int, Agent]] = []
-        # "auto" pools grow to the widest batch seen twice: one wide batch (a map over a
-        # repository's modules) is served by fresh sandboxes, and a pool made for a second one
-        # that never comes would only cost CPU and memory.
+        # "auto" pools start at the run's second delegation and grow to the widest batch seen
+        # twice: a run that delegates once (one batch: a map over a repository's modules) is
+        # served by fresh sandboxes, and a pool made for a call that never comes would only cost
+        # CPU and memory (two kernels nobody takes, on W2 of bench_peers.py).
         self._batch_widths[len(tasks)] += 1
-        self._widest_batch = max((w for w, n in self._batch_widths.items() if n >= 2), default=1)
+        seen = sum(self._batch_widths.values())
+        self._widest_batch = max(
+            (w for w, n in self._batch_widths.items() if n >= 2), default=int(seen >= 2)
+        )
         for i, task in enumerate(tasks):
             refusal = self.budget.take_sandbox()
             if refusal:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import fcntl
+import functools
 import locale
 import os
 import random
@@ -24,7 +26,7 @@ from typing import Any, NoReturn
 
 from . import confine
 
-__all__ = ["KERNEL_OPTIONS", "LIFELINE_FD", "become_kernel", "set_comm"]
+__all__ = ["KERNEL_OPTIONS", "LIFELINE_FD", "become_kernel", "kernel_app_class", "set_comm"]
 
 # Every sandbox kernel: input history in memory. Dozens of kernels sharing the user's
 # ~/.ipython history.sqlite corrupt it ("readonly database" errors in cells' output), and
@@ -86,9 +88,7 @@ def become_kernel(
         random.seed()  # also done by `random`'s at-fork hook; cheap insurance
         sys.argv = [zygote.argv0, "-f", connection_file]
         zygote.inbuf = b""  # other kernels' pending requests
-        from ipykernel.kernelapp import IPKernelApp
-
-        IPKernelApp.launch_instance(argv=["-f", connection_file, *KERNEL_OPTIONS])
+        kernel_app_class().launch_instance(argv=["-f", connection_file, *KERNEL_OPTIONS])
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -104,6 +104,62 @@ def become_kernel(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_app_class() -> Any:
+    """The kernel application of forked kernels: `IPKernelApp` with a cheaper command line.
+
+    Made in the zygote (its `_preload` calls this), so every kernel shares the class.
+    """
+    from ipykernel.kernelapp import IPKernelApp
+    from traitlets.config import Config
+    from traitlets.config.loader import DeferredConfigString
+
+    class SandboxKernelApp(IPKernelApp):
+        """Reads our own fixed argv (``-f FILE`` and ``--Class.trait=value``) directly.
+
+        traitlets' parser builds an argparse option for every trait of every configurable class,
+        which touches (and so copies out of the zygote, page by page) most of their objects: about
+        0.5 MB more private memory per kernel and a few ms. The values are the same deferred strings
+        the parser would give, converted by each trait when applied; anything else in `argv` goes to
+        traitlets' parser.
+        """
+
+        def parse_command_line(self, argv: list[str] | None = None) -> None:
+            args = list(argv if argv is not None else sys.argv[1:])
+            config = _fixed_argv_config(args, Config, DeferredConfigString)
+            if config is None:
+                super().parse_command_line(args)
+                return
+            self.argv = args
+            self.cli_config = copy.deepcopy(config)
+            self.update_config(config)
+            self.extra_args = []
+
+    return SandboxKernelApp
+
+
+def _fixed_argv_config(args: list[str], config_cls: Any, deferred: Any) -> Any:
+    """The traitlets Config of `args` when each is ``-f FILE`` or ``--Class.trait=value``; else
+    None (the caller's parser handles it)."""
+    config = config_cls()
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "-f" and i + 1 < len(args):
+            config.IPKernelApp.connection_file = deferred(args[i + 1])
+            i += 2
+            continue
+        key, eq, value = arg.removeprefix("--").partition("=")
+        section, dot, trait = key.partition(".")
+        if not (
+            arg.startswith("--") and eq and dot and section.isidentifier() and trait.isidentifier()
+        ):
+            return None
+        config[section][trait] = deferred(value)
+        i += 1
+    return config
 
 
 def _confine_child(view: dict[str, Any], report: socket.socket) -> None:

@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import confine
-from .forkchild import KERNEL_OPTIONS, become_kernel, set_comm
+from .forkchild import KERNEL_OPTIONS, become_kernel, kernel_app_class, set_comm
 
 __all__ = ["KERNEL_OPTIONS", "PRELOAD_MODULES", "main"]
 
@@ -54,7 +54,7 @@ PRELOAD_MODULES: tuple[str, ...] = (
     "ipykernel.kernelapp",
     "ipykernel.ipkernel",
     "ipykernel.zmqshell",
-    "ipykernel.debugger",
+    "ipykernel.debugger",  # imported without debugpy: see _preload
     "ipykernel.comm",
     "ipykernel.iostream",
     "ipykernel.heartbeat",
@@ -98,8 +98,20 @@ def _log(msg: str) -> None:
 
 def _preload() -> None:
     """Import what every kernel needs, so that a forked kernel only initialises."""
-    for name in PRELOAD_MODULES:
-        importlib.import_module(name)
+    # A sandbox kernel never serves a debugger: only the host talks to it (a frontend's debug
+    # requests go to the host's own kernel). ipykernel makes a debugpy Debugger in every kernel it
+    # can import debugpy in, listing every module's file for it: ~1.5 MB of the zygote's pages
+    # copied per kernel, and debugpy is 8 MB and 140 modules of the zygote. Hidden while ipykernel
+    # is imported, debugpy stays importable by agents' code.
+    hidden = "debugpy" not in sys.modules
+    if hidden:
+        sys.modules["debugpy"] = None  # type: ignore[assignment]
+    try:
+        for name in PRELOAD_MODULES:
+            importlib.import_module(name)
+    finally:
+        if hidden and sys.modules.get("debugpy", 0) is None:
+            del sys.modules["debugpy"]
     for name in EXTRA_PRELOAD + OPTIONAL_PRELOAD:
         try:
             importlib.import_module(name)
@@ -107,6 +119,7 @@ def _preload() -> None:
             pass
         except Exception as exc:  # another module's bug must not take every kernel down
             _log(f"could not pre-import {name}: {exc!r}")
+    kernel_app_class()  # the forked kernels' application class, shared with them
     _warm_tracebacks()
 
 

@@ -26,7 +26,7 @@ __all__ = ["AUTO_INITIAL", "AUTO_MAX", "SandboxPool", "pool_target"]
 
 log = logging.getLogger(__name__)
 
-AUTO_INITIAL = 2  # "auto": ready sandboxes once the run has started its first sub-agent
+AUTO_INITIAL = 2  # "auto": ready sandboxes once the run has delegated twice
 AUTO_MAX = 8  # "auto" grows to the widest batch seen, up to this (and max_concurrency)
 FILLERS = 1  # sandboxes made at once: one, so the pool takes little CPU from working agents
 POOL_NICE = 10  # the filler thread (and the git it runs) yields the CPU to agents' own work
@@ -38,7 +38,7 @@ def pool_target(setting: int | str, max_concurrency: int, max_depth: int, widest
         return 0  # nobody can start a sub-agent
     if setting == "auto":
         if widest == 0:
-            return 0  # a run that never delegates (llm_query only, or none) pays nothing
+            return 0  # before the run delegates a second time: nothing (most runs pay nothing)
         return min(max(AUTO_INITIAL, widest), AUTO_MAX, max_concurrency)
     return int(setting)
 

@@ -148,6 +148,39 @@ def test_history_stays_in_memory(launcher: str, start: Starter) -> None:
     assert out.strip() == ":memory:"
 
 
+def test_forked_kernels_read_their_fixed_argv_without_traitlets_parser() -> None:
+    """The forked kernels' app reads `-f FILE --Class.trait=value` itself (traitlets' parser
+    touches every configurable class: memory copied out of the zygote); anything else falls back."""
+    from traitlets.config import Config
+    from traitlets.config.loader import DeferredConfigString
+
+    from rlm_kernel.sandbox.forkchild import KERNEL_OPTIONS, _fixed_argv_config
+
+    cfg = _fixed_argv_config(["-f", "/k.json", *KERNEL_OPTIONS], Config, DeferredConfigString)
+    assert cfg is not None
+    assert cfg.IPKernelApp.connection_file == "/k.json"
+    assert cfg.HistoryManager.hist_file == ":memory:"
+    assert cfg.IPythonKernel._execute_sleep == "0"  # converted by the trait, as from a command line
+    for other in (["--debug"], ["-f"], ["--A.b"], ["--A.b.c=1"], ["x"], ["--A=1"], ["--1.b=2"]):
+        assert _fixed_argv_config(other, Config, DeferredConfigString) is None, other
+
+
+def test_forked_kernel_has_no_debugger_but_agents_can_import_debugpy(start: Starter) -> None:
+    """Nothing ever sends a sandbox kernel a debug request: the zygote imports ipykernel without
+    debugpy (no Debugger per kernel), and debugpy stays importable by an agent's code."""
+    h = start("fork")
+    content, out = run(
+        h,
+        "import ipykernel.debugger as d, sys\n"
+        "k = get_ipython().kernel\n"
+        "print(d._is_debugpy_available, 'debugpy' in sys.modules, k._execute_sleep)\n"
+        "import debugpy\n"
+        "print(debugpy.__name__)",
+    )
+    assert content["status"] == "ok", content
+    assert out.split() == ["False", "False", "0.0", "debugpy"]
+
+
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_interrupt_busy_loop(launcher: str, start: Starter) -> None:
     h = start(launcher)

@@ -81,7 +81,7 @@ def _sandbox_ids(events: list[Event]) -> dict[str, str]:
 
 
 def test_pool_target_sizes() -> None:
-    assert pool_target("auto", 16, 5, 0) == 0  # nothing until the run's first rlm_query
+    assert pool_target("auto", 16, 5, 0) == 0  # nothing until the run delegates twice (runner)
     assert pool_target("auto", 16, 5, 1) == AUTO_INITIAL
     assert pool_target("auto", 16, 5, 5) == 5  # grows to the widest batch seen
     assert pool_target("auto", 16, 5, 100) == AUTO_MAX
@@ -205,8 +205,9 @@ def test_cancel_while_the_pool_fills_leaves_nothing(
 def test_auto_grows_to_a_batch_width_only_once_it_is_seen_twice(
     config: Callable[..., RLMConfig], make_repo: Callable[..., Path]
 ) -> None:
-    """One wide batch is served by fresh sandboxes; the pool prepares for that width only when
-    the run repeats it (a pool made for a batch that never comes again only costs CPU)."""
+    """One wide batch is served by fresh sandboxes; the pool starts at the run's second
+    delegation and prepares for a width only when the run repeats it (a pool made for a batch
+    that never comes again only costs CPU and memory)."""
     holder: dict[str, Any] = {"targets": []}
 
     def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
@@ -216,6 +217,8 @@ def test_auto_grows_to_a_batch_width_only_once_it_is_seen_twice(
         holder["targets"].append(pool._target() if pool is not None else None)
         if info["iteration"] < 2:
             return "```python\nr = rlm_query_batched(['report'] * 3)\n```"
+        if info["iteration"] == 2:
+            return "```python\nr = rlm_query('one more')\n```"
         return "```python\nFINAL('done')\n```"
 
     model = llm.register_scripted(f"pool-{uuid.uuid4().hex[:8]}", respond)
@@ -223,5 +226,6 @@ def test_auto_grows_to_a_batch_width_only_once_it_is_seen_twice(
     holder["run"] = run
     res = run.execute()
     assert res.status == "done", res.error
-    # before any rlm_query, after one batch of 3, after the second
-    assert holder["targets"] == [0, AUTO_INITIAL, 3]
+    # before any rlm_query, after one batch of 3 (nothing: it may be the run's only one), after
+    # the second, after a call of width 1 (the width seen twice stays)
+    assert holder["targets"] == [0, 0, 3, 3]
