@@ -181,6 +181,7 @@ class Run:
         self._widest_batch = 0  # what an "auto" pool prepares for: a width seen twice (else 1 from
         # the second delegation on, 0 before)
         self._batch_widths: collections.Counter[int] = collections.Counter()
+        self._closers: list[threading.Thread] = []  # ended agents' sandboxes being closed
         self._fresh_starting = 0  # agents' own sandboxes being made (the pool waits for them)
         self._thread: threading.Thread | None = None
         self._result: RunResult | None = None
@@ -570,7 +571,15 @@ class Run:
                 self._kept.append(sandbox)
             self.emit(Notice("info", f"sandbox kept at {sandbox.path}"), agent.agent_id)
             return
-        sandbox.close()
+        # Closed now, on a thread of its own: the kernel and the files go at once, and the
+        # agent's answer does not wait for them (a parent's batch waits for its slowest child
+        # and a kernel's stop, the workspace's removal take ~0.1 s). The run's end joins it.
+        closer = threading.Thread(
+            target=sandbox.close, name=f"rlm-close-{agent.agent_id}", daemon=True
+        )
+        with self._sandbox_lock:
+            self._closers.append(closer)
+        closer.start()
 
     def _give_back_root(self, future: Future[Sandbox]) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -750,6 +759,10 @@ class Run:
             ]
         for sb in leftovers:
             sb.close()
+        with self._sandbox_lock:
+            closers, self._closers = self._closers, []
+        for t in closers:
+            t.join()
 
 
 def _deliver(sink: EventSink, ev: Event) -> None:

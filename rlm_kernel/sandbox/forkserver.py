@@ -77,6 +77,8 @@ EXTRA_PRELOAD = (
     "asttokens",
     "pure_eval",
     "fractions",
+    "runpy",  # imported by every kernel at start-up (measured), as is faulthandler
+    "faulthandler",
     "pygments.lexers.python",
     "pygments.formatters.terminal256",
     "pygments.formatters.html",

@@ -24,6 +24,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -302,10 +304,9 @@ def create_workspace(target: Target, dest: str) -> str:
     with open(os.path.join(host, _BASE_FILE), "w") as fh:  # what the patch is computed against
         fh.write((target.commit if target.is_repo and target.commit else EMPTY_TREE) + "\n")
     if target.git_dir is None or target.commit is None:
-        os.makedirs(dest, exist_ok=True)
-        _init(dest, bare=False, alternates=None)
-        git("commit", "-q", "--allow-empty", "-m", "rlm: empty workspace", cwd=dest)
-        return git("rev-parse", "HEAD", cwd=dest).strip()
+        with open(os.path.join(host, _INDEX_FILE), "wb") as fh:
+            fh.write(_EMPTY_INDEX)  # the patch's index starts empty (no `git read-tree` later)
+        return _empty_repository(dest)
     _init(dest, bare=False, alternates=alternates)
     own = os.path.join(dest, ".git")
     # Checked out by the host's git with this fresh repository's (empty) config: no filters,
@@ -327,6 +328,57 @@ def create_workspace(target: Target, dest: str) -> str:
     # any agent code ran): its stat data lets the patch hash only the files that changed.
     shutil.copyfile(os.path.join(own, "index"), os.path.join(host, _INDEX_FILE))
     return target.commit
+
+
+_EMPTY_INDEX = b"DIRC\0\0\0\x02\0\0\0\0" + hashlib.sha1(b"DIRC\0\0\0\x02\0\0\0\0").digest()
+"""An index (version 2) with no entries."""
+_SCRATCH_CONFIG = (
+    "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+    "\tlogallrefupdates = true\n"
+)  # what `git init` writes
+
+
+def _write_object(objects: str, kind: str, body: bytes) -> str:
+    """Store a loose git object; return its id."""
+    data = f"{kind} {len(body)}\0".encode() + body
+    sha = hashlib.sha1(data).hexdigest()
+    os.makedirs(os.path.join(objects, sha[:2]), exist_ok=True)
+    with open(os.path.join(objects, sha[:2], sha[2:]), "wb") as fh:
+        fh.write(zlib.compress(data, 1))
+    return sha
+
+
+def _empty_repository(dest: str) -> str:
+    """Make `dest` a repository whose one commit has the empty tree; return that commit.
+
+    What `git init --template=` and `git commit --allow-empty -m "rlm: empty workspace"` make
+    (HEAD on `master`, the core config, the commit and its empty tree, the reflogs, an empty
+    index), written directly: a sandbox without a repository starts no git process.
+    """
+    gd = os.path.join(dest, ".git")
+    for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "logs/refs/heads"):
+        os.makedirs(os.path.join(gd, sub), exist_ok=True)
+    objects = os.path.join(gd, "objects")
+    _write_object(objects, "tree", b"")
+    who = f"rlm <rlm@localhost> {int(time.time())} +0000"
+    message = "rlm: empty workspace"
+    body = f"tree {EMPTY_TREE}\nauthor {who}\ncommitter {who}\n\n{message}\n"
+    commit = _write_object(objects, "commit", body.encode())
+    log = f"{'0' * 40} {commit} {who}\tcommit (initial): {message}\n"
+    files = {
+        "config": _SCRATCH_CONFIG,
+        "HEAD": "ref: refs/heads/master\n",
+        "refs/heads/master": commit + "\n",
+        "logs/HEAD": log,
+        "logs/refs/heads/master": log,
+        "COMMIT_EDITMSG": message + "\n",
+    }
+    for name, text in files.items():
+        with open(os.path.join(gd, name), "w") as fh:
+            fh.write(text)
+    with open(os.path.join(gd, "index"), "wb") as fh:
+        fh.write(_EMPTY_INDEX)
+    return commit
 
 
 def bundle(target: Target, out: str) -> None:
@@ -364,6 +416,8 @@ def diff(workdir: str) -> str:
         raise TargetError(f"the host's git dir of {workdir} is missing ({host})") from None
     if not os.path.isdir(workdir):
         raise TargetError(f"the workspace {workdir} is gone")
+    if tree == EMPTY_TREE and not [n for n in os.listdir(workdir) if n != ".git"]:
+        return ""  # nothing but `.git` (which git never adds) against the empty tree
     index = os.path.join(host, _INDEX_FILE)
     if not os.path.exists(index):
         safe_git("read-tree", tree, git_dir=host, index=index)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rlm_kernel.sandbox.workspace import (
+    EMPTY_TREE,
     Target,
     TargetError,
     create_workspace,
@@ -298,12 +299,26 @@ def test_diff_of_a_deleted_workspace_raises(tmp_path: Path) -> None:
 
 
 def test_empty_target_gives_an_empty_git_repo(tmp_path: Path) -> None:
+    """Written without git (no process per sandbox), and as git itself would have made it."""
     t = resolve_target(None)
     ws = tmp_path / "empty"
     base = create_workspace(t, str(ws))
     assert sorted(os.listdir(ws)) == [".git"]
     assert _run(ws, "rev-parse", "HEAD") == base
     assert _run(ws, "log", "--format=%s") == "rlm: empty workspace"
+    assert _run(ws, "rev-parse", "HEAD^{tree}") == EMPTY_TREE
+    assert _run(ws, "symbolic-ref", "HEAD") == "refs/heads/master"
+    assert _run(ws, "status", "--porcelain") == ""
+    _run(ws, "fsck", "--strict")
+    assert "commit (initial): rlm: empty workspace" in _run(ws, "reflog")
+    assert diff(str(ws)) == ""  # nothing but .git: no git process either
+    (ws / ".git" / "planted").write_text("x")
+    assert diff(str(ws)) == ""  # .git is never part of a patch
+    _run(ws, "-c", "user.name=a", "-c", "user.email=b", "commit", "-q", "--allow-empty", "-m", "2")
+    assert _run(ws, "log", "--format=%s") == "2\nrlm: empty workspace"
+    (ws / ".hidden").write_text("dot\n")
+    assert "+dot\n" in diff(str(ws))
+    (ws / ".hidden").unlink()
     (ws / "hello.py").write_text("print('hi')\n")
     patch = diff(str(ws))
     assert "diff --git a/hello.py b/hello.py\nnew file mode" in patch
