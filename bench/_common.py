@@ -57,8 +57,10 @@ class TreeMonitor:
     sampled CPU of every other descendant (grandchildren such as forked kernels, and children
     still alive at the end), less what they had used when the monitor started. A descendant's
     CPU includes what it reaped (`children_user/system`: a fork server reaps its kernels), and a
-    dead descendant whose parent lived on is left to that parent's reaped CPU, so nothing counts
-    twice. A descendant that ends between two samples loses at most one interval. Memory: the largest sum of PSS
+    dead descendant is left to the nearest ancestor that lived on (this process, or a live
+    descendant), whose reaped CPU holds it and every dead process between them (a kernel reaped
+    by its PID namespace's init, reaped by the fork server), so nothing counts twice. A
+    descendant that ends between two samples loses at most one interval. Memory: the largest sum of PSS
     (proportional set size: shared pages split between the processes sharing them) and of RSS
     over the tree seen in one sample.
 
@@ -83,6 +85,7 @@ class TreeMonitor:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._sampling_s = 0.0  # thread CPU time spent sampling (not the measured work)
         self.monitor_cpu_s = 0.0
+        self.cpu_s = self.cpu_own_s = 0.0
 
     def __enter__(self) -> TreeMonitor:
         self._r0 = (
@@ -107,15 +110,33 @@ class TreeMonitor:
         own = (s1.ru_utime + s1.ru_stime) - (s0.ru_utime + s0.ru_stime) - self.monitor_cpu_s
         reaped = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
         alive = {(p.pid, k[1]) for k, p in self._procs.items() if _alive(p)}
-        alive_pids = {pid for pid, _ in alive}
+        alive_pids = {pid for pid, _ in alive} | {self.me.pid}
+        by_pid = {key[0]: key for key in self._last}
         others = 0.0
-        for key, (cpu, direct) in self._last.items():
-            if direct and key not in alive:
-                continue  # reaped by this process: counted in `reaped`
-            if key not in alive and self._parent.get(key) in alive_pids:
-                continue  # reaped by a live descendant: counted in its children_* times
+        for key, (cpu, _direct) in self._last.items():
+            if key not in alive and self._reaped_by_survivor(key, alive_pids, by_pid):
+                continue  # in `reaped`, or in a live descendant's children_* times
             others += max(0.0, cpu - self._base.get(key, 0.0))
         self.cpu_s = own + reaped + others
+        self.cpu_own_s = own  # this process alone (the host, for the engines)
+
+    def _reaped_by_survivor(
+        self,
+        key: tuple[int, float],
+        alive_pids: set[int],
+        by_pid: dict[int, tuple[int, float]],
+    ) -> bool:
+        """Whether a dead descendant's CPU reached a live ancestor (or this process) through a
+        chain of parents that all ended (each reaped by the next)."""
+        seen: set[int] = set()
+        ppid = self._parent.get(key)
+        while ppid is not None and ppid not in seen:
+            if ppid in alive_pids:
+                return True
+            seen.add(ppid)
+            parent = by_pid.get(ppid)
+            ppid = self._parent.get(parent) if parent is not None else None
+        return False
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -158,6 +179,7 @@ class TreeMonitor:
         return {
             "cpu_s": self.cpu_s,
             "monitor_cpu_s": self.monitor_cpu_s,
+            "cpu_own_s": self.cpu_own_s,
             "peak_pss_mb": self.peak_pss / MB,
             "peak_rss_mb": self.peak_rss / MB,
             "procs": float(self.peak_procs),

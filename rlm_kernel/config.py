@@ -16,10 +16,11 @@ is one `setting(...)` field here.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
@@ -368,10 +369,17 @@ SECRET_ENV_PATTERNS: tuple[str, ...] = (
 """Glob patterns (matched case-insensitively) of environment variables that hold secrets."""
 
 
+def _any_of(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One compiled regular expression matching what any of the glob `patterns` matches."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns))
+
+
+_SECRET_ENV_RE = _any_of(SECRET_ENV_PATTERNS)
+
+
 def is_secret_env(name: str) -> bool:
     """True if an environment variable name looks like it holds a secret."""
-    upper = name.upper()
-    return any(fnmatchcase(upper, pattern) for pattern in SECRET_ENV_PATTERNS)
+    return _SECRET_ENV_RE.match(name.upper()) is not None
 
 
 def redact_secrets(text: str) -> str:
@@ -390,6 +398,7 @@ SANDBOX_ENV_ALLOWLIST: tuple[str, ...] = (
     "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL",
 )  # fmt: skip
 """Environment variables (glob patterns) a sandbox process may inherit from the host."""
+_SANDBOX_ENV_RE = _any_of(SANDBOX_ENV_ALLOWLIST)
 
 
 def sandbox_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -398,7 +407,7 @@ def sandbox_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {
         name: value
         for name, value in source.items()
-        if any(fnmatchcase(name, p) for p in SANDBOX_ENV_ALLOWLIST) and not is_secret_env(name)
+        if _SANDBOX_ENV_RE.match(name) is not None and not is_secret_env(name)
     }
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -298,15 +298,18 @@ def _init(git_dir: str, *, bare: bool, alternates: str | None) -> None:
 
 def create_workspace(target: Target, dest: str) -> str:
     """Make `dest` the agent's workspace (a private repository) and return its base commit."""
-    alternates = _objects_dir(target.git_dir) if target.git_dir is not None else None
     host = host_git_dir(dest)
+    if target.git_dir is None or target.commit is None:
+        # Only what the patch is computed against; the host's git dir itself is made by the
+        # first diff that finds files (most scratch agents write none).
+        os.makedirs(host)
+        with open(os.path.join(host, _BASE_FILE), "w") as fh:
+            fh.write(EMPTY_TREE + "\n")
+        return _empty_repository(dest)
+    alternates = _objects_dir(target.git_dir)
     _init(host, bare=True, alternates=alternates)
     with open(os.path.join(host, _BASE_FILE), "w") as fh:  # what the patch is computed against
-        fh.write((target.commit if target.is_repo and target.commit else EMPTY_TREE) + "\n")
-    if target.git_dir is None or target.commit is None:
-        with open(os.path.join(host, _INDEX_FILE), "wb") as fh:
-            fh.write(_EMPTY_INDEX)  # the patch's index starts empty (no `git read-tree` later)
-        return _empty_repository(dest)
+        fh.write(target.commit + "\n")
     _init(dest, bare=False, alternates=alternates)
     own = os.path.join(dest, ".git")
     # Checked out by the host's git with this fresh repository's (empty) config: no filters,
@@ -419,6 +422,10 @@ def diff(workdir: str) -> str:
     if tree == EMPTY_TREE and not [n for n in os.listdir(workdir) if n != ".git"]:
         return ""  # nothing but `.git` (which git never adds) against the empty tree
     index = os.path.join(host, _INDEX_FILE)
+    if not os.path.exists(os.path.join(host, "HEAD")):  # a scratch workspace's first files
+        _init(host, bare=True, alternates=None)
+        with open(index, "wb") as fh:
+            fh.write(_EMPTY_INDEX)  # the empty tree's index (no `git read-tree`)
     if not os.path.exists(index):
         safe_git("read-tree", tree, git_dir=host, index=index)
     safe_git("add", "-A", git_dir=host, work_tree=workdir, index=index)
