@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "AgentOutcome"]
 
 CHILDREN_GRACE_S = 30.0
+# A sub-agent's fresh sandbox is made once its first LLM request had this head start (or got
+# its reply): both need the host's GIL, and ten sandboxes being made at once delayed the last of
+# ten first requests by 0.2-0.5 s (W2 of bench_peers.py); the sandbox is still ready long before
+# a reply of seconds comes, and after a fast reply nothing waits.
+SANDBOX_HEAD_START_S = 0.05
 """How long an ending agent waits for its cancelled children to finish (and be recorded) first."""
 _MAX_EMPTY_REPLIES = 3  # consecutive empty LLM replies that end an agent
 
@@ -99,6 +104,8 @@ class Agent:
         self._lock = threading.Lock()
         self._spawned: list[str] = []
         self.child_threads: list[threading.Thread] = []  # the loops of its rlm_query children
+        self.first_call = threading.Event()  # it reached its first LLM call (or ended)
+        self.first_reply = threading.Event()  # that call returned (or the agent ended)
 
     # -- ids and events ---------------------------------------------------------------------------
     def next_child_id(self) -> str:
@@ -201,7 +208,11 @@ class Agent:
                     status, error = why
                     break
                 self.emit(IterationStarted(index))
-                completion = self._turn(index, history)
+                self.first_call.set()
+                try:
+                    completion = self._turn(index, history)
+                finally:
+                    self.first_reply.set()
                 text = completion.text
                 last_text = text
                 self.emit(LLMResponse(index, text, completion.usage.to_dict()))
@@ -350,6 +361,8 @@ class Agent:
         self, status: str, error: str | None, last_text: str, future: Future[Sandbox]
     ) -> AgentOutcome:
         run = self.run
+        self.first_call.set()
+        self.first_reply.set()  # a sandbox still waiting for them is made (and then released)
         sandbox = self.sandbox
         if sandbox is None and future.done() and future.exception() is None:
             sandbox = future.result()

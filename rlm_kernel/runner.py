@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import llm as llm_mod
-from .agent import Agent, AgentOutcome
+from .agent import SANDBOX_HEAD_START_S, Agent, AgentOutcome
 from .config import RLMConfig, is_secret_env, load_config, load_dotenv_file
 from .control import Budget, BudgetExceeded, Scope, StepGate
 from .events import (
@@ -487,6 +487,10 @@ class Run:
                     agent.sandbox = pooled
                     self.emit(SandboxReady(pooled.info()), agent.agent_id)
                     return pooled
+            if agent.parent is not None:
+                # Its first LLM request goes out first (see SANDBOX_HEAD_START_S).
+                agent.first_call.wait(10)  # set within ms (or at its end)
+                agent.first_reply.wait(SANDBOX_HEAD_START_S)
             sb = cls(spec)
             sb.snapshot_on_end = True
             with self._sandbox_lock:

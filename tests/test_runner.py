@@ -58,6 +58,20 @@ def test_rlm_query_batched_runs_children_in_parallel(config: Config) -> None:
     assert float(elapsed) < 3.0, f"12 one-iteration children at 0.5 s took {elapsed} s"
 
 
+def test_a_childs_sandbox_is_made_once_its_first_llm_request_is_on_its_way(config: Config) -> None:
+    """Twelve sandboxes made at once compete with the children's first LLM requests for the
+    host: each child's own sandbox is started after its first LLM call (which it still gets long
+    before a reply of seconds), and every child ends with one, released as soon as it ends."""
+    events: list[Event] = []
+    res = Run("rlm fan-out", None, config=config("speed.py"), on_event=events.append).execute()
+    assert res.status == "done", res.error
+    children = {str(e.agent_id) for e in events if e.agent_id and e.agent_id != "root"}
+    assert len(children) == 12
+    for child in children:
+        kinds = [e.type for e in events if e.agent_id == child]
+        assert kinds.index(EventType.ITERATION_STARTED) < kinds.index(EventType.SANDBOX_READY)
+
+
 def test_max_depth_returns_an_error_string(config: Config) -> None:
     res = rlm_kernel.run("depth", config=config("limits.py", rlm__max_depth=1))
     assert res.status == "done", res.error
