@@ -25,9 +25,10 @@ to 100 with a one-line patch in the worker). W2: 10 children at once for all.
 Each repetition runs one system and workload in a fresh worker process, after a warm-up run of
 the same workload in that process (imports, lazy imports, rlm-kernel's fork server are left out
 for all). CPU is the worker's whole process tree during the measured run: its own, what it reaped,
-and every other descendant's own and reaped CPU (a forked kernel's CPU is reaped by the fork
-server, not by the worker), sampled every 50 ms; memory is the tree's peak PSS (shared pages
-split between the processes that share them) and summed RSS.
+and every other descendant's own and reaped CPU (a forked kernel's CPU is reaped by its init,
+and that by the fork server, not by the worker; each counted once), sampled every 0.1 s, less
+the sampling's own CPU (`_common.TreeMonitor`); memory is the tree's peak PSS (shared pages split
+between the processes that share them) and summed RSS, sampled every 0.2 s.
 
     .venv/bin/python bench/bench_peers.py [--reps 3] [--workloads w1,w2,w3] [--systems ...]
     .venv/bin/python bench/bench_peers.py --smoke      # seconds; peers only if importable
