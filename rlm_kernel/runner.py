@@ -473,8 +473,10 @@ class Run:
             done.set_result(adopt())
             return done
 
+        asked_at = time.monotonic()
+
         def create() -> Sandbox:
-            pooled = pool.take(agent.scope) if pool is not None and agent.parent else None
+            pooled = pool.take(agent.scope, asked_at) if pool is not None and agent.parent else None
             if pooled is not None:
                 with self._sandbox_lock:
                     self._sandboxes.add(pooled)

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from .base import Sandbox
@@ -60,6 +61,7 @@ class SandboxPool:
         self._ready: collections.deque[Sandbox] = collections.deque()
         self._cond = threading.Condition()
         self._creating = 0
+        self._creating_since: list[float] = []  # when each creation in progress started
         self._claims = 0  # takers waiting for the sandbox being created
         self._closed = False
         self._closing = threading.Event()  # set with _closed: stops a sandbox being made
@@ -103,6 +105,8 @@ class SandboxPool:
                 if self._closed:
                     return
                 self._creating += 1
+                started = time.monotonic()
+                self._creating_since.append(started)
                 n = self._count
                 self._count += 1
             sb: Sandbox | None = None
@@ -117,6 +121,7 @@ class SandboxPool:
                 sb = None
             with self._cond:
                 self._creating -= 1
+                self._creating_since.remove(started)
                 if sb is None:
                     self._broken = True
                 elif not self.closed:
@@ -138,17 +143,23 @@ class SandboxPool:
         return extra
 
     # -- taking ----------------------------------------------------------------------------------
-    def take(self, cancel: threading.Event | None = None) -> Sandbox | None:
+    def take(
+        self, cancel: threading.Event | None = None, asked_at: float | None = None
+    ) -> Sandbox | None:
         """A ready sandbox for a new agent (waiting for one being made), or None: make your own.
 
-        Call it after the agent's sandbox was taken from the budget.
+        Call it after the agent's sandbox was taken from the budget. A sandbox being made is
+        waited for only if its making started before `asked_at` (`time.monotonic()` when the
+        agent asked): one the filler began just now, at low priority, comes later than the
+        agent's own would.
         """
         with self._cond:
             if self._closed:
                 return None
             if len(self._ready) > self._claims:
                 return self._pop()
-            if self._creating <= self._claims:
+            earlier = sum(1 for t in self._creating_since if asked_at is None or t < asked_at)
+            if earlier <= self._claims:
                 return None
             self._claims += 1  # it started earlier than a fresh one would: wait for it
             try:

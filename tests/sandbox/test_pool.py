@@ -229,3 +229,49 @@ def test_auto_grows_to_a_batch_width_only_once_it_is_seen_twice(
     # before any rlm_query, after one batch of 3 (nothing: it may be the run's only one), after
     # the second, after a call of width 1 (the width seen twice stays)
     assert holder["targets"] == [0, 0, 3, 3]
+
+
+class _SlowSandbox:
+    """Stands in for a sandbox whose preparation takes until `go` is set."""
+
+    def __init__(self, go: Any) -> None:
+        self.go = go
+        self.closed = False
+
+    def prepare(self, cancel: Any = None) -> None:
+        self.go.wait(30)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_take_waits_only_for_a_sandbox_whose_making_began_before_the_agent_asked() -> None:
+    """A sandbox the filler began after the agent asked (at low priority) would come later than
+    the agent's own: take() says "make your own"; one begun earlier is waited for."""
+    import threading
+
+    from rlm_kernel.sandbox.pool import SandboxPool
+
+    go = threading.Event()
+    made: list[_SlowSandbox] = []
+
+    def make(n: int) -> Any:
+        made.append(_SlowSandbox(go))
+        return made[-1]
+
+    pool = SandboxPool(make, lambda: 1, lambda: 10)
+    asked_before = time.monotonic()
+    pool.start()
+    _wait_for(lambda: pool._creating == 1)
+    try:
+        assert pool.take(asked_at=asked_before) is None  # began after it asked: not waited for
+        got: list[Any] = []
+        taker = threading.Thread(target=lambda: got.append(pool.take(asked_at=time.monotonic())))
+        taker.start()
+        _wait_for(lambda: pool._claims == 1)  # began before: claimed, waited for
+        go.set()
+        taker.join(30)
+        assert got == [made[0]]
+    finally:
+        go.set()
+        pool.close()
