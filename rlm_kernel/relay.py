@@ -1,9 +1,9 @@
-"""How a cell the kernel forwards to a sandbox talks to the frontend (used by `kernel.py`).
+"""How a cell the kernel forwards to a sandbox talks to the frontend (used by `forward.py`).
 
 Outputs go onto the kernel's iopub with the request as parent (passed on by `comms.CommRouter`
 for a sandbox with a Jupyter kernel, by the cell's worker thread otherwise), ``input()`` requests
 go to the frontend's stdin channel, and SIGINT becomes the cell's cancel event. See the
-`rlm_kernel.kernel` docstring for the threads involved.
+`rlm_kernel.forward` docstring for the threads involved.
 """
 
 from __future__ import annotations
