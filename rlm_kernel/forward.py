@@ -38,7 +38,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .comms import CellForward, CommRouter, SandboxLink
+from .comms import CommRouter
+from .links import CellForward, SandboxLink
 from .notebook_sandboxes import NotebookSandboxes
 from .relay import FrontendInput, OutputRelay, prepare_repl, route_sigint
 from .sandbox.base import CellResult, Sandbox

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from .comms import publish_raw
+from .links import publish_raw
 from .sandbox.base import Sandbox
 
 __all__ = [
@@ -54,7 +54,7 @@ class OutputRelay:
 
     ipykernel's iopub socket queues sends onto its IOPub thread, so publishing from the worker
     thread is safe and stays ordered before the kernel's own "idle" status. Messages as dicts
-    (`__call__`, a sandbox's on_output hook) or, from `comms.CellForward`, as received (`stream`,
+    (`__call__`, a sandbox's on_output hook) or, from `links.CellForward`, as received (`stream`,
     `result`, `forward_raw`).
     """
 
