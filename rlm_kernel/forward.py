@@ -36,6 +36,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from .comms import CommRouter
@@ -112,34 +113,26 @@ class MainLoop:
         done.wait(timeout)
 
 
+@dataclass(eq=False, kw_only=True)
 class CellForwarder:
     """Runs ordinary cells in the notebook's sandbox and answers them as ipykernel would.
 
     `session`, `iopub`, `topic` and `stdin` are the kernel's; `shell` is its IPython shell, whose
-    history and execution count the forwarded cells advance.
+    history and execution count the forwarded cells advance; `request` gives the shell request
+    being answered and its routing identity (for ``input_request``).
     """
 
-    def __init__(
-        self,
-        *,
-        session: Any,
-        iopub: Any,
-        topic: Callable[[str], bytes],
-        stdin: Any,
-        shell: Any,
-        relay: CommRouter,
-        main: MainLoop,
-        sandboxes: NotebookSandboxes,
-    ) -> None:
-        self.session = session
-        self.iopub = iopub
-        self.topic = topic
-        self.stdin = stdin
-        self.shell = shell
-        self.relay = relay
-        self.main = main
-        self.sandboxes = sandboxes
-        self._cancels: list[threading.Event] = []  # of running forwarded cells (subshells)
+    session: Any
+    iopub: Any
+    topic: Callable[[str], bytes]
+    stdin: Any
+    shell: Any
+    request: Callable[[], tuple[dict[str, Any], Any]]
+    relay: CommRouter
+    main: MainLoop
+    sandboxes: NotebookSandboxes
+    _cancels: list[threading.Event] = field(default_factory=list, init=False)
+    """The cancel events of the running forwarded cells (more than one with subshells)."""
 
     # -- cancellation ---------------------------------------------------------------------------
     def interrupt(self) -> bool:
@@ -159,15 +152,14 @@ class CellForwarder:
         self,
         code: str,
         *,
-        parent: dict[str, Any],
-        ident: Any,
         silent: bool,
         store_history: bool,
         allow_stdin: bool,
         user_expressions: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Run `code`, the frontend's request `parent` (from `ident`), in the sandbox; return
-        the execute_reply's content."""
+        """Run `code` of the request being answered in the sandbox; return the execute_reply's
+        content."""
+        parent, ident = self.request()
         cancel = threading.Event()
         restore_sigint = route_sigint(asyncio.get_running_loop(), cancel)
         self._cancels.append(cancel)

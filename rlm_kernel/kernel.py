@@ -120,6 +120,10 @@ class RLMKernel(IPythonKernel):
             topic=self._topic,
             stdin=self.stdin_socket,
             shell=self._host_shell,
+            request=lambda: (
+                self.get_parent("shell"),
+                self._get_shell_context_var(self._shell_parent_ident),
+            ),
             relay=self.relay,
             main=self._main,
             sandboxes=self.sandboxes,
@@ -239,7 +243,7 @@ class RLMKernel(IPythonKernel):
         metadata = self.init_metadata(parent)
         if not silent:
             self._publish_execute_input(code, parent, self._host_shell.execution_count)
-        reply = await self._forward_cell(
+        reply = await self.cells.forward(
             code,
             silent=silent,
             store_history=store_history and not silent,
@@ -275,29 +279,10 @@ class RLMKernel(IPythonKernel):
                 cell_id=cell_id,
             )
             return reply
-        return await self._forward_cell(
+        return await self.cells.forward(
             code,
             silent=silent,
             store_history=store_history and not silent,
-            allow_stdin=allow_stdin,
-            user_expressions=user_expressions,
-        )
-
-    async def _forward_cell(
-        self,
-        code: str,
-        *,
-        silent: bool,
-        store_history: bool,
-        allow_stdin: bool,
-        user_expressions: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return await self.cells.forward(
-            code,
-            parent=self.get_parent("shell"),
-            ident=self._get_shell_context_var(self._shell_parent_ident),
-            silent=silent,
-            store_history=store_history,
             allow_stdin=allow_stdin,
             user_expressions=user_expressions,
         )
