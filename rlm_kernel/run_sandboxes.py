@@ -59,16 +59,16 @@ class RunSandboxes:
         self.target = Target(None, None, None)  # prepare() resolves it
         self.isolation: Isolation | None = None  # prepare() resolves sandbox.isolation
         self.root = root if isinstance(root, Sandbox) else None  # the notebook's, once adopted
+        # Given as a function, the notebook's REPL is asked for in the background, so that
+        # starting it overlaps the root's first LLM call (the notebook's first `%%rlm`).
+        self._root_source = root
+        self._root_prev_handler: Handler | None = None
         self.pool: SandboxPool | None = None  # made when the root agent starts
         self._tool_specs = tool_specs
         self._emit = emit
         self._budget = budget
         self._scope = scope
         self._paused = paused
-        # Given as a function, the notebook's REPL is asked for in the background, so that
-        # starting it overlaps the root's first LLM call (the notebook's first `%%rlm`).
-        self._root_source = root
-        self._root_prev_handler: Handler | None = None
         self._made: set[Sandbox] = set()
         self._kept: list[Sandbox] = []
         self._sandbox_lock = threading.Lock()

@@ -48,7 +48,6 @@ class AgentServices:
         self,
         config: RLMConfig,
         llm: LLMClient,
-        sub_llm: SubLLM,
         *,
         tools: Mapping[str, Callable[..., Any]],
         budget: Callable[[], Budget],
@@ -56,13 +55,20 @@ class AgentServices:
         new_child: Callable[[Agent, str, Any], Agent],
         note_batch: Callable[[int], None],
     ) -> None:
-        """`budget()` is the run's current budget; `emit(payload, agent_id)` sends an event;
-        `new_child(parent, task, context)` makes (and registers) a child agent;
-        `note_batch(width)` tells the sandboxes how wide an `rlm_query` batch was."""
+        """`budget()` is the run's current budget (a run replaces its own when it starts);
+        `emit(payload, agent_id)` sends an event; `new_child(parent, task, context)` makes (and
+        registers) a child agent; `note_batch(width)` tells the sandboxes how wide an
+        `rlm_query` batch was."""
         self.config = config
         self.llm = llm
-        self.sub_llm = sub_llm
         self.tools = tools
+        self.sub_llm = SubLLM(
+            llm,
+            config.sub_model_name,
+            budget=budget,
+            emit=lambda agent_id, query: emit(query, agent_id),
+            width=4 * config.rlm.max_concurrency,
+        )
         self._budget = budget
         self._emit = emit
         self._new_child = new_child

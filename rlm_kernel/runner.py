@@ -10,8 +10,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,7 @@ from .events import (
     StepWaiting,
     Unsubscribe,
 )
-from .llm import LLMClient, OnText, Usage
-from .llm.service import SubLLM
+from .llm import LLMClient, Usage
 from .records import Recorder
 from .run_sandboxes import RunSandboxes
 from .run_services import AgentServices, tool_specs
@@ -126,13 +123,6 @@ class Run:
                 self.subscribe(sink)
         self.target = Target(None, None, None)  # prepare() resolves it
         self.budget = Budget(self.config.rlm, time.monotonic())
-        self.sub_llm = SubLLM(
-            self.llm,
-            self.config.sub_model_name,
-            budget=lambda: self.budget,
-            emit=lambda agent_id, query: self.emit(query, agent_id),
-            width=4 * self.config.rlm.max_concurrency,
-        )
         self.status = "created"
         self.root: Agent | None = None
         # root_sandbox: an existing REPL (the notebook's) to run the root agent in, or the
@@ -152,13 +142,23 @@ class Run:
         self._services = AgentServices(
             self.config,
             self.llm,
-            self.sub_llm,
             tools=self.tools,
             budget=lambda: self.budget,
             emit=self.emit,
             new_child=self._new_child,
             note_batch=self._sandboxes.note_batch,
         )
+        # What the run's agents ask of it, answered by its parts: their sandboxes (started in the
+        # background, released when they end); their LLM calls, charged to the budget;
+        # llm_query; rlm_query's children; host tools; and the `max_concurrency` work slots.
+        self.start_sandbox = self._sandboxes.start
+        self.release_sandbox = self._sandboxes.release
+        self.complete = self._services.complete
+        self.llm_queries = self._services.llm_queries
+        self.spawn_children = self._services.spawn_children
+        self.call_tool = self._services.call_tool
+        self.slot = self._services.slot
+        self.sub_llm = self._services.sub_llm  # llm_query's service
         self._thread: threading.Thread | None = None
         self._result: RunResult | None = None
         self._done = threading.Event()
@@ -246,53 +246,13 @@ class Run:
         self.emit(StepResumed(index, replacement is not None), agent.agent_id)
         return replacement
 
-    # -- what agents ask of the run (answered by its AgentServices) -------------------------------
-    def slot(self) -> AbstractContextManager[None]:
-        """Hold one of `max_concurrency` work slots."""
-        return self._services.slot()
-
-    def complete(
-        self,
-        agent: Agent,
-        messages: list[dict[str, str]],
-        *,
-        kind: str,
-        model: str | None = None,
-        on_text: OnText | None = None,
-    ) -> llm_mod.Completion:
-        """One LLM call on behalf of `agent`, charged to the run's budget (`on_text`: stream it)."""
-        return self._services.complete(agent, messages, kind=kind, model=model, on_text=on_text)
-
-    def llm_queries(self, agent: Agent, prompts: list[str], model: str | None) -> list[str]:
-        """Answer `llm_query(_batched)`: every prompt concurrently; failures become error strings."""
-        return self._services.llm_queries(agent, prompts, model)
-
-    def spawn_children(
-        self, parent: Agent, tasks: list[str], contexts: list[Any]
-    ) -> list[dict[str, Any]]:
-        """Answer `rlm_query(_batched)`: run one child per task concurrently, order kept."""
-        return self._services.spawn_children(parent, tasks, contexts)
-
+    # -- agents ----------------------------------------------------------------------------------
     def _new_child(self, parent: Agent, task: str, context: Any) -> Agent:
         child = Agent(self, parent.next_child_id(), parent, task, context)
         self._agents[child.agent_id] = child
         return child
 
-    def call_tool(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Run a host-side custom tool for the REPL; exceptions become the REPL's error."""
-        return self._services.call_tool(name, args, kwargs)
-
     # -- sandboxes --------------------------------------------------------------------------------
-    def start_sandbox(self, agent: Agent) -> Future[Sandbox]:
-        """Create the agent's sandbox in the background (it overlaps the first LLM call)."""
-        return self._sandboxes.start(agent)
-
-    def release_sandbox(
-        self, agent: Agent, sandbox: Sandbox | None, future: Future[Sandbox]
-    ) -> None:
-        """Remove (or keep, with sandbox.keep) an ended agent's sandbox."""
-        self._sandboxes.release(agent, sandbox, future)
-
     def sandbox_of(self, agent_id: str, *, kept_only: bool = False) -> Sandbox | None:
         """The live sandbox of an agent: kept after it ended, or (unless `kept_only`) its
         running one; else None."""

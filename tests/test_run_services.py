@@ -21,7 +21,6 @@ from rlm_kernel.config import RLMConfig
 from rlm_kernel.control import Budget, BudgetExceeded
 from rlm_kernel.events import BudgetHit, LLMQuery, Payload
 from rlm_kernel.llm import LLMError, register_scripted
-from rlm_kernel.llm.service import SubLLM
 from rlm_kernel.run_services import AgentServices, tool_specs
 from rlm_kernel.runner import Run
 from rlm_kernel.sandbox.bridge import BridgeRefused
@@ -64,16 +63,9 @@ def _services(
         s.children.append(child)
         return child
 
-    sub = SubLLM(
-        run.llm,
-        cfg.sub_model_name,
-        budget=lambda: budget,
-        emit=lambda agent_id, query: emit(query, agent_id),
-    )
     services = AgentServices(
         cfg,
         run.llm,
-        sub,
         tools=tools or {},
         budget=lambda: budget,
         emit=emit,
