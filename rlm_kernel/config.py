@@ -96,6 +96,13 @@ class ModelConfig:
         "stream agents' replies, so the widget and the console show them as they are written "
         "(`llm_query` calls are never streamed)",
     )
+    direct: bool = setting(
+        True,
+        "send calls to OpenAI, OpenRouter and OpenAI-compatible servers (`openai/<model>` with "
+        "`model.api_base`) as plain HTTP requests, at a fraction of litellm's CPU per call; a "
+        "call that fails there is made again through litellm, which also makes every other "
+        "provider's",
+    )
 
 
 @dataclass(frozen=True)
