@@ -174,8 +174,7 @@ async def run_call(litellm: Any, spec: CallSpec) -> Completion:
                     spec.direct = None
                     attempt -= 1
                     continue
-                if completion.usage.cost_usd <= 0:
-                    ensure_priced(litellm, spec.model)
+                if completion.usage.cost_usd <= 0 and ensure_priced(litellm, spec.model):
                     completion.usage.cost_usd = _price(litellm, spec.model, completion.usage)
                 completion.model = spec.model
             else:
@@ -357,19 +356,22 @@ def _no_choices(model: str) -> LLMError:
 _PRICED: dict[str, bool] = {}
 
 
-def ensure_priced(litellm: Any, model: str) -> None:
+def ensure_priced(litellm: Any, model: str) -> bool:
     """Give a model litellm has no price for a price of 0, once.
 
     litellm prices every call; for a model missing from its cost map (a local server's) it
     searches its whole map for a near match each time, which costs more CPU than the rest of
-    the call. Known models are left alone.
+    the call. Known models are left alone. Returns whether litellm has a price for it (a model
+    priced 0 here costs nothing: no need to ask litellm for each call's cost).
     """
-    if model in _PRICED or provider_of(model) in CUSTOM_PROVIDERS:
-        return
+    if provider_of(model) in CUSTOM_PROVIDERS:
+        return False
+    if model in _PRICED:
+        return _PRICED[model]
     try:
         litellm.get_model_info(model)
         _PRICED[model] = True
-        return
+        return True
     except Exception:
         _PRICED[model] = False
     provider = provider_of(model) or "openai"
@@ -386,3 +388,4 @@ def ensure_priced(litellm: Any, model: str) -> None:
                 }
             }
         )
+    return False
