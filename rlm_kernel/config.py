@@ -99,9 +99,9 @@ class ModelConfig:
     direct: bool = setting(
         True,
         "send calls to OpenAI, OpenRouter and OpenAI-compatible servers (`openai/<model>` with "
-        "`model.api_base`) as plain HTTP requests, at a fraction of litellm's CPU per call; a "
-        "call that fails there is made again through litellm, which also makes every other "
-        "provider's",
+        "`model.api_base`) as plain HTTP requests, at a fraction of litellm's CPU per call "
+        "(errors and retries as litellm's; a reply that is not whole is asked again through "
+        "litellm); `false` = every call through litellm",
     )
 
 
