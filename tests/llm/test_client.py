@@ -335,7 +335,8 @@ def test_concurrent_calls_run_in_parallel() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# API keys and real providers (litellm.acompletion replaced: no network)
+# API keys and real providers (litellm.acompletion replaced: no network; `direct=False`: these
+# are litellm's path, which `model.direct` skips for OpenAI-compatible providers)
 
 
 def test_check_ready(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,7 +393,7 @@ def test_real_provider_kwargs_and_cost(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _FakeCompletion()
     monkeypatch.setattr(litellm, "acompletion", fake)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    c = LLMClient(api_key="sk-given", temperature=0.2, max_tokens=50, timeout=120)
+    c = LLMClient(api_key="sk-given", temperature=0.2, max_tokens=50, timeout=120, direct=False)
     out = c.complete(user("x"), model="openai/gpt-4o-mini", info={"agent_id": "a"}, timeout=7)
     assert out.text == "hello"
     assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (1000, 100)
@@ -415,7 +416,7 @@ def test_unpriced_model_costs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     litellm = llm.import_litellm()
     monkeypatch.setattr(litellm, "acompletion", _FakeCompletion(model="nobody/unpriced-model-xyz"))
     monkeypatch.setenv("OPENROUTER_API_KEY", "sk-test")
-    out = LLMClient().complete(user("x"), model="openrouter/nobody/unpriced-model-xyz")
+    out = LLMClient(direct=False).complete(user("x"), model="openrouter/nobody/unpriced-model-xyz")
     assert out.usage.cost_usd == 0.0
     assert out.usage.prompt_tokens == 1000
 
@@ -427,14 +428,14 @@ def test_real_provider_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _FakeCompletion([auth])
     monkeypatch.setattr(litellm, "acompletion", fake)
     with pytest.raises(LLMError, match="LLM_API_KEY or OPENAI_API_KEY") as err:
-        client().complete(user("x"), model="openai/gpt-4o-mini")
+        client(direct=False).complete(user("x"), model="openai/gpt-4o-mini")
     assert "openai/gpt-4o-mini" in str(err.value)
     assert len(fake.calls) == 1
 
     conn = litellm.APIConnectionError("reset", llm_provider="openai", model="gpt-4o-mini")
     fake = _FakeCompletion([conn, conn])
     monkeypatch.setattr(litellm, "acompletion", fake)
-    out = client().complete(user("x"), model="openai/gpt-4o-mini")
+    out = client(direct=False).complete(user("x"), model="openai/gpt-4o-mini")
     assert (out.text, out.attempts, len(fake.calls)) == ("hello", 3, 3)
 
 
@@ -443,7 +444,7 @@ def test_api_base_is_passed_to_real_providers_only(monkeypatch: pytest.MonkeyPat
     fake = _FakeCompletion()
     monkeypatch.setattr(litellm, "acompletion", fake)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    c = LLMClient(api_base="http://127.0.0.1:9/v1")
+    c = LLMClient(api_base="http://127.0.0.1:9/v1", direct=False)
     c.complete(user("x"), model="openai/gpt-4o-mini")
     assert fake.calls[0]["api_base"] == "http://127.0.0.1:9/v1"
     monkeypatch.undo()  # scripted models have no API: the real acompletion again
@@ -465,7 +466,7 @@ def test_cache_breakpoints_for_anthropic_only(monkeypatch: pytest.MonkeyPatch) -
         {"role": "assistant", "content": "code 2"},
         {"role": "user", "content": "output 2"},
     ]
-    LLMClient().complete(messages, model="anthropic/claude-sonnet-4-5")
+    LLMClient(direct=False).complete(messages, model="anthropic/claude-sonnet-4-5")
     sent = fake.calls[0]["messages"]
     marked = [i for i, m in enumerate(sent) if isinstance(m["content"], list)]
     assert marked == [0, 3, 5]  # the system prompt and the last two user messages
@@ -473,5 +474,5 @@ def test_cache_breakpoints_for_anthropic_only(monkeypatch: pytest.MonkeyPatch) -
         {"type": "text", "text": "output 2", "cache_control": {"type": "ephemeral"}}
     ]
     assert messages[5]["content"] == "output 2"  # the caller's messages are not changed
-    LLMClient().complete(messages, model="openai/gpt-4o-mini")  # OpenAI caches by itself
+    LLMClient(direct=False).complete(messages, model="openai/gpt-4o-mini")  # caches by itself
     assert fake.calls[1]["messages"] == messages
