@@ -588,3 +588,29 @@ def test_a_bad_start_timeout_is_a_clear_error(
         f"kernel may take to start; default 120), got {value!r}"
     )
     assert live_kernel_pids() == []
+
+
+def test_the_lifeline_can_already_be_on_its_descriptor() -> None:
+    """A fork server whose lifeline pipe got descriptor 3 (LIFELINE_FD) made every kernel's set-up
+    fail with EINVAL (dup2 without inheritance is dup3, which refuses equal descriptors)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from rlm_kernel.sandbox.forkchild import move_fd\n"
+        "r, w = os.pipe()\n"
+        "if r != 3:\n"
+        "    os.dup2(r, 3); os.close(r); r = 3\n"
+        "os.set_inheritable(3, True)\n"
+        "move_fd(3, 3)\n"
+        "assert not os.get_inheritable(3)\n"
+        "os.write(w, b'x'); assert os.read(3, 1) == b'x'\n"
+        "r2, w2 = os.pipe()\n"
+        "move_fd(r2, 3)\n"
+        "assert not os.get_inheritable(3)\n"
+        "os.write(w2, b'y'); assert os.read(3, 1) == b'y'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
