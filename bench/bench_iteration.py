@@ -48,6 +48,7 @@ _parts: dict[str, list[float]] = {}
 
 
 ISOLATION = {"value": "auto"}  # sandbox.isolation of every run (--isolation)
+STREAM = {"value": True}  # model.stream (--no-stream)
 
 
 def one_run(n: int, results: Path) -> list[float]:
@@ -75,6 +76,7 @@ def one_run(n: int, results: Path) -> list[float]:
             "model.retries": 0,
             "rlm.max_iterations": n + 1,
             "sandbox.isolation": ISOLATION["value"],
+            "model.stream": STREAM["value"],
         }
     )
     res = Run("bench", None, config=cfg, on_event=sink).execute()
@@ -101,8 +103,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, for CI (no targets checked)")
     ap.add_argument("--isolation", default="auto", help="sandbox.isolation: auto, bwrap or none")
+    ap.add_argument("--no-stream", action="store_true", help="model.stream: false")
     args = ap.parse_args(argv)
     ISOLATION["value"] = args.isolation
+    STREAM["value"] = not args.no_stream
     reps, n = (1, 4) if args.smoke else (args.reps, args.iterations)
     llm.import_litellm()  # the one-time import is not per-iteration overhead
     with tempfile.TemporaryDirectory(prefix="rlm-bench-") as work:

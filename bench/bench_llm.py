@@ -89,10 +89,15 @@ class Server:
             self._proc.wait(10)
 
 
-def _client(url: str) -> Any:
+def _client(url: str, direct: bool = True) -> Any:
+    import inspect
+
     from rlm_kernel.llm import LLMClient
 
-    return LLMClient(api_base=url, retries=0, timeout=60)
+    kwargs: dict[str, Any] = {"api_base": url, "retries": 0, "timeout": 60}
+    if "direct" in inspect.signature(LLMClient).parameters:  # `model.direct` (plain HTTP)
+        kwargs["direct"] = direct
+    return LLMClient(**kwargs)
 
 
 def _messages() -> list[dict[str, str]]:
@@ -133,37 +138,46 @@ def cpu_rows(args: argparse.Namespace) -> list[list[Any]]:
     (getattr(llm, "import_litellm", None) or llm._litellm)()
     rows: list[list[Any]] = []
     streams = [False, True] if _supports_stream() else [False]
+    paths = {"both": [True, False], "direct": [True], "litellm": [False]}[args.path]
     with Server(0.0) as srv:
-        client = _client(srv.url)
+        clients = {d: _client(srv.url, d) for d in paths}
+        for client in clients.values():
+            for stream in streams:
+                for _ in range(5):
+                    _one(client, stream)  # warm: connections, pydantic models, cost lookups
         for stream in streams:
-            for _ in range(5):
-                _one(client, stream)  # warm: connections, pydantic models, cost lookups
+            for direct, client in clients.items():
 
-            def seq(stream: bool = stream) -> int:
-                for _ in range(args.calls):
-                    _one(client, stream)
-                return args.calls
+                def seq(stream: bool = stream, client: Any = client) -> int:
+                    for _ in range(args.calls):
+                        _one(client, stream)
+                    return args.calls
 
-            label = "sequential, streamed" if stream else "sequential"
-            rows.append([label, args.calls, f"{_cpu_per_call(seq, args.reps):.2f}"])
+                label = ("sequential, streamed" if stream else "sequential") + _path(direct)
+                rows.append([label, args.calls, f"{_cpu_per_call(seq, args.reps):.2f}"])
     with Server(0.3) as srv:
-        client = _client(srv.url)
-        _many(client, min(10, args.inflight))
+        for direct in paths:
+            client = _client(srv.url, direct)
+            _many(client, min(10, args.inflight))
 
-        def batch() -> int:
-            for _ in range(args.rounds):
-                out = _many(client, args.inflight)
-                assert all(o == "3" for o in out), out[:3]
-            return args.rounds * args.inflight
+            def batch(client: Any = client) -> int:
+                for _ in range(args.rounds):
+                    out = _many(client, args.inflight)
+                    assert all(o == "3" for o in out), out[:3]
+                return args.rounds * args.inflight
 
-        rows.append(
-            [
-                f"{args.inflight} in flight",
-                args.rounds * args.inflight,
-                f"{_cpu_per_call(batch, 1):.2f}",
-            ]
-        )
+            rows.append(
+                [
+                    f"{args.inflight} in flight" + _path(direct),
+                    args.rounds * args.inflight,
+                    f"{_cpu_per_call(batch, 1):.2f}",
+                ]
+            )
     return rows
+
+
+def _path(direct: bool) -> str:
+    return " (plain HTTP, `model.direct`)" if direct else " (litellm)"
 
 
 def _supports_stream() -> bool:
@@ -281,6 +295,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="batches of --inflight calls")
     ap.add_argument("--reps", type=int, default=3, help="repetitions (medians are reported)")
     ap.add_argument("--only", choices=("cpu", "start"), help="one part only")
+    ap.add_argument(
+        "--path",
+        choices=("both", "direct", "litellm"),
+        default="both",
+        help="the call path(s) measured: plain HTTP (`model.direct`, the default) or litellm",
+    )
     ap.add_argument("--smoke", action="store_true", help="a few calls, one start of each (CI)")
     args = ap.parse_args()
     if args.smoke:

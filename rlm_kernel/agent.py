@@ -43,11 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "AgentOutcome"]
 
 CHILDREN_GRACE_S = 30.0
-# A sub-agent's fresh sandbox is made once its first LLM request had this head start (or got
-# its reply): both need the host's GIL, and ten sandboxes being made at once delayed the last of
-# ten first requests by 0.2-0.5 s (W2 of bench_peers.py); the sandbox is still ready long before
-# a reply of seconds comes, and after a fast reply nothing waits.
-SANDBOX_HEAD_START_S = 0.05
 """How long an ending agent waits for its cancelled children to finish (and be recorded) first."""
 _MAX_EMPTY_REPLIES = 3  # consecutive empty LLM replies that end an agent
 
@@ -104,6 +99,7 @@ class Agent:
         self._lock = threading.Lock()
         self._spawned: list[str] = []
         self.child_threads: list[threading.Thread] = []  # the loops of its rlm_query children
+        # Its fresh sandbox waits for these (run_sandboxes.SANDBOX_HEAD_START_S).
         self.first_call = threading.Event()  # it reached its first LLM call (or ended)
         self.first_reply = threading.Event()  # that call returned (or the agent ended)
 

@@ -345,6 +345,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except KeyboardInterrupt:  # before a run started (cmd_run handles the rest): nothing to undo
         return _fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as exc:
+        # Ctrl-C during an import can come out wrapped (pydantic turns it into a SchemaError
+        # while it builds a model class, e.g. in litellm's import): still an interrupt.
+        if _interrupt_in(exc):
+            return _fail("interrupted", EXIT_INTERRUPTED)
+        raise
+
+
+def _interrupt_in(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in `exc`'s chain of causes and contexts."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        stack += [e.__cause__, e.__context__]
+    return False
 
 
 if __name__ == "__main__":

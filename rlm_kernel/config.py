@@ -97,6 +97,13 @@ class ModelConfig:
         "stream agents' replies, so the widget and the console show them as they are written "
         "(`llm_query` calls are never streamed)",
     )
+    direct: bool = setting(
+        True,
+        "send calls to OpenAI, OpenRouter and OpenAI-compatible servers (`openai/<model>` with "
+        "`model.api_base`) as plain HTTP requests, at a fraction of litellm's CPU per call "
+        "(errors and retries as litellm's; a reply that is not whole is asked again through "
+        "litellm); `false` = every call through litellm",
+    )
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""How a cell the kernel forwards to a sandbox talks to the frontend (used by `kernel.py`).
+"""How a cell the kernel forwards to a sandbox talks to the frontend (used by `forward.py`).
 
 Outputs go onto the kernel's iopub with the request as parent (passed on by `comms.CommRouter`
 for a sandbox with a Jupyter kernel, by the cell's worker thread otherwise), ``input()`` requests
 go to the frontend's stdin channel, and SIGINT becomes the cell's cancel event. See the
-`rlm_kernel.kernel` docstring for the threads involved.
+`rlm_kernel.forward` docstring for the threads involved.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from .comms import publish_raw
+from .links import publish_raw
 from .sandbox.base import Sandbox
 
 __all__ = [
@@ -54,7 +54,7 @@ class OutputRelay:
 
     ipykernel's iopub socket queues sends onto its IOPub thread, so publishing from the worker
     thread is safe and stays ordered before the kernel's own "idle" status. Messages as dicts
-    (`__call__`, a sandbox's on_output hook) or, from `comms.CellForward`, as received (`stream`,
+    (`__call__`, a sandbox's on_output hook) or, from `links.CellForward`, as received (`stream`,
     `result`, `forward_raw`).
     """
 

@@ -239,3 +239,27 @@ def test_cleanup_removes_sandboxes_of_dead_runs() -> None:
     removed = cleanup_local(run_id="20000101-000000-dead00")
     assert removed == [str(dead)]
     assert not dead.parent.exists()
+
+
+def test_an_interrupt_wrapped_by_a_library_still_counts_as_an_interrupt() -> None:
+    """Ctrl-C while pydantic builds a model class (litellm's import) comes out as a SchemaError
+    whose context is the KeyboardInterrupt: `rlm` must still exit 130 with one line."""
+    from rlm_kernel.cli import _interrupt_in
+
+    def wrapped() -> BaseException:
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("Error building 'union' validator") from None
+        except RuntimeError as exc:
+            return exc
+
+    err = wrapped()
+    assert err.__cause__ is None and isinstance(err.__context__, KeyboardInterrupt)
+    assert _interrupt_in(err)
+    assert _interrupt_in(ValueError("x").with_traceback(None)) is False
+    loop = ValueError("a")
+    loop.__context__ = TypeError("b")
+    loop.__context__.__context__ = loop  # a cycle ends the walk
+    assert _interrupt_in(loop) is False

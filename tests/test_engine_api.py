@@ -1,6 +1,7 @@
 """The engine's public API: events are the only way out of a run (subscribe, with the state so
 far replayed atomically), the step gate is told by events, and the controls are the run's
-methods. Includes the check that no module reaches into a `Run`."""
+methods. Includes the check that no module reaches into a `Run`, nor into the parts a run is made
+of (its sandboxes, the services it gives its agents)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ from rlm_kernel.runner import Run
 Config = Callable[..., RLMConfig]
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "rlm_kernel" / "runner.py"
+PARTS = {
+    RUNNER: "Run",
+    ROOT / "rlm_kernel" / "run_sandboxes.py": "RunSandboxes",
+    ROOT / "rlm_kernel" / "run_services.py": "AgentServices",
+}
+"""Each class whose private attributes only its own module may use: a run and its parts (the
+run passes its parts what they need; none reaches into another)."""
 FORBIDDEN = {"gate", "recorder", "sinks"}
 """The attributes a Run used to expose to consumers (now private: `_gate`, `_recorder`, `_sinks`)."""
 _RUN_NAME = re.compile(r"^_*(\w+_)?run$")  # run, _run, self.run, h.run, probe_run …
@@ -38,10 +46,10 @@ _RUN_NAME = re.compile(r"^_*(\w+_)?run$")  # run, _run, self.run, h.run, probe_r
 # -- the boundary: nobody reaches into a Run ----------------------------------------------------------
 
 
-def _run_private_names() -> set[str]:
-    """The private attributes and methods of `Run` (runner.py's own code may use them)."""
-    tree = ast.parse(RUNNER.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Run")
+def _private_names(path: Path, name: str) -> set[str]:
+    """The private attributes and methods of class `name` (its module's own code may use them)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
     names = set()
     for node in ast.walk(cls):
         if (
@@ -61,6 +69,10 @@ def _run_private_names() -> set[str]:
     return names
 
 
+def _run_private_names() -> set[str]:
+    return _private_names(RUNNER, "Run")
+
+
 def _last_name(node: ast.expr) -> str:
     if isinstance(node, ast.Name):
         return node.id
@@ -73,17 +85,18 @@ def _is_self(node: ast.expr) -> bool:
     return isinstance(node, ast.Name) and node.id in ("self", "cls")
 
 
-def reaches_into_a_run(source: str, private: set[str]) -> list[str]:
+def reaches_into_a_run(source: str, private: set[str], *, run: bool = True) -> list[str]:
     """The places in `source` that touch a Run's private state: `<run>._x`, `<run>.gate`
     (`.recorder`, `.sinks`), `getattr(<run>, "_x")`, or any `<obj>._x` where `_x` is one of
-    Run's private names and `<obj>` is not `self`. Each as `line: code`."""
+    Run's private names and `<obj>` is not `self`. Each as `line: code`. With `run=False`,
+    only the last rule, for the private names of one of a run's parts."""
     tree = ast.parse(source)
     hits: list[str] = []
     lines = source.splitlines()
 
     def check(base: ast.expr, attr: str, node: ast.AST) -> None:
         private_attr = attr.startswith("_") and not attr.startswith("__")
-        runlike = bool(_RUN_NAME.match(_last_name(base)))
+        runlike = run and bool(_RUN_NAME.match(_last_name(base)))
         if (runlike and (attr in FORBIDDEN or private_attr)) or (
             attr in private and not _is_self(base)
         ):
@@ -107,23 +120,39 @@ def reaches_into_a_run(source: str, private: set[str]) -> list[str]:
 
 def _modules() -> Iterator[Path]:
     for folder in ("rlm_kernel", "rlm_widget", "bench", "scripts", "notebooks"):
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            if path != RUNNER:
-                yield path
+        yield from sorted((ROOT / folder).rglob("*.py"))
 
 
 def test_no_module_outside_the_runner_reaches_into_a_run() -> None:
     private = _run_private_names()
-    assert {"_emit_lock", "_gate", "_recorder", "_sinks", "_log", "_kept", "_agents"} <= private
+    assert {"_emit_lock", "_gate", "_recorder", "_sinks", "_log", "_agents"} <= private
+    assert {"_sandboxes", "_services"} <= private  # its parts are its own too
     found = {
         str(p.relative_to(ROOT)): hits
         for p in _modules()
-        if (hits := reaches_into_a_run(p.read_text(encoding="utf-8"), private))
+        if p != RUNNER and (hits := reaches_into_a_run(p.read_text(encoding="utf-8"), private))
     }
     assert not found, (
         "use events (Run.subscribe) and the run's public controls instead of its internals: "
         f"{found}"
     )
+
+
+def test_no_module_reaches_into_a_part_of_a_run() -> None:
+    """The runner included: it gives its parts what they need and calls their public methods."""
+    parts = {path: _private_names(path, name) for path, name in PARTS.items() if path != RUNNER}
+    assert {"_kept", "_made", "_root_source", "_fresh_starting"} <= parts[
+        ROOT / "rlm_kernel" / "run_sandboxes.py"
+    ]
+    assert {"_slots", "_parked", "_new_child"} <= parts[ROOT / "rlm_kernel" / "run_services.py"]
+    found = {
+        f"{p.relative_to(ROOT)} -> {PARTS[owner]}": hits
+        for p in _modules()
+        for owner, private in parts.items()
+        if p != owner
+        and (hits := reaches_into_a_run(p.read_text(encoding="utf-8"), private, run=False))
+    }
+    assert not found, f"pass a run's part what it needs instead of reaching into it: {found}"
 
 
 @pytest.mark.parametrize(
@@ -140,6 +169,36 @@ def test_no_module_outside_the_runner_reaches_into_a_run() -> None:
 )
 def test_the_boundary_check_finds_each_way_in(code: str) -> None:
     assert reaches_into_a_run(code, _run_private_names()), code
+
+
+@pytest.mark.parametrize(
+    ("code", "part"),
+    [
+        ("self._sandboxes._kept.clear()", "RunSandboxes"),
+        ("n = sandboxes._fresh_starting", "RunSandboxes"),
+        ("getattr(self._sandboxes, '_made')", "RunSandboxes"),
+        ("self._services._slots.release()", "AgentServices"),
+        ("with services._parked_lock: pass", "AgentServices"),
+    ],
+)
+def test_the_boundary_check_finds_each_way_into_a_part(code: str, part: str) -> None:
+    path = next(p for p, name in PARTS.items() if name == part)
+    assert reaches_into_a_run(code, _private_names(path, part), run=False), code
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "self._sandboxes.kept_of('root.0'); self._sandboxes.note_batch(3)",
+        "with self._services.slot(): pass",
+        "self._kept = []",
+        "run.release()",
+    ],
+)
+def test_the_boundary_check_lets_a_parts_public_api_through(code: str) -> None:
+    for path, name in PARTS.items():
+        if path != RUNNER:
+            assert not reaches_into_a_run(code, _private_names(path, name), run=False), code
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
 """The magics in an in-process IPython shell (`%load_ext rlm_kernel`): parsing, usage errors,
-`{var}` interpolation, `%rlm config`, `%rlm help`, and short scripted runs."""
+`{var}` interpolation, `%rlm config`, `%rlm help`, and short scripted runs. The parsers alone:
+test_magic_args.py; the inspection subcommands: test_magic_views.py."""
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -30,20 +32,25 @@ def ipython() -> Any:
     return InteractiveShell.instance(config=cfg)
 
 
-@pytest.fixture
-def shell(tmp_path: Path) -> Iterator[Any]:
-    """A shell with the extension loaded, records in tmp_path, the notebook model as default."""
+@contextlib.contextmanager
+def loaded_shell(results: Path) -> Iterator[Any]:
+    """A shell with the extension loaded, records in `results`, the notebook model as default."""
     sh = ipython()
     sh.run_line_magic("load_ext", "rlm_kernel")
-    sh.run_line_magic(
-        "rlm", f"config model.name=scripted/{MODEL} results_dir={tmp_path / 'results'} retries=0"
-    )
+    sh.run_line_magic("rlm", f"config model.name=scripted/{MODEL} results_dir={results} retries=0")
     try:
         yield sh
     finally:
         sh.run_line_magic("unload_ext", "rlm_kernel")
         for name in ("res", "_rlm", "fname", "data", "code"):
             sh.user_ns.pop(name, None)
+
+
+@pytest.fixture
+def shell(tmp_path: Path) -> Iterator[Any]:
+    """`loaded_shell` with records in tmp_path/results."""
+    with loaded_shell(tmp_path / "results") as sh:
+        yield sh
 
 
 def cell_error(sh: Any, code: str) -> BaseException | None:
@@ -242,34 +249,6 @@ def test_awaited_cell_with_context_and_signature(shell: Any) -> None:
     assert shell.user_ns["res"].answer == {"answer": "42", "confidence": 0.5}
     with pytest.raises(UsageError, match="--context: no variable named nothing"):
         shell.run_cell_magic("rlm", "--context nothing", "CONTEXT")
-
-
-def test_inspection_commands_after_a_run(
-    shell: Any, make_repo: Callable[..., Path], capsys: pytest.CaptureFixture[str]
-) -> None:
-    shell.run_cell_magic("rlm", f"--repo {make_repo()} --quiet", "FIX it")
-    run_id = session_for(shell).latest().run_id
-    capsys.readouterr()
-    shell.run_line_magic("rlm", "status")
-    out = capsys.readouterr().out
-    assert run_id in out and "done" in out
-    shell.run_line_magic("rlm", "tree")
-    out = capsys.readouterr().out
-    assert "✓ root [done, 1 it] FIX it" in out and "└─ ✓ root.0 [done, 1 it]" in out
-    shell.run_line_magic("rlm", "ns root.0")
-    out = capsys.readouterr().out
-    assert "child_note" in out and "'VALUE = 1'" in out and "child_count" in out
-    shell.run_line_magic("rlm", "runs")
-    assert run_id in capsys.readouterr().out
-    shell.run_line_magic("rlm", f"result {run_id[-6:]}")
-    out = capsys.readouterr().out
-    assert "**Fixed**" in out and "+VALUE = 2" in out and "2 agents, depth 1" in out
-    with pytest.raises(UsageError, match=r"has no agent 'root\.7'"):
-        shell.run_line_magic("rlm", "ns root.7")
-    with pytest.raises(UsageError, match="no live sandbox"):
-        shell.run_line_magic("rlm", "ns root.0 --live")
-    with pytest.raises(UsageError, match="has already finished"):
-        shell.run_line_magic("rlm", "continue")
 
 
 def test_background_step_in_plain_ipython(shell: Any, capsys: pytest.CaptureFixture[str]) -> None:

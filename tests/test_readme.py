@@ -13,7 +13,7 @@ import yaml
 
 from rlm_kernel.cli import _build_parser
 from rlm_kernel.config import DEFAULT_CONFIG_FILE, SETTINGS, RLMConfig
-from rlm_kernel.magics import SUBCOMMANDS, cell_parser
+from rlm_kernel.magic_args import SUBCOMMANDS, cell_parser
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -41,65 +41,6 @@ def test_sibling_sandboxes_are_isolated(make_repo: Callable[..., Path], config: 
     assert "shared.txt" in res.patch and "+from A" in res.patch
 
 
-def test_llm_query_batched_runs_in_parallel(config: Config) -> None:
-    res = rlm_kernel.run("llm fan-out", config=config("speed.py"))
-    assert res.status == "done", res.error
-    elapsed, count, values = res.answer.split(" ", 2)
-    assert count == "20" and values == "{'ok'}"
-    assert float(elapsed) < 1.5, f"20 llm_query calls at 0.5 s took {elapsed} s"
-
-
-def test_rlm_query_batched_runs_children_in_parallel(config: Config) -> None:
-    res = rlm_kernel.run("rlm fan-out", config=config("speed.py"))
-    assert res.status == "done", res.error
-    elapsed, count, _ = res.answer.split(" ", 2)
-    assert count == "12"
-    assert len(nodes(res.tree)) == 13
-    assert float(elapsed) < 3.0, f"12 one-iteration children at 0.5 s took {elapsed} s"
-
-
-def test_a_childs_sandbox_is_made_once_its_first_llm_request_is_on_its_way(config: Config) -> None:
-    """Twelve sandboxes made at once compete with the children's first LLM requests for the
-    host: each child's own sandbox is started after its first LLM call (which it still gets long
-    before a reply of seconds), and every child ends with one, released as soon as it ends."""
-    events: list[Event] = []
-    res = Run("rlm fan-out", None, config=config("speed.py"), on_event=events.append).execute()
-    assert res.status == "done", res.error
-    children = {str(e.agent_id) for e in events if e.agent_id and e.agent_id != "root"}
-    assert len(children) == 12
-    for child in children:
-        kinds = [e.type for e in events if e.agent_id == child]
-        assert kinds.index(EventType.ITERATION_STARTED) < kinds.index(EventType.SANDBOX_READY)
-
-
-def test_max_depth_returns_an_error_string(config: Config) -> None:
-    res = rlm_kernel.run("depth", config=config("limits.py", rlm__max_depth=1))
-    assert res.status == "done", res.error
-    assert "not available at depth 1 (max_depth=1)" in res.answer
-    assert max(n["depth"] for n in nodes(res.tree)) == 1
-    assert "rlm_query / rlm_query_batched are NOT available" in _system_prompt_seen(res, "root.0")
-
-
-def _system_prompt_seen(res: Any, agent_id: str) -> str:
-    # The record keeps iterations, not prompts; rebuild the prompt the child was given.
-    from rlm_kernel.prompts import AgentPromptInfo, system_prompt
-
-    node = next(n for n in nodes(res.tree) if n["agent_id"] == agent_id)
-    return system_prompt(
-        AgentPromptInfo(depth=node["depth"], max_depth=1, max_iterations=50, has_repo=False)
-    )
-
-
-def test_max_sandboxes_refuses_extra_children(config: Config) -> None:
-    res = rlm_kernel.run("sandboxes", config=config("limits.py", rlm__max_sandboxes=2))
-    assert res.status == "done", res.error
-    got = json.loads(res.answer)
-    assert got[0] == ["child a", "done"]
-    assert got[1][1] == "budget" and "max_sandboxes=2" in got[1][0]
-    assert got[2][1] == "budget"
-    assert len(nodes(res.tree)) == 2
-
-
 def test_max_iterations_gives_a_partial_answer(config: Config) -> None:
     res = rlm_kernel.run("iterations", config=config("limits.py", rlm__max_iterations=3))
     assert res.status == "budget"
@@ -107,19 +48,14 @@ def test_max_iterations_gives_a_partial_answer(config: Config) -> None:
     assert len(res.tree["iterations"]) == 3
 
 
-def test_max_llm_calls(config: Config) -> None:
-    res = rlm_kernel.run("llmcalls", config=config("limits.py", rlm__max_llm_calls=2))
-    assert res.status == "budget"
-    assert "max_llm_calls=2" in res.answer
-    assert res.usage.llm_calls == 2
-
-
 def test_global_timeout_ends_the_run_and_removes_sandboxes(config: Config) -> None:
     t0 = time.monotonic()
     res = rlm_kernel.run("timeout", config=config("limits.py", rlm__global_timeout=3))
     elapsed = time.monotonic() - t0
     assert res.status == "timeout"
-    assert elapsed < 3 + 5, elapsed
+    # Ended by the 3 s timeout, not by the children's 120 s sleep (a hang guard: stopping and
+    # removing three sandboxes takes seconds on a loaded machine).
+    assert elapsed < 60, elapsed
     assert {n["status"] for n in nodes(res.tree)} == {"timeout"}
     assert res.answer.startswith("[partial answer: timeout")
     # the autouse fixture checks that no kernel, worktree or directory is left
@@ -208,20 +144,6 @@ def test_agent_code_finds_no_api_key(
     got = json.loads(res.answer)
     assert got == {"files": [], "env": [], "scanned": got["scanned"]}
     assert got["scanned"] > 3  # it did look at the sandbox's files
-
-
-def test_custom_tool_is_bridged_and_listed(config: Config) -> None:
-    calls = []
-
-    def lookup(key: str, n: int = 1) -> str:
-        """Look a key up in the host's table."""
-        calls.append((key, n))
-        return key * n
-
-    res = rlm_kernel.run("use the tool", config=config("tools.py"), tools=[lookup])
-    assert res.status == "done", res.error
-    assert res.answer == "abcabc|listed=True|doc=Look a key up in the host's table."
-    assert calls == [("abc", 2)]
 
 
 def test_events_and_record_are_written_as_the_run_goes(config: Config, tmp_path: Path) -> None:
@@ -320,29 +242,6 @@ def test_replay_of_a_recorded_run_gives_the_same_answer_and_patch(
     assert again.usage.llm_calls == first.usage.llm_calls
 
 
-def test_keep_keeps_worktrees_and_says_where(
-    make_repo: Callable[..., Path], config: Config
-) -> None:
-    import shutil
-
-    repo = make_repo()
-    seen: list[Event] = []
-    r = Run(
-        "isolate", repo, config=config("isolation.py", sandbox__keep=True), on_event=seen.append
-    )
-    res = r.execute()
-    assert r.release(remove=False) == 3  # their REPLs stop, their files stay
-    paths = [k["path"] for k in res.kept]
-    assert len(paths) == 3 and all(
-        Path(p, "shared.txt").exists() or p.endswith("root/work") for p in paths
-    )
-    notices = [e.data["message"] for e in seen if e.type is EventType.NOTICE]
-    assert sorted(notices) == sorted(f"sandbox kept at {p}" for p in paths)
-    for p in paths:  # the test cleans up what it asked to keep
-        shutil.rmtree(Path(p).parent.parent, ignore_errors=True)
-    subprocess.run(["git", "worktree", "prune"], cwd=repo, check=True)
-
-
 def test_ctrl_c_cancels_the_tree_and_removes_every_sandbox(tmp_path: Path) -> None:
     import os
     import signal
@@ -366,108 +265,40 @@ def test_ctrl_c_cancels_the_tree_and_removes_every_sandbox(tmp_path: Path) -> No
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # wait until both sleeping children run
+
+    def sleeping() -> list[Path]:
+        """The markers of the children whose 120 s cell runs (in their workspaces)."""
         runs = set(os.listdir(tmp_root())) - before
-        run_dir = tmp_root() / runs.pop() if runs else None
-        # sandboxes serving an agent (pooled ones not yet taken have no `agent` file)
-        if run_dir and sum((run_dir / n / "agent").exists() for n in os.listdir(run_dir)) >= 3:
-            break
-        time.sleep(0.1)
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+        return list((tmp_root() / runs.pop()).glob("*/work/sleeping")) if runs else []
+
+    try:
+        # Both children are inside their cell (a loaded machine takes its time to get there).
+        deadline = time.monotonic() + 120
+        while len(markers := sleeping()) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        assert len(markers) == 2, "the two sleeping children did not start"
+        slept_at = min(m.stat().st_mtime for m in markers)
+        time.sleep(0.5)
+        interrupted_at = time.time()
+        proc.send_signal(signal.SIGINT)
+        # A hang guard only: cancelling takes about a second; the exit (freeing a Python
+        # process that imported litellm) takes several more on a loaded machine.
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
-    assert time.monotonic() - t0 < 5
     assert "cancelled and its sandboxes removed" in err
     assert set(os.listdir(tmp_root())) - before == set()
     record = json.loads(next(tmp_path.glob("*.detail.json")).read_text())
     assert record["status"] == "cancelled"
-    assert {n["status"] for n in nodes(record["root"])} == {"cancelled"}
-
-
-def test_root_agent_can_run_in_an_existing_repl(config: Config) -> None:
-    from rlm_kernel.llm import register_scripted
-    from rlm_kernel.sandbox.base import SandboxSpec
-    from rlm_kernel.sandbox.local import LocalSandbox
-    from rlm_kernel.sandbox.workspace import Target
-
-    def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
-        return "```python\ny = x * 2\nFINAL(f'{y} {context}')\n```"
-
-    model = register_scripted("existing-repl", respond)
-
-    def notebook(op: str, args: dict[str, Any]) -> Any:
-        return "notebook handler"
-
-    sb = LocalSandbox(SandboxSpec("nb-session", "root", Target(None, None, None), notebook))
-    sb.start()
-    try:
-        sb.push("x", 21)
-        sb.execute("context = 'ctx'", timeout=10)
-        for _ in range(2):  # a second run in the same REPL starts clean
-            res = Run(
-                "double x", config=config(model), root_sandbox=sb, context_desc="a str"
-            ).execute()
-            assert (res.status, res.answer) == ("done", "42 ctx")
-        assert sb.execute("print(y)", timeout=10).output == "42\n"
-        assert sb.spec.handler is notebook and not sb.closed
-    finally:
-        sb.close()
-
-
-def test_a_root_repl_given_as_a_function_starts_during_the_first_llm_call(config: Config) -> None:
-    """The notebook's first `%%rlm`: the root's first LLM call goes out while its sandbox is
-    still starting (the starter waits for that call), and the sandbox, the notebook's, stays
-    open with its handler back."""
-    import threading
-
-    from rlm_kernel.llm import register_scripted
-    from rlm_kernel.sandbox.base import SandboxSpec
-    from rlm_kernel.sandbox.local import LocalSandbox
-    from rlm_kernel.sandbox.workspace import Target
-
-    asked = threading.Event()
-
-    def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
-        asked.set()
-        return "```python\nFINAL(str(6 * 7))\n```"
-
-    def notebook(op: str, args: dict[str, Any]) -> Any:
-        return "notebook handler"
-
-    made: list[LocalSandbox] = []
-
-    def start() -> LocalSandbox:
-        assert asked.wait(30), "the sandbox was asked for before the first LLM call went out"
-        sb = LocalSandbox(SandboxSpec("nb-lazy", "root", Target(None, None, None), notebook))
-        made.append(sb)
-        sb.start()
-        return sb
-
-    try:
-        res = Run(
-            "answer", config=config(register_scripted("lazy-root", respond)), root_sandbox=start
-        ).execute()
-        assert (res.status, res.answer) == ("done", "42"), res.error
-        (sb,) = made
-        assert sb.spec.handler is notebook and not sb.closed
-    finally:
-        for sb in made:
-            sb.close()
-
-
-def test_a_root_repl_that_cannot_start_ends_the_run_with_a_clear_error(config: Config) -> None:
-    from rlm_kernel.llm import register_scripted
-
-    def start() -> Any:
-        raise RuntimeError("no room for a kernel")
-
-    model = register_scripted("no-root", lambda _m, _i: "```python\nFINAL('x')\n```")
-    res = Run("answer", config=config(model), root_sandbox=start).execute()
-    assert res.status == "error"
-    assert "could not start the notebook's sandbox: no room for a kernel" in (res.error or "")
+    tree = nodes(record["root"])
+    assert {n["status"] for n in tree} == {"cancelled"} and len(tree) == 3
+    # Every agent ended because of the Ctrl-C, and the children's sleep was cut short.
+    for n in tree:
+        assert interrupted_at <= n["finished_at"] < slept_at + 120, (n["agent_id"], n["error"])
 
 
 def test_reserved_names_are_restored_after_each_cell(config: Config) -> None:
@@ -483,15 +314,3 @@ def test_reserved_names_are_restored_after_each_cell(config: Config) -> None:
 
     res = rlm_kernel.run("rebind", config=config(register_scripted("rebind", sub)))
     assert (res.status, res.answer) == ("done", "dict sub")
-
-
-def test_max_cost_usd_stops_the_run(config: Config) -> None:
-    from rlm_kernel.llm import register_scripted
-
-    def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
-        return "```python\nprint('more')\n```"
-
-    model = register_scripted("pricey", respond, cost_per_token=(0.001, 0.001))
-    res = rlm_kernel.run("spend", config=config(model, rlm__max_cost_usd=1.0))
-    assert res.status == "budget" and "max_cost_usd=1.0" in res.answer
-    assert 1.0 <= res.usage.cost_usd < 3.0

@@ -22,7 +22,7 @@ from rlm_kernel.config import (
     RLMConfig,
     load_config,
 )
-from rlm_kernel.magics import cell_parser
+from rlm_kernel.magic_args import cell_parser
 from rlm_kernel.sandbox import BACKENDS, Backend
 from rlm_kernel.settings import SettingsTable, setting
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .direct import DirectNoChoices, DirectStatus, direct_call, provider_error
 from .errors import (
     CUSTOM_PROVIDERS,
     LLMError,
@@ -152,20 +153,12 @@ def with_cache_breakpoints(messages: list[dict[str, Any]]) -> list[dict[str, Any
 async def run_call(litellm: Any, spec: CallSpec) -> Completion:
     """Make the call, retrying transient errors until `spec.limit_s` has passed.
 
-    `litellm` is None while its import is still going on: then the first attempt goes out
-    directly (`spec.direct`), and litellm's path takes over if that does not give a reply."""
+    With a direct route (`spec.direct`) attempts go out as plain HTTP requests; an HTTP error is
+    mapped to litellm's exception for it (same retries, `Retry-After`, messages), and a reply
+    that is not a whole one sends the call over to litellm's path for the rest of its attempts.
+    `litellm` is None while its import is still going on (only a direct call can start then)."""
     start = time.monotonic()
     deadline = start + spec.limit_s
-    if litellm is None and spec.direct is not None:
-        completion = await _direct(spec, deadline)
-        litellm = await asyncio.to_thread(import_litellm)
-        if completion is not None:
-            completion.usage.cost_usd = _price(litellm, spec.model, completion.usage)
-            completion.model, completion.elapsed_s = spec.model, time.monotonic() - start
-            return completion
-    if litellm is None:
-        litellm = await asyncio.to_thread(import_litellm)
-    _ready(litellm, spec)
     attempt = 0
     while True:
         attempt += 1
@@ -173,12 +166,31 @@ async def run_call(litellm: Any, spec: CallSpec) -> Completion:
         if remaining <= 0:
             raise timed_out(spec.model, spec.limit_s, attempt - 1, None)
         try:
-            completion = await asyncio.wait_for(_attempt(litellm, spec), remaining)
+            if spec.direct is not None:
+                completion = await asyncio.wait_for(_direct(spec), remaining)
+                if litellm is None:
+                    litellm = await asyncio.to_thread(import_litellm)
+                if completion is None:  # litellm's path makes this attempt, and the next ones
+                    spec.direct = None
+                    attempt -= 1
+                    continue
+                if completion.usage.cost_usd <= 0 and ensure_priced(litellm, spec.model):
+                    completion.usage.cost_usd = _price(litellm, spec.model, completion.usage)
+                completion.model = spec.model
+            else:
+                if litellm is None:
+                    litellm = await asyncio.to_thread(import_litellm)
+                _ready(litellm, spec)
+                completion = await asyncio.wait_for(_attempt(litellm, spec), remaining)
         except asyncio.TimeoutError:
             raise timed_out(spec.model, spec.limit_s, attempt, None) from None
         except LLMError:
             raise
         except Exception as exc:
+            if litellm is None:
+                litellm = await asyncio.to_thread(import_litellm)
+            if isinstance(exc, DirectStatus):
+                exc = provider_error(litellm, spec.model, exc)
             missing = [] if spec.custom or spec.has_key else missing_keys(litellm, spec.model)
             if not is_transient(litellm, exc) or _about_keys(exc, missing):
                 raise fatal_error(spec.model, exc, missing, spec.has_key) from exc
@@ -200,26 +212,26 @@ async def run_call(litellm: Any, spec: CallSpec) -> Completion:
         return completion
 
 
-async def _direct(spec: CallSpec, deadline: float) -> Completion | None:
-    """The direct attempt's reply, or None (litellm's path makes the call again)."""
-    from .direct import direct_call
-
+async def _direct(spec: CallSpec) -> Completion | None:
+    """A direct attempt's reply; None when litellm's path should make the call instead (the
+    reply was not a whole one). An HTTP error status raises `DirectStatus`."""
     options: dict[str, Any] = {
         k: spec.kwargs[k] for k in ("temperature", "max_tokens") if k in spec.kwargs
     }
     try:
-        return await asyncio.wait_for(
-            direct_call(
-                spec.direct,
-                spec.kwargs["messages"],
-                stream=spec.stream,
-                text=spec.text,
-                timeout=spec.kwargs["timeout"],
-                options=options,
-            ),
-            max(0.0, deadline - time.monotonic()),
+        return await direct_call(
+            spec.direct,
+            spec.kwargs["messages"],
+            stream=spec.stream,
+            text=spec.text,
+            timeout=spec.kwargs["timeout"],
+            options=options,
         )
-    except Exception:  # anything at all: litellm's path knows what it means
+    except DirectNoChoices:
+        raise _no_choices(spec.model) from None
+    except (DirectStatus, asyncio.CancelledError):
+        raise
+    except Exception:  # anything else: litellm's path knows what it means
         return None
 
 
@@ -344,19 +356,22 @@ def _no_choices(model: str) -> LLMError:
 _PRICED: dict[str, bool] = {}
 
 
-def ensure_priced(litellm: Any, model: str) -> None:
+def ensure_priced(litellm: Any, model: str) -> bool:
     """Give a model litellm has no price for a price of 0, once.
 
     litellm prices every call; for a model missing from its cost map (a local server's) it
     searches its whole map for a near match each time, which costs more CPU than the rest of
-    the call. Known models are left alone.
+    the call. Known models are left alone. Returns whether litellm has a price for it (a model
+    priced 0 here costs nothing: no need to ask litellm for each call's cost).
     """
-    if model in _PRICED or provider_of(model) in CUSTOM_PROVIDERS:
-        return
+    if provider_of(model) in CUSTOM_PROVIDERS:
+        return False
+    if model in _PRICED:
+        return _PRICED[model]
     try:
         litellm.get_model_info(model)
         _PRICED[model] = True
-        return
+        return True
     except Exception:
         _PRICED[model] = False
     provider = provider_of(model) or "openai"
@@ -373,3 +388,4 @@ def ensure_priced(litellm: Any, model: str) -> None:
                 }
             }
         )
+    return False

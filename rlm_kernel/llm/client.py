@@ -74,8 +74,10 @@ class LLMClient:
         api_key: str | None = None,
         api_base: str | None = None,
         stream: bool = True,
+        direct: bool = True,
     ) -> None:
-        """Configure defaults for every call made with this client."""
+        """Configure defaults for every call made with this client (`direct`: OpenAI-compatible
+        calls as plain HTTP requests, `llm.direct`)."""
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
         self.temperature = temperature
@@ -83,6 +85,7 @@ class LLMClient:
         self.api_key = api_key or None
         self.api_base = api_base or None
         self.stream = stream
+        self.direct = direct
         self.retry = RetryPolicy()
 
     @classmethod
@@ -97,6 +100,7 @@ class LLMClient:
             api_key=os.environ.get("LLM_API_KEY") or None,
             api_base=m.api_base,
             stream=m.stream,
+            direct=m.direct,
         )
 
     # -- readiness ---------------------------------------------------------------------------
@@ -137,11 +141,9 @@ class LLMClient:
         if cancel is not None and cancel.is_set():
             raise cancelled(model)
         spec = self._spec(messages, model, info, timeout, stream=on_text is not None)
-        litellm = None
-        if not runtime.is_imported():
-            spec.direct = direct_route(model, self.api_base, self.api_key)
-        if spec.direct is None:  # the one-time import does not count against the timeout
-            litellm = runtime.import_litellm()
+        litellm = runtime.imported()
+        if spec.direct is None and litellm is None:
+            litellm = runtime.import_litellm()  # the one-time import is not counted in the timeout
         task = runtime.Task(run_call(litellm, spec))
         return self._wait(task, spec.text, cancel, model, on_text)  # type: ignore[no-any-return]
 
@@ -164,8 +166,10 @@ class LLMClient:
             raise cancelled(model)
         if not batch:
             return []
-        litellm = runtime.import_litellm()
         specs = [self._spec(m, model, info, timeout, stream=False) for m in batch]
+        litellm = runtime.imported()
+        if litellm is None and specs[0].direct is None:
+            litellm = runtime.import_litellm()
         width = max(1, limit or len(specs))
 
         async def run_all() -> list[Completion | LLMError]:
@@ -212,6 +216,7 @@ class LLMClient:
             custom=custom,
             has_key=bool(self.api_key),
             fallback_key=None if custom else self.api_key,
+            direct=direct_route(model, self.api_base, self.api_key) if self.direct else None,
         )
 
     def _wait(

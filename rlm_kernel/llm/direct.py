@@ -1,13 +1,19 @@
-"""The first calls of a process, while litellm is still being imported: a plain HTTP request to
-an OpenAI-compatible provider.
+"""Calls to OpenAI-compatible providers as plain HTTP requests (`model.direct`, on by default).
 
-``import litellm`` costs about 4 s of CPU, so a fresh `rlm run` (or a `%%rlm` cell right after the
-kernel started) would wait that long before its first request. Until the import (started in the
-background by `prewarm`) is done, a call to OpenAI, OpenRouter or an OpenAI-compatible server
-(`model.api_base`) goes out directly over httpx, streamed like the rest. Anything unusual (an
-HTTP error, a broken stream, an unknown provider) is left to litellm: the call is made again on
-litellm's path, which maps errors and retries. Usage is the provider's; the price comes from
-litellm once it is there.
+A call to OpenAI, OpenRouter or an OpenAI-compatible server (`openai/<model>` with
+`model.api_base`) goes out directly over one shared httpx client, streamed or not. Two reasons:
+- litellm's call path costs ~7 ms of host CPU per call (~17 ms streamed, most of it per chunk:
+  stream wrappers, logging objects, cost calculation on executor threads) against ~1 ms (~2 ms)
+  here — measured in bench/RESULTS.md; it is most of the engine's CPU when 100 `llm_query`
+  calls are in flight, and of its time per iteration at low latency.
+- ``import litellm`` costs about 4 s of CPU, so a fresh `rlm run` (or a `%%rlm` cell right after
+  the kernel started) would wait that long before its first request; the import goes on in the
+  background (`prewarm`) while the first calls go out.
+An HTTP error status becomes the exception litellm raises for it (`provider_error`), so retries,
+`Retry-After` and messages are the same on both paths; anything unusual (a broken stream, a
+reply that is not JSON) is left to litellm: the call is made again on litellm's path, which
+makes the rest of the call's attempts. Usage is the
+provider's; the price is the provider's bill where it sends one, else litellm's cost map.
 """
 
 from __future__ import annotations
@@ -15,13 +21,23 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from .calls import TextBuffer
 from .usage import Completion, usage_from_litellm
 
-__all__ = ["DirectRoute", "direct_call", "direct_route"]
+if TYPE_CHECKING:
+    from .calls import TextBuffer
+
+__all__ = [
+    "DirectFailed",
+    "DirectNoChoices",
+    "DirectRoute",
+    "DirectStatus",
+    "direct_call",
+    "direct_route",
+    "provider_error",
+]
 
 _ROUTES = {
     "openai": (
@@ -37,6 +53,58 @@ _CLIENT_LOOP: Any = None
 
 class DirectFailed(Exception):
     """The direct request did not give a whole reply; litellm's path takes over."""
+
+
+class DirectStatus(Exception):
+    """The provider answered with an HTTP error status: an error to map, not to send again."""
+
+    def __init__(self, response: Any, body: bytes) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        self.body = body
+
+
+class DirectNoChoices(Exception):
+    """The provider's reply had no choices (a reply, so not one to send again)."""
+
+
+_STATUS_ERRORS = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    409: "ConflictError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+}
+"""The openai SDK's error class per status (>= 500: InternalServerError), as its client maps them."""
+
+
+def provider_error(litellm: Any, model: str, failed: DirectStatus) -> Exception:
+    """The exception litellm raises for the same HTTP error (RateLimitError with the response's
+    headers, ContextWindowExceededError, AuthenticationError, …), so that the retries, the
+    provider's Retry-After and the messages are the same as on litellm's path."""
+    import openai
+
+    response = failed.response
+    try:
+        body: Any = json.loads(failed.body)
+    except ValueError:
+        body = failed.body.decode("utf-8", "replace")
+    error = body.get("error", body) if isinstance(body, dict) else body
+    detail = error.get("message") if isinstance(error, dict) else None
+    message = f"Error code: {response.status_code} - {detail or body or response.reason_phrase}"
+    status = response.status_code
+    name = _STATUS_ERRORS.get(status, "InternalServerError" if status >= 500 else "APIStatusError")
+    original = getattr(openai, name)(message, response=response, body=body)
+    provider, _, name = model.partition("/")
+    try:
+        mapped = litellm.exception_type(
+            model=name or model, original_exception=original, custom_llm_provider=provider
+        )
+    except Exception as exc:  # exception_type raises the mapped exception
+        return exc
+    return mapped if isinstance(mapped, Exception) else original
 
 
 @dataclass(frozen=True)
@@ -98,15 +166,19 @@ async def direct_call(
     async with client.stream(
         "POST", route.url, json=body, headers=headers, timeout=timeout
     ) as response:
+        if response.status_code >= 400:
+            raise DirectStatus(response, await response.aread())
         if response.status_code != 200:
             raise DirectFailed(f"HTTP {response.status_code}")
         if not stream:
             data = json.loads(await response.aread())
+            if not isinstance(data, dict) or "error" in data:
+                raise DirectFailed("an error in the reply")
             try:
                 content = data["choices"][0]["message"]["content"]
             except (KeyError, IndexError, TypeError) as exc:
-                raise DirectFailed("no choices") from exc
-            return Completion(text=content or "", usage=usage_from_litellm(data.get("usage")))
+                raise DirectNoChoices() from exc
+            return _completion(content or "", data.get("usage"))
         parts: list[str] = []
         usage: Any = None
         finished = False
@@ -126,6 +198,16 @@ async def direct_call(
                     text.add(piece)
                 finished = finished or bool(choice.get("finish_reason"))
             usage = chunk.get("usage") or usage
-        if not finished:
+        if not finished:  # (litellm's path sends a stream without choices again too)
             raise DirectFailed("the stream ended before a finish_reason")
-    return Completion(text="".join(parts), usage=usage_from_litellm(usage))
+    return _completion("".join(parts), usage)
+
+
+def _completion(text: str, raw_usage: Any) -> Completion:
+    """The reply with its usage; the price is the provider's where it says (OpenRouter's
+    `usage.cost`), else litellm's cost map prices it (`calls.run_call`)."""
+    usage = usage_from_litellm(raw_usage)
+    billed = raw_usage.get("cost") if isinstance(raw_usage, dict) else None
+    if isinstance(billed, (int, float)) and not isinstance(billed, bool) and billed > 0:
+        usage.cost_usd = float(billed)
+    return Completion(text=text, usage=usage)

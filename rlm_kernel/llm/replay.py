@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LLMError
+from .filecache import FileCache
 
 __all__ = ["clear_replays", "replay_respond"]
 
@@ -63,10 +64,6 @@ class _Replay:
         return response
 
 
-_REPLAYS: dict[str, tuple[int, _Replay]] = {}
-_REPLAYS_LOCK = threading.Lock()
-
-
 def _short(text: str | None, limit: int = 60) -> str:
     if text is None:
         return "None"
@@ -95,34 +92,21 @@ def replay_respond(name: str, messages: list[Any], info: Mapping[str, Any]) -> s
 
 def _load_replay(name: str) -> _Replay:
     """Parse a run record once per (path, mtime)."""
-    path = Path(name).expanduser()
-    if not path.is_absolute():
-        path = Path.cwd() / path
+    return _REPLAYS.get(name)
+
+
+def _parse_replay(path: Path) -> _Replay:
     key = str(path)
     try:
-        mtime = path.stat().st_mtime_ns
-    except OSError as exc:
-        raise LLMError(
-            f"replay {key}: run record not found; use 'replay/<path to run>.detail.json'"
-        ) from exc
-    cached = _REPLAYS.get(key)
-    if cached is not None and cached[0] == mtime:
-        return cached[1]
-    with _REPLAYS_LOCK:
-        cached = _REPLAYS.get(key)
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise LLMError(f"replay {key}: cannot read the run record: {exc}") from exc
-        root = record.get("root") if isinstance(record, dict) else None
-        if not isinstance(root, dict):
-            raise LLMError(f"replay {key}: the run record has no 'root' agent node")
-        replay = _Replay(path=key, responses={}, queries={})
-        _index_node(replay, root)
-        _REPLAYS[key] = (mtime, replay)
-        return replay
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LLMError(f"replay {key}: cannot read the run record: {exc}") from exc
+    root = record.get("root") if isinstance(record, dict) else None
+    if not isinstance(root, dict):
+        raise LLMError(f"replay {key}: the run record has no 'root' agent node")
+    replay = _Replay(path=key, responses={}, queries={})
+    _index_node(replay, root)
+    return replay
 
 
 def _index_node(replay: _Replay, node: Mapping[str, Any]) -> None:
@@ -165,5 +149,10 @@ def _index_node(replay: _Replay, node: Mapping[str, Any]) -> None:
 
 def clear_replays() -> None:
     """Forget parsed run records."""
-    with _REPLAYS_LOCK:
-        _REPLAYS.clear()
+    _REPLAYS.clear()
+
+
+_REPLAYS: FileCache[_Replay] = FileCache(
+    _parse_replay,
+    lambda key: f"replay {key}: run record not found; use 'replay/<path to run>.detail.json'",
+)

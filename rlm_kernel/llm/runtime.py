@@ -34,6 +34,11 @@ def is_imported() -> bool:
     return _LITELLM is not None
 
 
+def imported() -> Any:
+    """litellm if it has been imported and configured, else None (never waits)."""
+    return _LITELLM
+
+
 def import_litellm() -> Any:
     """Import and configure litellm once (thread-safe); return the module."""
     global _LITELLM

@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import LLMError, is_litellm_exception
+from .filecache import FileCache
 
 __all__ = ["Script", "clear_scripts", "loaded_script", "register_scripted", "resolve_script"]
 
@@ -88,7 +89,6 @@ class Script:
 
 
 _REGISTERED: dict[str, Script] = {}
-_SCRIPTS: dict[str, tuple[int, Script]] = {}
 _LOCK = threading.RLock()  # re-entrant: a script may call register_scripted
 
 
@@ -121,35 +121,12 @@ def resolve_script(name: str) -> Script:
     registered = _REGISTERED.get(name)
     if registered is not None:
         return registered
-    path = Path(name).expanduser()
-    if not path.is_absolute():
-        path = Path.cwd() / path
-    key = str(path)
-    try:
-        mtime = path.stat().st_mtime_ns
-    except OSError as exc:
-        raise LLMError(
-            f"scripted model: script {key} not found; use 'scripted/<path.py>' with an "
-            "absolute path or one relative to the working directory"
-        ) from exc
-    cached = _SCRIPTS.get(key)
-    if cached is not None and cached[0] == mtime:
-        return cached[1]
-    with _LOCK:
-        cached = _SCRIPTS.get(key)
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-        script = _load_script(path)
-        if cached is not None and cached[1].module is not None:  # the file changed: drop old
-            sys.modules.pop(cached[1].module.__name__, None)
-        _SCRIPTS[key] = (mtime, script)
-        return script
+    return _SCRIPTS.get(name)
 
 
 def loaded_script(path: str) -> Script | None:
     """The script loaded from the file `path`, if it was loaded (tests look at its module)."""
-    cached = _SCRIPTS.get(path)
-    return cached[1] if cached is not None else None
+    return _SCRIPTS.loaded(path)
 
 
 def _load_script(path: Path) -> Script:
@@ -189,3 +166,19 @@ def clear_scripts() -> None:
     with _LOCK:
         _SCRIPTS.clear()
         _REGISTERED.clear()
+
+
+def _forget_module(old: Script) -> None:
+    """A changed script file replaces its old module."""
+    if old.module is not None:
+        sys.modules.pop(old.module.__name__, None)
+
+
+_SCRIPTS: FileCache[Script] = FileCache(
+    _load_script,
+    lambda key: (
+        f"scripted model: script {key} not found; use 'scripted/<path.py>' with an "
+        "absolute path or one relative to the working directory"
+    ),
+    _forget_module,
+)

@@ -35,6 +35,15 @@ KERNEL_OPTIONS = ("--HistoryManager.hist_file=:memory:", "--IPythonKernel._execu
 LIFELINE_FD = 3  # the lifeline's read end in every kernel
 
 
+def move_fd(fd: int, target: int) -> None:
+    """Make `target` a non-inheritable copy of `fd` (already there when `fd` is `target`:
+    dup2 without inheritance is dup3, which refuses equal descriptors with EINVAL)."""
+    if fd == target:
+        os.set_inheritable(target, False)
+    else:
+        os.dup2(fd, target, inheritable=False)
+
+
 def become_kernel(
     zygote: Any,
     cwd: str,
@@ -66,7 +75,7 @@ def become_kernel(
         os.dup2(log_fd, 2)
         first = 3
         if zygote.lifeline is not None:
-            os.dup2(zygote.lifeline, LIFELINE_FD, inheritable=False)
+            move_fd(zygote.lifeline, LIFELINE_FD)
             first = LIFELINE_FD + 1
         if report is None:
             os.closerange(first, _max_fd())

@@ -1,5 +1,8 @@
 """The host side of the kernel fork servers (:mod:`.forkserver`): start a zygote (unconfined, or
-one per bubblewrap isolation), ask it to fork kernels, and track their exits."""
+one per bubblewrap isolation), ask it to fork kernels, and track their exits.
+
+Every wait here ends at the deadline of the kernel start it serves (see "start-up deadlines" in
+:mod:`.kernelproc`)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import json
 import logging
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -21,11 +25,17 @@ from typing import Any
 from . import isolation as iso_mod
 from .confine import recv_pid
 from .isolation import Isolation
-from .kernelproc import _HAVE_PROC, KernelStartError, _pid_alive, _proc_stat
+from .kernelproc import (
+    _HAVE_PROC,
+    KernelStartError,
+    _pid_alive,
+    _proc_stat,
+    setup_margin,
+    start_timeout,
+    start_timeout_hint,
+)
 
 _ZYGOTE_ENV_KEYS = ("PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV")
-_ZYGOTE_READY_TIMEOUT = 30.0
-_SPAWN_TIMEOUT = 15.0
 _FORKSERVER_MODULE = "rlm_kernel.sandbox.forkserver"
 
 log = logging.getLogger(__name__)
@@ -77,6 +87,10 @@ class _ForkServerDown(RuntimeError):
     """The fork server is not running (any more)."""
 
 
+class _ForkServerSlow(KernelStartError):
+    """The fork server did not become ready before the start's deadline (it may be running)."""
+
+
 def _package_root() -> str:
     """Return the directory that contains the ``rlm_kernel`` package."""
     return str(Path(__file__).resolve().parents[2])
@@ -103,9 +117,8 @@ class _Pending:
 class _ForkServer:
     """Host side of the zygote: start it, send spawn requests, track its children's exits."""
 
-    def __init__(
-        self, ready_timeout: float = _ZYGOTE_READY_TIMEOUT, isolation: Isolation | None = None
-    ) -> None:
+    def __init__(self, deadline: float, isolation: Isolation | None = None) -> None:
+        """Start the zygote and wait for it to be ready, until `deadline` (time.monotonic())."""
         self.isolation = isolation or iso_mod.NONE
         self.confined = self.isolation.confined
         self._lock = threading.Lock()
@@ -155,13 +168,16 @@ class _ForkServer:
         self._stderr = self._proc.stderr
         self._reader = threading.Thread(target=self._read_loop, name="rlm-forkserver", daemon=True)
         self._reader.start()
-        answered = self._ready.wait(ready_timeout)
+        waited = max(deadline - time.monotonic(), 0.0)
+        answered = self._ready.wait(waited)
         if not answered or self._down:
             self.stop(timeout=1.0)
-            if answered:
-                reason = f"exited during start-up with code {self._proc.returncode}"
-            else:
-                reason = f"did not become ready within {ready_timeout:.0f} s"
+            if not answered:
+                raise _ForkServerSlow(
+                    f"the kernel fork server (pid {self._proc.pid}) did not become ready within "
+                    f"{waited:.0f} s"
+                )
+            reason = f"exited during start-up with code {self._proc.returncode}"
             raise _ForkServerDown(f"the fork server (pid {self._proc.pid}) {reason}")
 
     def alive(self) -> bool:
@@ -240,8 +256,9 @@ class _ForkServer:
             self._ready.set()
         elif event == "exit":
             with self._lock:
-                self._exit_status[int(msg["pid"])] = int(msg.get("status", 0))
                 ev = self._children.get(int(msg["pid"]))
+                if ev is not None:  # not a kernel whose start was given up (see _stop_late)
+                    self._exit_status[int(msg["pid"])] = int(msg.get("status", 0))
             if ev is not None:
                 ev.set()
         elif "id" in msg:
@@ -253,6 +270,19 @@ class _ForkServer:
             if pending is not None:
                 pending.reply = msg
                 pending.done.set()
+            elif "pid" in msg:
+                self._stop_late(msg)
+
+    def _stop_late(self, msg: dict[str, Any]) -> None:
+        """Kill the kernel of a spawn reply that came after the host gave up waiting for it."""
+        pid = int(msg.get("host_pid", 0) if self.confined else msg["pid"])
+        log.warning(
+            "kernel fork server answered a start after its deadline; stopping that kernel (pid %s)",
+            pid or "unknown",
+        )
+        if pid > 0:  # the kernel leads its process group (a confined one: its init goes with it)
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
 
     def _mark_down(self) -> None:
         """Note that the zygote is gone and fail the requests waiting for it."""
@@ -273,14 +303,20 @@ class _ForkServer:
         connection_file: str,
         log_path: str,
         view: Mapping[str, Any] | None = None,
+        *,
+        deadline: float,
+        budget: float,
     ) -> _ForkedProc:
-        """Fork a kernel; _ForkServerDown if the zygote is gone, KernelStartError if refused."""
+        """Fork a kernel by `deadline` (time.monotonic(); `budget`: the whole start's seconds, for
+        messages); _ForkServerDown if the zygote is gone, KernelStartError if refused or late."""
         req: dict[str, Any] = {
             "op": "spawn",
             "cwd": cwd,
             "env": dict(env),
             "connection_file": connection_file,
             "log_path": log_path,
+            # the fork server's own deadline for a confined kernel's set-up: it answers first
+            "setup_deadline": deadline - setup_margin(budget),
         }
         fds: list[int] = []
         if self.confined:
@@ -290,12 +326,15 @@ class _ForkServer:
                 os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             )
         try:
-            reply = self._request(req, _SPAWN_TIMEOUT, fds)
+            reply = self._request(req, deadline, budget, fds)
         finally:
             for fd in fds:
                 os.close(fd)
         if "error" in reply:
-            raise KernelStartError(f"the fork server could not start the kernel: {reply['error']}")
+            hint = f"; {start_timeout_hint(budget)}" if reply.get("timeout") else ""
+            raise KernelStartError(
+                f"the fork server could not start the kernel: {reply['error']}{hint}"
+            )
         key = int(reply["pid"])
         pid = int(reply.get("host_pid", key))
         with self._lock:
@@ -305,14 +344,16 @@ class _ForkServer:
     def inject(self, key: int, ro: list[str], rw: list[str], hide: list[str]) -> None:
         """Change a running confined kernel's view (`key`: its _ForkedProc.key)."""
         req = {"op": "inject", "pid": key, "ro": ro, "rw": rw, "hide": hide}
-        reply = self._request(req, _SPAWN_TIMEOUT)
+        budget = start_timeout()
+        reply = self._request(req, time.monotonic() + budget, budget)
         if "error" in reply:
             raise KernelStartError(f"could not extend the kernel's view: {reply['error']}")
 
     def _request(
-        self, req: dict[str, Any], timeout: float, fds: list[int] | None = None
+        self, req: dict[str, Any], deadline: float, budget: float, fds: list[int] | None = None
     ) -> dict[str, Any]:
-        """Send one request and wait for its reply; _ForkServerDown if the zygote is gone."""
+        """Send one request and wait for its reply until `deadline`; _ForkServerDown if the
+        zygote is gone, KernelStartError (naming the budget) if it does not answer in time."""
         pending = _Pending()
         with self._lock:
             if self._down:
@@ -337,10 +378,18 @@ class _ForkServer:
             with self._lock:
                 self._pending.pop(rid, None)
             raise _ForkServerDown(f"cannot talk to the fork server: {exc}") from exc
-        if not pending.done.wait(timeout):
+        if not pending.done.wait(max(deadline - time.monotonic(), 0.0)):
             with self._lock:
-                self._pending.pop(rid, None)
-            raise _ForkServerDown(f"the fork server did not answer within {timeout:.0f} s")
+                # A reply that still comes is for nobody: its kernel is stopped (_stop_late).
+                given_up = self._pending.pop(rid, None) is not None
+            if not given_up:  # the reader thread took the reply just now and sets it next
+                pending.done.wait()
+            else:
+                raise KernelStartError(
+                    f"the kernel fork server (pid {self.pid}) did not answer a {req['op']} "
+                    f"request in time (busy with other kernels' starts, or stuck); "
+                    f"{start_timeout_hint(budget)}"
+                )
         reply = pending.reply
         if reply.get("down"):
             raise _ForkServerDown("the fork server exited")
@@ -398,9 +447,9 @@ _server_lock = threading.Lock()
 _fork_disabled = False  # the fork server could not start: use the subprocess launcher
 
 
-def _get_confined_server(ready_timeout: float, isolation: Isolation) -> _ForkServer:
-    """The running bwrap fork server for `isolation`, started if needed (no fallback: a kernel
-    of the bwrap tier never runs unconfined)."""
+def _get_confined_server(deadline: float, budget: float, isolation: Isolation) -> _ForkServer:
+    """The running bwrap fork server for `isolation`, started (by `deadline`) if needed (no
+    fallback: a kernel of the bwrap tier never runs unconfined)."""
     with _server_lock:
         server = _confined.get(isolation.key)
         if server is not None and server.alive():
@@ -410,7 +459,9 @@ def _get_confined_server(ready_timeout: float, isolation: Isolation) -> _ForkSer
             log.warning("confined fork server (pid %s) died; starting a new one", server.pid)
             server.stop(timeout=1.0)
         try:
-            server = _ForkServer(min(ready_timeout, _ZYGOTE_READY_TIMEOUT), isolation)
+            server = _ForkServer(deadline, isolation)
+        except _ForkServerSlow as exc:
+            raise KernelStartError(f"{exc}; {start_timeout_hint(budget)}") from exc
         except Exception as exc:
             raise KernelStartError(
                 f"cannot start the bubblewrap fork server ({exc}); set sandbox.isolation: none "
@@ -420,8 +471,9 @@ def _get_confined_server(ready_timeout: float, isolation: Isolation) -> _ForkSer
         return server
 
 
-def _get_fork_server(ready_timeout: float) -> _ForkServer | None:
-    """Return the running fork server, starting it if needed; None means: use subprocess."""
+def _get_fork_server(deadline: float, budget: float) -> _ForkServer | None:
+    """Return the running fork server, starting it (by `deadline`) if needed; None means: use
+    subprocess (the fork server cannot start here)."""
     global _server, _fork_disabled
     with _server_lock:
         if _fork_disabled:
@@ -433,7 +485,9 @@ def _get_fork_server(ready_timeout: float) -> _ForkServer | None:
             log.warning("kernel fork server (pid %s) died; starting a new one", old.pid)
             old.stop(timeout=1.0)
         try:
-            _server = _ForkServer(min(ready_timeout, _ZYGOTE_READY_TIMEOUT))
+            _server = _ForkServer(deadline)
+        except _ForkServerSlow as exc:  # slow (a loaded machine), not broken: no fallback
+            raise KernelStartError(f"{exc}; {start_timeout_hint(budget)}") from exc
         except Exception as exc:
             _fork_disabled = True
             log.warning(

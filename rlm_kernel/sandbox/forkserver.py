@@ -7,7 +7,10 @@ Protocol: JSON lines over the Unix stream socket inherited as fd ``N``.
 
 - zygote → host, once imports are done: ``{"event": "ready", "pid": P, "threads": T}``.
 - host → zygote: ``{"id": I, "op": "spawn", "cwd": ..., "env": {...}, "connection_file": ...,
-  "log_path": ...}``; reply ``{"id": I, "pid": P}`` or ``{"id": I, "error": "..."}``.
+  "log_path": ..., "setup_deadline": D}``; reply ``{"id": I, "pid": P}`` or ``{"id": I, "error":
+  "...", "timeout": B}`` (``B``: the start ran out of time). ``D`` is a ``time.monotonic()`` value
+  (the host's clock is ours): a confined kernel's set-up must report by then, and a request read
+  after it is refused without forking (the host is about to give up on it).
 - zygote → host, whenever a kernel exits (the zygote reaps it): ``{"event": "exit", "pid": P,
   "status": S}`` (``S`` as ``os.waitstatus_to_exitcode``: negative for a signal).
 
@@ -86,9 +89,14 @@ EXTRA_PRELOAD = (
 )
 OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime",)
 SHUTDOWN_GRACE_S = 1.0  # SIGTERM → SIGKILL for kernels left when the zygote exits
-_REPORT_TIMEOUT_S = 60.0  # a confined kernel's set-up (namespaces, mounts) reports its pid; 10 s
-# was seen to pass on a 2-core machine at load 20 (a run failed with "did not report")
+# A spawn request without a set-up deadline (an older host) gets this long for a confined
+# kernel's set-up; the host's deadlines: kernelproc, "start-up deadlines".
+_DEFAULT_SETUP_S = 60.0
 _MAX_LINE = 16 * 1024 * 1024
+
+
+class _StartTimeout(RuntimeError):
+    """The start of a kernel ran out of time (the reply says so: the host adds what to do)."""
 
 
 def _log(msg: str) -> None:
@@ -272,6 +280,14 @@ class _Zygote:
                 if not isinstance(view, dict):
                     os.close(log_fd)
                     raise ValueError("this fork server confines every kernel: no view was sent")
+            setup_deadline = float(req.get("setup_deadline") or time.monotonic() + _DEFAULT_SETUP_S)
+            if time.monotonic() >= setup_deadline:
+                if log_fd is not None:
+                    os.close(log_fd)
+                raise _StartTimeout(
+                    "its start-up deadline passed while the fork server was starting other "
+                    "kernels; nothing was forked"
+                )
             pid, kernel = self._spawn(
                 str(req["cwd"]),
                 {str(k): str(v) for k, v in dict(req["env"]).items()},
@@ -279,7 +295,10 @@ class _Zygote:
                 str(req["log_path"]),
                 view if self.confined else None,
                 log_fd,
+                setup_deadline,
             )
+        except _StartTimeout as exc:
+            self.send({"id": rid, "error": str(exc), "timeout": True})
         except Exception as exc:
             self.send({"id": rid, "error": f"{type(exc).__name__}: {exc}"})
         else:
@@ -337,10 +356,12 @@ class _Zygote:
         log_path: str,
         view: dict[str, Any] | None = None,
         log_fd: int | None = None,
+        setup_deadline: float | None = None,
     ) -> tuple[int, int | None]:
         """Fork one kernel; return its pid and, when confined, the kernel's own pid (the child
-        forked is then the init of the kernel's PID namespace). `log_fd` (taken over) replaces
-        opening `log_path`."""
+        forked is then the init of the kernel's PID namespace), which its set-up reports by
+        `setup_deadline` (time.monotonic()). `log_fd` (taken over) replaces opening
+        `log_path`."""
         try:
             if not os.path.isdir(cwd):
                 raise FileNotFoundError(errno.ENOENT, "kernel cwd is not a directory", cwd)
@@ -360,7 +381,9 @@ class _Zygote:
             if view is None:
                 pid = os.fork()
             else:
-                report, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+                # SEQPACKET, not DGRAM: a set-up that dies before it reports is an EOF at once
+                # (a datagram socket pair never tells; the wait lasted its whole timeout).
+                report, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 report.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
                 pid = confine.fork_in_new_pid_namespace()
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
@@ -372,14 +395,32 @@ class _Zygote:
         self.children.add(pid)
         if report is None:
             return pid, None
-        with report:
-            report.settimeout(_REPORT_TIMEOUT_S)
-            try:
-                data, kernel = confine.recv_pid(report)
-            except OSError as exc:
-                raise RuntimeError(f"the kernel's set-up did not report: {exc}") from None
-        if not data.startswith(b"ok") or kernel is None:
-            raise RuntimeError(data.decode("utf-8", "replace") or "the kernel's set-up failed")
+        if setup_deadline is None:
+            setup_deadline = time.monotonic() + _DEFAULT_SETUP_S
+        waited = max(setup_deadline - time.monotonic(), 0.001)
+        try:
+            with report:
+                report.settimeout(waited)
+                try:
+                    data, kernel = confine.recv_pid(report)
+                except TimeoutError:
+                    raise _StartTimeout(
+                        f"the kernel's set-up (its namespaces and mounts) did not finish within "
+                        f"{waited:.0f} s"
+                    ) from None
+                except OSError as exc:
+                    raise RuntimeError(f"the kernel's set-up did not report: {exc}") from None
+            if not data:
+                raise RuntimeError(
+                    "the kernel's set-up ended without reporting (its process exited; the "
+                    "kernel's log may say why)"
+                )
+            if not data.startswith(b"ok") or kernel is None:
+                raise RuntimeError(data.decode("utf-8", "replace") or "the kernel's set-up failed")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)  # a hung or broken set-up: reaped and reported later
+            raise
         return pid, kernel
 
     def _inject(self, pid: int, ro: list[str], rw: list[str], hide: list[str]) -> None:

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 INTERRUPT_GRACE_S = 3.0  # how long an interrupted cell may take to stop before the kernel restarts
 LOST_IDLE_S = 2.0  # the cell replied but its idle status has not come: iopub lost it
 QUERY_TIMEOUT_S = 5.0  # completion / inspection requests
+# The first one a kernel answers loads its completer (jedi's caches): 2 CPU-s, 4 s at load 5,
+# where the 5 s made the first Tab of a notebook come back empty one time in four.
+FIRST_QUERY_TIMEOUT_S = 30.0
 REPLY_TIMEOUT_S = 2.0  # the execute_reply of a cell whose idle status arrived (sent before it)
 
 # What jupyter_client raises for a message it cannot decode (bad signature, not JSON, no header).
@@ -207,6 +210,7 @@ class QueryClient:
         self.name = name
         self._lock = threading.Lock()
         self._query: tuple[str, _Client, str | None] | None = None  # (connection file, ...)
+        self._answered = False  # the kernel of this client has answered a request
 
     def request(
         self, kernel: KernelHandle | None, msg_type: str, content: dict[str, Any]
@@ -220,10 +224,12 @@ class QueryClient:
             if subshell is not None:
                 msg["header"]["subshell_id"] = subshell
             client.shell_channel.send(msg)
-            reply = reply_to(client.get_shell_msg, msg["header"]["msg_id"], QUERY_TIMEOUT_S)
+            timeout = QUERY_TIMEOUT_S if self._answered else FIRST_QUERY_TIMEOUT_S
+            reply = reply_to(client.get_shell_msg, msg["header"]["msg_id"], timeout)
             if reply is None:
                 self._stop()  # a late reply must not answer the next request
                 raise SandboxError(f"sandbox {self.name} did not answer {msg_type} in time")
+            self._answered = True
             return dict(reply["content"])
 
     def _client(self, kernel: KernelHandle) -> tuple[_Client, str | None]:
@@ -244,6 +250,7 @@ class QueryClient:
         return client, subshell
 
     def _stop(self) -> None:
+        self._answered = False
         if self._query is not None:
             with contextlib.suppress(Exception):
                 self._query[1].stop_channels()

@@ -37,6 +37,26 @@ _POLL_S = 0.05  # shell poll while waiting for kernel_info_reply
 _IOPUB_RESEND_S = 0.2  # resend kernel_info when iopub has not shown our request by then
 _LOG_TAIL_LINES = 25
 
+# -- start-up deadlines -------------------------------------------------------------------------
+# One budget bounds a kernel's whole start: starting a fork server when none runs, the fork, a
+# confined kernel's set-up (its namespaces and mounts), binding its sockets and answering
+# kernel_info. Every wait inside the start is derived from that one deadline, and the innermost
+# wait gives up first, so the message the user reads names the step that hung:
+#
+#   the host waits for a new fork server's "ready"        until the deadline
+#   the fork server waits for a confined kernel's set-up  until the deadline - setup_margin()
+#   the host waits for the fork server's spawn reply      until the deadline
+#   the host waits for the kernel's sockets, kernel_info  until the deadline
+#
+# The fork server gives up `setup_margin` earlier than the host so that its reason reaches the
+# host before the host stops listening; it refuses (without forking) a request whose set-up
+# deadline passed while earlier requests were served. Host and fork server share
+# CLOCK_MONOTONIC (`time.monotonic()`), so the request carries the deadline itself. Every
+# timeout's message says to raise START_TIMEOUT_ENV.
+START_TIMEOUT_ENV = "RLM_KERNEL_START_TIMEOUT"
+DEFAULT_START_TIMEOUT_S = 120.0  # generous: at load 20 on 2 cores a start took over 30 s
+_SETUP_MARGIN_S = 5.0  # at most; a quarter of a smaller budget
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -44,6 +64,36 @@ log = logging.getLogger(__name__)
 
 class KernelStartError(RuntimeError):
     """A kernel could not be started or did not become ready."""
+
+
+def start_timeout() -> float:
+    """The start-up budget of a kernel, in seconds: ``$RLM_KERNEL_START_TIMEOUT`` or 120."""
+    raw = os.environ.get(START_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_START_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise KernelStartError(
+            f"${START_TIMEOUT_ENV} must be a number of seconds > 0 (how long a sandbox kernel "
+            f"may take to start; default {DEFAULT_START_TIMEOUT_S:g}), got {raw!r}"
+        )
+    return value
+
+
+def setup_margin(budget: float) -> float:
+    """How much earlier than the host the fork server gives up on a kernel's set-up."""
+    return min(_SETUP_MARGIN_S, budget / 4)
+
+
+def start_timeout_hint(budget: float) -> str:
+    """What to do when a start-up wait gives up (for the error message)."""
+    return (
+        f"the kernel start-up budget is {budget:g} s; a loaded machine may need more: "
+        f"set {START_TIMEOUT_ENV}=<seconds> (e.g. {START_TIMEOUT_ENV}={max(2 * budget, 240):g})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

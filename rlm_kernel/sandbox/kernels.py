@@ -9,7 +9,8 @@ Two launchers:
   ``python -m ipykernel_launcher``.
 
 ``RLM_KERNEL_LAUNCHER`` overrides the default. If the fork server cannot start, kernels fall
-back to ``"subprocess"`` (one warning through `logging`).
+back to ``"subprocess"`` (one warning through `logging`). ``RLM_KERNEL_START_TIMEOUT`` (seconds,
+default 120) bounds a kernel's whole start; see "start-up deadlines" in :mod:`.kernelproc`.
 
 Every kernel gets a private directory for its connection file and ipc sockets (under
 ``runtime_dir``, or under a short ``/tmp/rlm-k*`` directory when socket paths would be too long),
@@ -50,6 +51,7 @@ from .forkclient import (
 )
 from .isolation import Isolation
 from .kernelproc import (
+    START_TIMEOUT_ENV,
     KernelStartError,
     _Client,
     _killpg,
@@ -62,10 +64,13 @@ from .kernelproc import (
     _wait_bound,
     _wait_ready,
     _zmq_context,
+    start_timeout,
+    start_timeout_hint,
 )
 
 __all__ = [
     "LAUNCHERS",
+    "START_TIMEOUT_ENV",
     "KernelHandle",
     "KernelStartError",
     "live_kernel_pids",
@@ -79,13 +84,6 @@ LAUNCHERS = ("fork", "subprocess")
 LAUNCHER_ENV = "RLM_KERNEL_LAUNCHER"
 IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS; stay well below
 _IPC_NAME = "ipc"  # socket files are <dir>/ipc-<n>, n = 1..5
-_ZYGOTE_ENV_KEYS = ("PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV")
-_ZYGOTE_READY_TIMEOUT = 30.0
-_SPAWN_TIMEOUT = 15.0
-_POLL_S = 0.05  # shell poll while waiting for kernel_info_reply
-_IOPUB_RESEND_S = 0.2  # resend kernel_info when iopub has not shown our request by then
-_LOG_TAIL_LINES = 25
-_FORKSERVER_MODULE = "rlm_kernel.sandbox.forkserver"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +205,9 @@ class KernelHandle:
 
     # -- internals ------------------------------------------------------------------------------
     def _launch(self) -> None:
-        """Launch a kernel process and wait until its client is ready (caller holds the lock)."""
+        """Launch a kernel process and wait until its client is ready (caller holds the lock);
+        every wait ends at one deadline, `ready_timeout` from now (kernelproc: "start-up
+        deadlines")."""
         deadline = time.monotonic() + self._ready_timeout
         kdir = tempfile.mkdtemp(prefix="k-", dir=self._runtime_dir)
         dirs = [kdir]
@@ -232,9 +232,9 @@ class KernelHandle:
                             "sandbox.isolation: bwrap needs the fork launcher "
                             f"(unset ${LAUNCHER_ENV}, or set sandbox.isolation: none)"
                         )
-                    proc = self._spawn_confined(cf, ipc_prefix, dirs)
+                    proc = self._spawn_confined(cf, ipc_prefix, dirs, deadline)
                 elif launcher == "fork":
-                    proc = self._spawn_forked(cf, ipc_prefix)
+                    proc = self._spawn_forked(cf, ipc_prefix, deadline)
                     if proc is None:
                         launcher = "subprocess"
                 if proc is None:
@@ -256,10 +256,11 @@ class KernelHandle:
             except _NotReady as exc:
                 if not proc.alive():
                     proc.wait_dead(0.5)  # let the log be complete
+                budget = f"; {start_timeout_hint(self._ready_timeout)}"
                 raise KernelStartError(
                     self._describe(
-                        f"kernel pid {proc.pid} did not become ready: {exc} "
-                        f"(ready_timeout={self._ready_timeout:g} s)",
+                        f"kernel pid {proc.pid} did not become ready: {exc}"
+                        f"{budget if proc.alive() else ''}",
                         launcher,
                     )
                 ) from None
@@ -283,25 +284,31 @@ class KernelHandle:
             "\n--- kernel log (tail) ---\n" + tail if tail else "\n(the kernel log is empty)"
         )
 
-    def _spawn_forked(self, cf: str, ipc_prefix: str) -> _Proc | None:
+    def _spawn_forked(self, cf: str, ipc_prefix: str, deadline: float) -> _Proc | None:
         """Fork a kernel from the fork server; None when only the subprocess launcher works."""
+        budget = self._ready_timeout
         for attempt in range(2):
-            server = _get_fork_server(self._ready_timeout)
+            server = _get_fork_server(deadline, budget)
             if server is None:
                 return None
             if not os.path.exists(cf):
                 _write_ipc_connection_file(cf, ipc_prefix)
             try:
-                return server.spawn(self.cwd, self._env, cf, self.log_path)
+                return server.spawn(
+                    self.cwd, self._env, cf, self.log_path, deadline=deadline, budget=budget
+                )
+            except KernelStartError as exc:  # refused, or late: the log may say why
+                raise KernelStartError(self._describe(str(exc), "fork")) from None
             except _ForkServerDown as exc:
                 if attempt:
                     log.warning("kernel fork server failed twice (%s); using subprocess", exc)
         return None
 
-    def _spawn_confined(self, cf: str, ipc_prefix: str, dirs: list[str]) -> _Proc:
+    def _spawn_confined(self, cf: str, ipc_prefix: str, dirs: list[str], deadline: float) -> _Proc:
         """Fork a kernel from the bwrap fork server, in a view that adds its runtime dirs."""
+        budget = self._ready_timeout
         for attempt in range(2):
-            server = _get_confined_server(self._ready_timeout, self.isolation)
+            server = _get_confined_server(deadline, budget, self.isolation)
             _write_ipc_connection_file(cf, ipc_prefix)
             view = dict(self._view)
             if not view:
@@ -312,7 +319,11 @@ class KernelHandle:
             view["rw"] = [*view.get("rw", []), *dirs]
             view["ro"] = [*view.get("ro", []), cf]
             try:
-                return server.spawn(self.cwd, self._env, cf, self.log_path, view)
+                return server.spawn(
+                    self.cwd, self._env, cf, self.log_path, view, deadline=deadline, budget=budget
+                )
+            except KernelStartError as exc:  # refused, or late: the log may say why
+                raise KernelStartError(self._describe(str(exc), "fork")) from None
             except _ForkServerDown as exc:
                 if attempt:
                     raise KernelStartError(
@@ -399,12 +410,15 @@ def start_kernel(
     env: Mapping[str, str],
     *,
     runtime_dir: str,
-    ready_timeout: float = 30.0,
+    ready_timeout: float | None = None,
     launcher: str | None = None,
     isolation: Isolation | None = None,
     view: Mapping[str, Any] | None = None,
 ) -> KernelHandle:
     """Start a kernel in `cwd` with exactly `env`, and return its handle once it is ready.
+
+    `ready_timeout` bounds the whole start, in seconds (default: ``$RLM_KERNEL_START_TIMEOUT``,
+    else 120); every wait of the start gives up by then with a message that says so.
 
     With a confined `isolation` (the bwrap tier) the kernel runs in `view` (see
     :func:`.isolation.kernel_view`; default: `cwd` writable and a private /tmp under
@@ -417,7 +431,7 @@ def start_kernel(
         os.path.abspath(cwd),
         env,
         runtime_dir=runtime_dir,
-        ready_timeout=ready_timeout,
+        ready_timeout=start_timeout() if ready_timeout is None else ready_timeout,
         launcher=chosen,
         isolation=isolation,
         view=view,

@@ -406,6 +406,22 @@ def remove_workspace(target: Target, dest: str) -> None:
     shutil.rmtree(host_git_dir(dest), ignore_errors=True)
 
 
+def _only_git_dir(workdir: str) -> bool:
+    """Whether `workdir` holds nothing git would record besides its `.git`: no file or symlink
+    anywhere (git records no empty directories)."""
+    stack, top = [workdir], True
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if top and entry.name == ".git":
+                    continue
+                if not entry.is_dir(follow_symlinks=False):
+                    return False  # a file, a symlink (to a directory too), a fifo …
+                stack.append(entry.path)
+        top = False
+    return True
+
+
 def diff(workdir: str) -> str:
     """Everything changed in workspace `workdir` since its base, new files included, as a patch.
 
@@ -419,8 +435,8 @@ def diff(workdir: str) -> str:
         raise TargetError(f"the host's git dir of {workdir} is missing ({host})") from None
     if not os.path.isdir(workdir):
         raise TargetError(f"the workspace {workdir} is gone")
-    if tree == EMPTY_TREE and not [n for n in os.listdir(workdir) if n != ".git"]:
-        return ""  # nothing but `.git` (which git never adds) against the empty tree
+    if tree == EMPTY_TREE and _only_git_dir(workdir):
+        return ""  # a scratch workspace nothing was written to (no git processes for it)
     index = os.path.join(host, _INDEX_FILE)
     if not os.path.exists(os.path.join(host, "HEAD")):  # a scratch workspace's first files
         _init(host, bare=True, alternates=None)

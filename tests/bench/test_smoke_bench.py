@@ -71,6 +71,8 @@ def test_events() -> None:
 
 def test_llm() -> None:
     out = smoke("bench_llm.py")
-    assert "| sequential | 10 |" in out and "| sequential, streamed | 10 |" in out
-    assert "| 10 in flight | 10 |" in out
+    for path in ("(plain HTTP, `model.direct`)", "(litellm)"):  # both call paths, one invocation
+        assert f"| sequential {path} | 10 |" in out
+        assert f"| sequential, streamed {path} | 10 |" in out
+        assert f"| 10 in flight {path} | 10 |" in out
     assert "| `rlm run` | 1 |" in out and "| kernel start + `%%rlm` cell | 1 |" in out

@@ -73,7 +73,9 @@ def test_renders_a_record_fully_expanded(page: Any, harness_url: str) -> None:
     rec = synth_record(statuses={"root.2": "error", "root.3": "cancelled"})
     tree = AgentTree.from_record(rec)
     ms = _mount(page, harness_url, record=tree.record, summary=tree.summary)
-    assert ms < 1000
+    # A guard against a render that hangs or loops (7 rows take milliseconds; a loaded machine
+    # stretches that): the speed target, 1000 ms for 201 agents, is bench/bench_widget.py's.
+    assert ms < 10_000, ms
     assert page.locator(".rlm-row").count() == 7
     # nested: root > root.0 > root.0.0, and every node visible (opened fully expanded)
     nested = page.locator(

@@ -59,7 +59,8 @@ def _check_viewer(page: Any) -> None:
     tree = page.locator("#rlm-v-tree")
     assert tree.get_attribute("data-run") == RUNS[2]["run_id"]
     assert tree.locator(".rlm-row").count() == 7
-    assert float(tree.get_attribute("data-render-ms") or 1e9) < 1000
+    # a guard against a render that hangs or loops; the speed target is bench/bench_widget.py's
+    assert float(tree.get_attribute("data-render-ms") or 1e9) < 10_000
     # choose the middle run: its tree (1 + 3 + 3 agents) with its statuses
     rows.nth(1).click()
     page.wait_for_function(

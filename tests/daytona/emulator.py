@@ -106,6 +106,7 @@ class DaytonaEmulator:
         self.unauthorized = 0
         self.executions = 0
         self.create_delay_s = 0.0
+        self.create_spans: list[tuple[float, float]] = []  # (start, end) of successful creations
         self.git_clones: list[dict[str, Any]] = []  # bodies of POST /git/clone
         self.create_bodies: list[dict[str, Any]] = []  # bodies of POST /sandbox
         self.port = 0
@@ -261,8 +262,10 @@ class DaytonaEmulator:
                 {"statusCode": 500, "message": "Internal server error (injected fault)"},
                 status=500,
             )
+        began = time.monotonic()
         if self.create_delay_s:
             await asyncio.sleep(self.create_delay_s)
+        self.create_spans.append((began, time.monotonic()))
         sid = uuid.uuid4().hex[:12]
         d = os.path.join(self.root, sid, "home")
         os.makedirs(d)

@@ -28,9 +28,9 @@ FAKE_KEY = "sk-faults-0123456789-not-a-real-key"
 def server() -> Iterator[FaultServer]:
     """One fault-injection server for the whole session.
 
-    litellm is imported first: a process's calls made while it is still being imported go out
-    directly (rlm_kernel.llm.direct), and these tests count litellm's requests and retries
-    (tests/llm/test_direct.py covers the direct calls)."""
+    litellm is imported first, so that every test's calls take the same path: plain HTTP
+    requests (rlm_kernel.llm.direct, `model.direct` on by default) with litellm's error mapping
+    and retries (tests/llm/test_direct.py covers the switch to litellm's path and cold start)."""
     import_litellm()
     srv = FaultServer().start()
     yield srv

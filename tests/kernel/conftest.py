@@ -1,4 +1,5 @@
-"""Kernel tests: the `rlm` kernelspec installed into a private prefix, Jupyter dirs kept private."""
+"""Kernel tests: the `rlm` kernelspec installed into a private prefix, Jupyter dirs kept private;
+an iopub in miniature for the pieces that publish."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from rlm_kernel.cli import main as rlm_main
+
+from .wire import IOPub
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,3 +29,13 @@ def rlm_kernelspec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("JUPYTER_RUNTIME_DIR", str(base / "runtime"))
         mp.setenv("IPYTHONDIR", str(base / "ipython"))
         yield base / "prefix" / "share" / "jupyter" / "kernels" / "rlm"
+
+
+@pytest.fixture
+def iopub() -> Iterator[IOPub]:
+    """A signing Session and a real socket pair to publish on and read back (`wire.IOPub`)."""
+    pub = IOPub()
+    try:
+        yield pub
+    finally:
+        pub.close()

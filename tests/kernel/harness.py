@@ -108,7 +108,7 @@ class RLMKernelProcess:
         """Run a cell and return everything it produced."""
         return self.collect(self.send(code), timeout)
 
-    def request(self, msg_type: str, timeout: float = 10, **content: Any) -> dict[str, Any]:
+    def request(self, msg_type: str, timeout: float = 60, **content: Any) -> dict[str, Any]:
         """Send a shell request (complete, inspect, …) and return its reply's content."""
         msg = self.kc.session.msg(msg_type, content)
         self.kc.shell_channel.send(msg)

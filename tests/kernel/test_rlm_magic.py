@@ -148,9 +148,9 @@ def _waiting_at(rec: dict[str, Any], index: int) -> bool:
 
 def test_background_step_code_and_continue(kernel: RLMKernelProcess, tmp_path: Path) -> None:
     results = tmp_path / "results"
-    t0 = time.monotonic()
+    # Returns while the run waits at its step gate, where it would wait for ever (execute's
+    # timeout, 60 s, is the hang guard).
     ok(kernel.execute("%%rlm --background --step -o s\nSTEPS please"))
-    assert time.monotonic() - t0 < 10
     wait_for(lambda: _waiting_at(record(results), 0), what="iteration 0 at the gate")
     assert _code_iterations(record(results)) == 0
     status = ok(kernel.execute("%rlm status")).stdout + "".join(
@@ -313,27 +313,22 @@ def test_attach_needs_keep(kernel: RLMKernelProcess) -> None:
 # -- interrupt -----------------------------------------------------------------------------------------
 
 
-def _agents_in(run_dir: Path) -> int:
-    """Sandboxes of a run that serve an agent (pooled ones not yet taken have no `agent` file)."""
-    return sum((run_dir / n / "agent").exists() for n in os.listdir(run_dir))
+def _sleeping(sandbox_root: Path, before: set[str]) -> int:
+    """How many children of the run started after `before` are in their 120 s cell (they leave
+    a marker in their workspaces)."""
+    runs = set(os.listdir(sandbox_root)) - before
+    return len(list((sandbox_root / runs.pop()).glob("*/work/sleeping"))) if runs else 0
 
 
-def test_interrupt_cancels_the_tree_within_two_seconds(kernel: RLMKernelProcess) -> None:
+def test_interrupt_cancels_the_tree_and_removes_its_sandboxes(kernel: RLMKernelProcess) -> None:
     ok(kernel.execute("1"))  # the notebook's own sandbox exists before the run
     before = set(os.listdir(kernel.sandbox_root))
     msg_id = kernel.send("%%rlm\nSLEEP now")
-
-    def sleeping() -> bool:
-        runs = set(os.listdir(kernel.sandbox_root)) - before
-        return bool(runs) and _agents_in(kernel.sandbox_root / runs.pop()) == 2
-
-    wait_for(sleeping, what="both children to start")
-    time.sleep(0.5)
-    t0 = time.monotonic()
+    wait_for(lambda: _sleeping(kernel.sandbox_root, before) == 2, 120, "both children to sleep")
     kernel.km.interrupt_kernel()
-    cell = kernel.collect(msg_id, timeout=30)
-    took = time.monotonic() - t0
-    assert took < 2 + 0.5, f"the interrupted cell took {took:.2f} s"
+    # Cancelled, not ended by the children's 120 s sleep (the timeout is a hang guard only: the
+    # cancel takes about a second, more on a loaded machine).
+    cell = kernel.collect(msg_id, timeout=60)
     assert cell.content["status"] == "error" and cell.content["ename"] == "RunInterrupted"
     assert "cancelled; its sandboxes were removed" in cell.content["evalue"]
     # What the notebook shows: one line, not the frames of the cell transform (`await
@@ -364,8 +359,8 @@ def test_shutdown_cancels_runs_and_removes_kept_sandboxes(tmp_path: Path) -> Non
         assert len(list(k.sandbox_root.iterdir())) == 2  # the notebook's, and the kept child's
     finally:
         t0 = time.monotonic()
-        k.shutdown()
-    assert time.monotonic() - t0 < 10
+        k.shutdown()  # the run waits at its step gate: only the shutdown can end it
+    assert time.monotonic() - t0 < 60  # a hang guard (seconds on a loaded machine)
     assert not list(k.sandbox_root.iterdir())
     assert record_status(tmp_path / "results") == {"done", "cancelled"}
 
@@ -513,14 +508,9 @@ def test_load_ext_in_a_stock_python_kernel(tmp_path: Path) -> None:
         ok(k.execute("%autoawait off"))
         before = set(os.listdir(k.sandbox_root))
         msg_id = k.send("%%rlm\nSLEEP now")
-        wait_for(lambda: len(set(os.listdir(k.sandbox_root)) - before) == 1)
-        run_dir = k.sandbox_root / (set(os.listdir(k.sandbox_root)) - before).pop()
-        wait_for(lambda: _agents_in(run_dir) == 3, what="root and both children")
-        time.sleep(0.5)
-        t0 = time.monotonic()
+        wait_for(lambda: _sleeping(k.sandbox_root, before) == 2, 120, "both children to sleep")
         k.km.interrupt_kernel()
-        cell = k.collect(msg_id, timeout=30)
-        assert time.monotonic() - t0 < 2 + 0.5
+        cell = k.collect(msg_id, timeout=60)  # a hang guard: the children sleep 120 s
         assert cell.content["ename"] == "RunInterrupted"
         assert len(cell.content["traceback"]) == 1  # one line, no frames
         assert set(os.listdir(k.sandbox_root)) == before

@@ -1,5 +1,6 @@
-"""Tests for rlm_kernel.llm.direct: a process's first calls, made while litellm is still being
-imported, go out directly to OpenAI-compatible providers; litellm's path takes over otherwise."""
+"""Tests for rlm_kernel.llm.direct: calls to OpenAI-compatible providers go out as plain HTTP
+requests (the first ones while litellm is still being imported); litellm's path takes over when
+a direct request fails, makes the retries, and makes every call with `model.direct: false`."""
 
 from __future__ import annotations
 
@@ -47,29 +48,39 @@ def test_routes(monkeypatch: pytest.MonkeyPatch) -> None:
 _SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {tests!r})
-from faults.openai_server import FaultServer, error, reply
+from faults.openai_server import FaultServer, error, malformed, reply
 srv = FaultServer().start()
 srv.script(*[eval(b) for b in {script!r}])
 import rlm_kernel.llm as m
 from rlm_kernel.llm import runtime
 runtime.prewarm()  # the background import, as `rlm run` and the kernel start it
-c = m.LLMClient(api_base=srv.api_base, retries=1)
+c = m.LLMClient(api_base=srv.api_base, {client})
 c.retry.base_s = 0.01
 seen = []
 out = []
+error = None
 for i in range({calls}):
+  try:
     r = c.complete([{{"role": "user", "content": "hi"}}], model="openai/fault-model",
                    on_text=lambda o, t: seen.append((o, t)))
     out.append([r.text, r.usage.prompt_tokens, r.usage.completion_tokens, r.attempts])
+  except m.LLMError as exc:
+    error = str(exc)
+for r in c.complete_many([[{{"role": "user", "content": "hi"}}]] * {batch}, model="openai/fault-model"):
+    out.append([r.text, r.usage.prompt_tokens, r.usage.completion_tokens, r.attempts])
 agents = [q.headers.get("User-Agent", "") for q in srv.requests]
-print(json.dumps({{"out": out, "seen": seen, "kinds": srv.kinds(), "agents": agents,
+print(json.dumps({{"error": error, "out": out, "seen": seen, "kinds": srv.kinds(), "agents": agents,
                   "streams": [q.stream for q in srv.requests]}}))
 srv.stop()
 """
 
 
-def _run(script: list[str], calls: int) -> dict[str, object]:
-    code = textwrap.dedent(_SCRIPT.format(tests=str(TESTS), script=script, calls=calls))
+def _run(
+    script: list[str], calls: int, *, batch: int = 0, client: str = "retries=1"
+) -> dict[str, object]:
+    code = textwrap.dedent(
+        _SCRIPT.format(tests=str(TESTS), script=script, calls=calls, batch=batch, client=client)
+    )
     env = {**os.environ, "OPENAI_API_KEY": "sk-direct-test", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
@@ -78,25 +89,62 @@ def _run(script: list[str], calls: int) -> dict[str, object]:
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def test_the_first_call_goes_out_before_litellm_is_imported_and_streams() -> None:
+def test_calls_go_out_directly_from_the_first_one_on_and_stream() -> None:
     reply = "word " * 40
-    got = _run([f"reply({reply!r}, chunk_s=0.01, chunk_chars=9)", "reply('second')"], calls=2)
-    assert got["kinds"] == ["reply", "reply"]
-    first, second = got["agents"]  # type: ignore[misc]
-    assert first.startswith("rlm-kernel/") and "(direct)" in first
-    assert "rlm-kernel" not in second  # litellm (the openai SDK) made the next call
-    assert got["streams"] == [True, True]
+    got = _run(
+        [f"reply({reply!r}, chunk_s=0.01, chunk_chars=9)", "reply('second')", "reply('b')"] * 2,
+        calls=2,
+        batch=3,
+    )
+    assert got["kinds"] == ["reply"] * 5
+    agents = got["agents"]
+    assert all(a.startswith("rlm-kernel/") and "(direct)" in a for a in agents)  # type: ignore[attr-defined]
+    assert got["streams"] == [True, True, False, False, False]  # llm_query batches never stream
     out = got["out"]
     assert out[0][0] == reply and out[0][1] > 0 and out[0][2] > 0  # type: ignore[index]
     assert out[1][0] == "second"  # type: ignore[index]
+    assert [o[3] for o in out] == [1] * 5  # type: ignore[attr-defined,index]
     text = ""
     for offset, piece in got["seen"]:  # type: ignore[attr-defined]
         text = text[:offset] + piece
     assert text.endswith("second") and len(got["seen"]) >= 2  # type: ignore[arg-type]
 
 
-def test_a_failed_direct_call_is_made_again_on_litellms_path() -> None:
-    got = _run(["error(500, message='not now')", "reply('recovered')"], calls=1)
-    assert got["kinds"] == ["error", "reply"]
-    assert "(direct)" in got["agents"][0] and "rlm-kernel" not in got["agents"][1]  # type: ignore[index]
-    assert got["out"][0][0] == "recovered"  # type: ignore[index]
+def test_a_broken_direct_reply_is_made_again_on_litellms_path() -> None:
+    got = _run(["malformed()", "reply('recovered')", "reply('next')"], calls=2)
+    assert got["kinds"] == ["malformed", "reply", "reply"]
+    agents = got["agents"]
+    assert "(direct)" in agents[0] and "rlm-kernel" not in agents[1]  # type: ignore[index]
+    assert "(direct)" in agents[2]  # type: ignore[index]  # the next call goes direct again
+    assert [o[0] for o in got["out"]] == ["recovered", "next"]  # type: ignore[attr-defined,index]
+    assert got["out"][0][3] == 1  # type: ignore[index]  # litellm made the attempt: one attempt
+
+
+def test_an_http_error_is_litellms_error_retried_on_the_direct_path() -> None:
+    got = _run(
+        ["error(503, message='busy', retry_after=0.05)", "reply('second time')"],
+        calls=1,
+        client="retries=1",
+    )
+    assert got["kinds"] == ["error", "reply"]  # not sent again at once: retried after Retry-After
+    assert all("(direct)" in a for a in got["agents"])  # type: ignore[attr-defined]
+    assert got["out"][0][0] == "second time" and got["out"][0][3] == 2  # type: ignore[index]
+    over = _run(["error(429, message='slow down')"] * 3, calls=1, client="retries=1")
+    assert over["kinds"] == ["error", "error"]  # the retries are counted on the direct path too
+    assert "RateLimitError" in str(over["error"]) and "retries" in str(over["error"])
+
+
+def test_model_direct_false_leaves_every_call_to_litellm() -> None:
+    got = _run(["reply('one')", "reply('two')"], calls=1, batch=1, client="direct=False")
+    assert got["kinds"] == ["reply", "reply"]
+    assert not any("rlm-kernel" in a for a in got["agents"])  # type: ignore[attr-defined]
+    assert [o[0] for o in got["out"]] == ["one", "two"]  # type: ignore[attr-defined,index]
+
+
+def test_the_providers_bill_is_the_price() -> None:
+    from rlm_kernel.llm.direct import _completion
+
+    billed = _completion("x", {"prompt_tokens": 3, "completion_tokens": 2, "cost": 0.25})
+    assert (billed.usage.cost_usd, billed.usage.prompt_tokens) == (0.25, 3)
+    assert _completion("x", {"prompt_tokens": 3, "cost": True}).usage.cost_usd == 0.0
+    assert _completion("x", None).usage.llm_calls == 1

@@ -18,7 +18,8 @@ def respond(messages, info):
         return '```python\nrs = rlm_query_batched(["a"] * 12)\nFINAL(f"{sum(r.status == \'done\' for r in rs)} done")\n```'
     if task in ("a", "b", "c", "live", "sleeper"):
         if task == "sleeper":
-            return "```python\nimport time\ntime.sleep(120)\n```"
+            # the marker (in its workspace) tells a test that the cell runs
+            return "```python\nimport time\nopen('sleeping', 'w').close()\ntime.sleep(120)\n```"
         return f'```python\nFINAL("child {task}")\n```'
     if task == "die":
         return "```python\nimport os\nos._exit(1)\n```"

@@ -29,8 +29,8 @@ def respond(messages, info):
     task, it, depth = info["task"], info["iteration"], info["depth"]
     word = task.split()[0] if task.split() else ""
     if depth > 0:
-        if task.startswith("sleep"):
-            return "```python\nimport time\ntime.sleep(120)\n```"
+        if task.startswith("sleep"):  # the marker (in its workspace): the cell runs
+            return "```python\nimport time\nopen('sleeping', 'w').close()\ntime.sleep(120)\n```"
         return FIX_CHILD
     if word == "FIX":
         return FIX_ROOT

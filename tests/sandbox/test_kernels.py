@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from rlm_kernel.sandbox import forkclient, kernels
+from rlm_kernel.sandbox import forkclient, isolation, kernels
 from rlm_kernel.sandbox.kernels import KernelHandle, live_kernel_pids, shutdown_all, start_kernel
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX kernels only")
@@ -195,15 +196,14 @@ def test_interrupt_busy_loop(launcher: str, start: Starter) -> None:
     time.sleep(0.05)
     t0 = time.monotonic()
     h.interrupt()
-    while True:
-        left = 2.0 - (time.monotonic() - t0)
+    while True:  # the loop never ends by itself: 30 s is a hang guard (it takes milliseconds)
+        left = 30.0 - (time.monotonic() - t0)
         try:
             reply = kc.shell_channel.get_msg(timeout=max(left, 0.01))
         except queue.Empty:
-            pytest.fail("no execute_reply within 2 s of the interrupt")
+            pytest.fail("no execute_reply within 30 s of the interrupt")
         if reply["parent_header"].get("msg_id") == msg_id:
             break
-    assert time.monotonic() - t0 < 2.0
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     # the kernel survives and keeps its namespace
@@ -321,7 +321,9 @@ def test_twelve_kernels_in_parallel(launcher: str, start: Starter, tmp_path: Pat
         assert content["status"] == "ok"
         seen.append(out.strip())
     assert sorted(seen) == sorted(str(i) for i in range(12))
-    assert wall < 6.0
+    # A hang guard (12 starts take about a second; a loaded machine stretches that); how fast
+    # they are, alone and 12 at once, is bench/bench_kernels.py's.
+    assert wall < 120
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
@@ -483,3 +485,165 @@ def test_client_calls_from_worker_threads_leave_no_event_loops(start: Starter) -
         t.join()
     gc.collect()  # an unclosed loop would now be reported (warnings are errors)
     assert results == ["from a thread\n"] * 3
+
+
+# -- start-up deadlines ------------------------------------------------------------------------
+# Fork servers whose forked children hang or die: a `sitecustomize` on PYTHONPATH (which the host
+# passes to its fork servers) registers an at-fork hook that runs in every child a fork server
+# forks, before the child can become a kernel: a set-up that never reports or dies without a word
+# (bwrap tier), a kernel that never binds its sockets (unconfined). Nothing of rlm_kernel is
+# replaced.
+HANG_AFTER_FORK = """\
+import os, time
+
+def _hang():
+    os.setsid()  # its own process group, as a kernel's
+    time.sleep(600)
+
+os.register_at_fork(after_in_child=_hang)
+"""
+DIE_AFTER_FORK = """\
+import os
+
+os.register_at_fork(after_in_child=lambda: os._exit(3))
+"""
+
+
+@pytest.fixture
+def fork_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """fork_hook(code): fork servers started from now on run `code` as their sitecustomize."""
+
+    def install(code: str) -> None:
+        hook = tmp_path / "hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text(code)
+        shutdown_all()  # the next start brings up a fork server with the hook
+        monkeypatch.setenv("PYTHONPATH", str(hook))
+
+    yield install
+    shutdown_all()  # stops the hooked fork servers and the children they parked
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+
+
+def require_bwrap() -> None:
+    why = isolation.probe()
+    if why is not None:
+        if os.environ.get("CI") and isolation.bwrap_path():
+            pytest.fail(
+                f"CI is set and bwrap is installed, but the bwrap tier does not work: {why}"
+            )
+        pytest.skip(f"the bwrap tier cannot run here: {why}")
+
+
+BWRAP = isolation.Isolation("bwrap")
+
+
+def test_a_confined_kernel_whose_set_up_hangs_gives_a_clear_error(
+    start: Starter, fork_hook: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_bwrap()
+    fork_hook(HANG_AFTER_FORK)
+    forkclient._get_confined_server(time.monotonic() + 120, 120, BWRAP)  # up, however loaded
+    monkeypatch.setenv(kernels.START_TIMEOUT_ENV, "8")
+    t0 = time.monotonic()
+    with pytest.raises(kernels.KernelStartError) as info:
+        start("fork", isolation=BWRAP)
+    took = time.monotonic() - t0
+    msg = str(info.value)
+    # The fork server's own wait gave up first (at 8 s - 2 s margin) and says which step hung;
+    # the host's waits (8 s) came after; the message says what to do.
+    assert re.search(
+        r"^the fork server could not start the kernel: the kernel's set-up \(its namespaces and "
+        r"mounts\) did not finish within 6 s; the kernel start-up budget is 8 s; a loaded "
+        rf"machine may need more: set {kernels.START_TIMEOUT_ENV}=<seconds> ",
+        msg,
+    ), msg
+    assert took >= 5.9, took  # it waited for the set-up, not less
+    assert live_kernel_pids() == []
+    # The hung set-up was killed by its fork server (no process parked in a PID namespace).
+    server = forkclient._confined[BWRAP.key]
+    assert wait_until(lambda: _children_of(server.pid) == [], 10.0), _children_of(server.pid)
+
+
+def test_a_confined_set_up_that_dies_is_reported_at_once(
+    start: Starter, fork_hook: Callable[[str], None]
+) -> None:
+    require_bwrap()
+    fork_hook(DIE_AFTER_FORK)
+    t0 = time.monotonic()
+    with pytest.raises(kernels.KernelStartError) as info:
+        start("fork", isolation=BWRAP, ready_timeout=120)
+    took = time.monotonic() - t0
+    assert "the kernel's set-up ended without reporting (its process exited" in str(info.value)
+    # Not after a wait for the deadline. (Was: its report socket was a datagram pair, which
+    # never tells that the other end closed; the fork server waited its whole timeout.)
+    assert took < 60, took
+    assert live_kernel_pids() == []
+
+
+def test_a_kernel_that_never_binds_its_sockets_gives_a_clear_error(
+    start: Starter, fork_hook: Callable[[str], None]
+) -> None:
+    fork_hook(HANG_AFTER_FORK)
+    assert forkclient._get_fork_server(time.monotonic() + 120, 120) is not None
+    with pytest.raises(kernels.KernelStartError) as info:
+        start("fork", ready_timeout=3)
+    msg = str(info.value)
+    assert re.search(
+        r"^kernel pid \d+ did not become ready: it did not bind its sockets in time; the kernel "
+        rf"start-up budget is 3 s; a loaded machine may need more: set "
+        rf"{kernels.START_TIMEOUT_ENV}=<seconds> .*\[launcher=fork, ",
+        msg,
+    ), msg
+    assert live_kernel_pids() == []
+    server = forkclient._server
+    assert server is not None and _children_of(server.pid) == []
+
+
+def _children_of(pid: int) -> list[int]:
+    """The live (not zombie) child processes of pid."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(k) for k in kids if not gone(int(k))]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "inf", "nan"])
+def test_a_bad_start_timeout_is_a_clear_error(
+    value: str, start: Starter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(kernels.START_TIMEOUT_ENV, value)
+    with pytest.raises(kernels.KernelStartError) as info:
+        start("fork")
+    assert str(info.value) == (
+        f"${kernels.START_TIMEOUT_ENV} must be a number of seconds > 0 (how long a sandbox "
+        f"kernel may take to start; default 120), got {value!r}"
+    )
+    assert live_kernel_pids() == []
+
+
+def test_the_lifeline_can_already_be_on_its_descriptor() -> None:
+    """A fork server whose lifeline pipe got descriptor 3 (LIFELINE_FD) made every kernel's set-up
+    fail with EINVAL (dup2 without inheritance is dup3, which refuses equal descriptors)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from rlm_kernel.sandbox.forkchild import move_fd\n"
+        "r, w = os.pipe()\n"
+        "if r != 3:\n"
+        "    os.dup2(r, 3); os.close(r); r = 3\n"
+        "os.set_inheritable(3, True)\n"
+        "move_fd(3, 3)\n"
+        "assert not os.get_inheritable(3)\n"
+        "os.write(w, b'x'); assert os.read(3, 1) == b'x'\n"
+        "r2, w2 = os.pipe()\n"
+        "move_fd(r2, 3)\n"
+        "assert not os.get_inheritable(3)\n"
+        "os.write(w2, b'y'); assert os.read(3, 1) == b'y'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr

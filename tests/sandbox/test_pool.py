@@ -45,7 +45,7 @@ def _model(holder: dict[str, Run], wait_pool: int, tasks: int = 1) -> str:
         if info["depth"] >= 1:
             return CHILD
         if info["iteration"] == 0:
-            pool = holder["run"]._ready_pool
+            pool = holder["run"]._sandboxes.pool
             if wait_pool:
                 assert pool is not None
                 _wait_for(lambda: pool.ready >= wait_pool)
@@ -107,7 +107,7 @@ def test_child_gets_a_pooled_sandbox_at_the_base_commit_clean_with_the_same_env(
     run, res, events = _run(config, repo, wait_pool=1, sandbox__pool_size=2)
     ids = _sandbox_ids(events)
     assert "/pool-" in ids["root.0"], ids  # served from the pool
-    assert run._ready_pool is not None and run._ready_pool.taken == 1
+    assert run._sandboxes.pool is not None and run._sandboxes.pool.taken == 1
     (pooled,) = _children(res)
     _, fresh_res, fresh_events = _run(config, repo, wait_pool=0, sandbox__pool_size=0)
     assert "/pool-" not in _sandbox_ids(fresh_events)["root.0"]
@@ -133,18 +133,18 @@ def test_pool_stays_within_the_sandbox_budget(
     run, res, _ = _run(
         config, repo, wait_pool=1, tasks=2, rlm__max_sandboxes=2, sandbox__pool_size=4
     )
-    pool = run._ready_pool
+    pool = run._sandboxes.pool
     assert pool is not None and pool.created == 1 and pool.taken == 1
     children = json.loads(res.answer)
     assert "sandbox budget exhausted" in children[1]
     # Root only: nothing is ever prepared.
     run, _, _ = _run(config, repo, wait_pool=0, tasks=1, rlm__max_sandboxes=1)
-    assert run._ready_pool is not None and run._ready_pool.created == 0
+    assert run._sandboxes.pool is not None and run._sandboxes.pool.created == 0
 
 
 def test_no_pool_for_root_only_runs(config: Callable[..., RLMConfig]) -> None:
     run, _, _ = _run(config, None, wait_pool=0, rlm__max_depth=0)
-    assert run._ready_pool is None
+    assert run._sandboxes.pool is None
 
 
 def test_auto_prepares_nothing_for_a_run_that_never_delegates(
@@ -157,7 +157,7 @@ def test_auto_prepares_nothing_for_a_run_that_never_delegates(
     )
     run = Run("t", repo, config=config(model))
     assert run.execute().status == "done"
-    assert run._ready_pool is not None and run._ready_pool.created == 0
+    assert run._sandboxes.pool is not None and run._sandboxes.pool.created == 0
 
 
 def test_unused_pooled_sandboxes_are_removed_when_the_run_ends(
@@ -167,7 +167,7 @@ def test_unused_pooled_sandboxes_are_removed_when_the_run_ends(
     holder: dict[str, Run] = {}
 
     def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
-        pool = holder["run"]._ready_pool
+        pool = holder["run"]._sandboxes.pool
         assert pool is not None
         _wait_for(lambda: pool.ready >= 2)
         return "```python\nFINAL('no children')\n```"
@@ -178,7 +178,7 @@ def test_unused_pooled_sandboxes_are_removed_when_the_run_ends(
     run = Run("t", repo, config=cfg)
     holder["run"] = run
     assert run.execute().status == "done"
-    assert run._ready_pool is not None and run._ready_pool.closed
+    assert run._sandboxes.pool is not None and run._sandboxes.pool.closed
     # no_leftovers checks kernels, directories and worktrees
 
 
@@ -190,7 +190,7 @@ def test_cancel_while_the_pool_fills_leaves_nothing(
 
     def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
         run = holder["run"]
-        _wait_for(lambda: run._ready_pool is not None and run._ready_pool._creating > 0)
+        _wait_for(lambda: run._sandboxes.pool is not None and run._sandboxes.pool._creating > 0)
         run.cancel()
         return "```python\nx = 1\n```"
 
@@ -213,7 +213,7 @@ def test_auto_grows_to_a_batch_width_only_once_it_is_seen_twice(
     def respond(messages: list[dict[str, str]], info: dict[str, Any]) -> str:
         if info["depth"] >= 1:
             return "```python\nFINAL('ok')\n```"
-        pool = holder["run"]._ready_pool
+        pool = holder["run"]._sandboxes.pool
         holder["targets"].append(pool._target() if pool is not None else None)
         if info["iteration"] < 2:
             return "```python\nr = rlm_query_batched(['report'] * 3)\n```"

@@ -325,3 +325,32 @@ def test_empty_target_gives_an_empty_git_repo(tmp_path: Path) -> None:
     assert "+print('hi')\n" in patch
     remove_workspace(t, str(ws))
     assert not ws.exists()
+
+
+def test_an_untouched_scratch_workspace_has_an_empty_patch_without_git(tmp_path: Path) -> None:
+    """Most agents without a repository write no files: their patch is "" with no git process
+    (the host index is never made), as git itself would say; a file anywhere gives the patch."""
+    from rlm_kernel.sandbox.workspace import host_git_dir
+
+    t = resolve_target(None)
+    ws = tmp_path / "scratch"
+    create_workspace(t, str(ws))
+    index = Path(host_git_dir(str(ws))) / "rlm-index"
+    (ws / "empty" / "deeper").mkdir(parents=True)  # git records no empty directories
+    (ws / ".git" / "planted").write_text("the agent's own git dir is not part of the patch")
+    assert diff(str(ws)) == ""
+    assert not index.exists()
+    (ws / "empty" / "deeper" / ".hidden").write_text("x\n")
+    assert "diff --git a/empty/deeper/.hidden b/empty/deeper/.hidden" in diff(str(ws))
+    assert index.exists()
+    remove_workspace(t, str(ws))
+
+
+def test_a_scratch_workspace_holding_only_a_symlink_still_has_its_patch(tmp_path: Path) -> None:
+    t = resolve_target(None)
+    ws = tmp_path / "scratch"
+    create_workspace(t, str(ws))
+    (ws / "d").mkdir()
+    os.symlink("/etc", ws / "d" / "etc")  # git records the link itself
+    assert "diff --git a/d/etc b/d/etc\nnew file mode 120000" in diff(str(ws))
+    remove_workspace(t, str(ws))

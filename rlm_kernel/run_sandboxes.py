@@ -1,0 +1,339 @@
+"""A run's sandboxes: each agent's made in the background (a sub-agent's from the pool of ready
+ones when it has one), the notebook's lent to the root and given back, the ones kept after their
+agent ended (`sandbox.keep`), and none left over when the run ends.
+
+The `Run` owns one `RunSandboxes` and passes in everything it needs (config, event emitter,
+budget, scope, step gate); it never reaches into the run, and the run never into it."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from .config import RLMConfig
+from .control import Budget, Scope
+from .events import Notice, Payload, SandboxReady
+from .sandbox import backend_class
+from .sandbox.base import Handler, Sandbox, SandboxError, SandboxSpec
+from .sandbox.bridge import BridgeRefused
+from .sandbox.isolation import Isolation, announce
+from .sandbox.isolation import resolve as resolve_isolation
+from .sandbox.pool import SandboxPool, pool_target
+from .sandbox.workspace import Target
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+# A sub-agent's fresh sandbox is made once its first LLM request had this head start (or got its
+# reply): both need the host's GIL, and ten sandboxes being made at once delayed the last of ten
+# first requests by 0.2-0.5 s (W2 of bench_peers.py); the sandbox is still ready long before a
+# reply of seconds comes, and after a fast reply nothing waits.
+SANDBOX_HEAD_START_S = 0.05
+
+__all__ = ["RootSource", "RunSandboxes"]
+
+log = logging.getLogger(__name__)
+
+RootSource = Sandbox | Callable[[], Sandbox] | None
+"""An existing REPL for the root agent (the notebook's), or the function that starts it."""
+
+
+class RunSandboxes:
+    """The sandboxes of one run: made, lent, kept, released and closed."""
+
+    def __init__(
+        self,
+        run_id: str,
+        config: RLMConfig,
+        *,
+        tool_specs: list[dict[str, Any]],
+        emit: Callable[[Payload, str | None], None],
+        budget: Callable[[], Budget],
+        scope: Scope,
+        paused: Callable[[], bool],
+        root: RootSource = None,
+    ) -> None:
+        """`emit(payload, agent_id)` sends an event; `budget()` is the run's current budget;
+        `scope` is the run's (set when it ends); `paused()` says whether the step gate holds
+        agents; `root` is the notebook's REPL for the root agent, if any (see `RootSource`)."""
+        self.run_id = run_id
+        self.config = config
+        self.target = Target(None, None, None)  # prepare() resolves it
+        self.isolation: Isolation | None = None  # prepare() resolves sandbox.isolation
+        self.root = root if isinstance(root, Sandbox) else None  # the notebook's, once adopted
+        # Given as a function, the notebook's REPL is asked for in the background, so that
+        # starting it overlaps the root's first LLM call (the notebook's first `%%rlm`).
+        self._root_source = root
+        self._root_prev_handler: Handler | None = None
+        self.pool: SandboxPool | None = None  # made when the root agent starts
+        self._tool_specs = tool_specs
+        self._emit = emit
+        self._budget = budget
+        self._scope = scope
+        self._paused = paused
+        self._made: set[Sandbox] = set()
+        self._kept: list[Sandbox] = []
+        self._sandbox_lock = threading.Lock()
+        self._makers = ThreadPoolExecutor(
+            max_workers=max(4, config.rlm.max_concurrency),
+            thread_name_prefix=f"rlm-sandbox-{run_id}",
+        )
+        self._widest_batch = 0  # what an "auto" pool prepares for: a width seen twice (else 1
+        # from the run's second delegation on, 0 before)
+        self._batch_widths: collections.Counter[int] = collections.Counter()
+        self._fresh_starting = 0  # agents' own sandboxes being made (the pool waits for them)
+        self._closers: list[threading.Thread] = []  # ended agents' sandboxes being closed
+
+    def prepare(self, target: Target) -> None:
+        """Check the backend and resolve the isolation tier for sandboxes on `target` (raises
+        with a clear message)."""
+        cls = backend_class(self.config.sandbox.backend)
+        cls.check(self.config)
+        self.target = target
+        self.isolation = None
+        if cls.capabilities.isolation:  # else the sandboxes run elsewhere
+            self.isolation = resolve_isolation(
+                self.config.sandbox.isolation, self.config.sandbox.network
+            )
+            announce(self.isolation)  # said once on stderr; recorded
+
+    def note_batch(self, width: int) -> None:
+        """An `rlm_query` batch of `width` tasks: "auto" pools start at the run's second
+        delegation and grow to the widest batch seen twice (a run that delegates once, one wide
+        batch over a repository's modules, is served by fresh sandboxes: a pool made for a call
+        that never comes would only cost CPU and memory, two kernels nobody took on W2 of
+        bench_peers.py)."""
+        self._batch_widths[width] += 1
+        seen = sum(self._batch_widths.values())
+        self._widest_batch = max(
+            (w for w, n in self._batch_widths.items() if n >= 2), default=int(seen >= 2)
+        )
+
+    # -- an agent's sandbox -----------------------------------------------------------------------
+    def start(self, agent: Agent) -> Future[Sandbox]:
+        """Create the agent's sandbox in the background (it overlaps the first LLM call)."""
+        spec = SandboxSpec(
+            run_id=self.run_id,
+            agent_id=agent.agent_id,
+            target=self.target,
+            handler=agent.handle,
+            runtime_cfg={
+                "agent_id": agent.agent_id,
+                "depth": agent.depth,
+                "tools": self._tool_specs,
+            },
+            context=agent.context,
+            keep=self.config.sandbox.keep,
+            snapshot=self.config.sandbox.snapshot,
+            isolation=self.isolation,
+        )
+        cls = backend_class(self.config.sandbox.backend)
+        pool = self._start_pool(cls) if agent.parent is None else self.pool
+        source = self._root_source
+        if agent.parent is None and source is not None:
+            if pool is not None:
+                pool.start()
+            return self._lend_root(agent, source)
+
+        asked_at = time.monotonic()
+
+        def create() -> Sandbox:
+            pooled = pool.take(agent.scope, asked_at) if pool is not None and agent.parent else None
+            if pooled is not None:
+                with self._sandbox_lock:
+                    self._made.add(pooled)
+                try:
+                    pooled.bind(spec)
+                except Exception as exc:  # e.g. its kernel died while pooled: make a fresh one
+                    log.warning("could not use a pooled sandbox for %s: %s", agent.agent_id, exc)
+                    pooled.close()
+                else:
+                    agent.sandbox = pooled
+                    self._emit(SandboxReady(pooled.info()), agent.agent_id)
+                    return pooled
+            if agent.parent is not None:
+                # Its first LLM request goes out first (see SANDBOX_HEAD_START_S).
+                agent.first_call.wait(10)  # set within ms (or at its end)
+                agent.first_reply.wait(SANDBOX_HEAD_START_S)
+            sb = cls(spec)
+            sb.snapshot_on_end = True
+            with self._sandbox_lock:
+                self._made.add(sb)
+                self._fresh_starting += 1  # the pool waits: this one is on an agent's path
+            try:
+                if agent.scope.is_set():
+                    raise SandboxError("cancelled before the sandbox started")
+                sb.start()
+            except BaseException as exc:
+                sb.close()
+                if isinstance(exc, SandboxError):
+                    raise
+                raise SandboxError(
+                    f"could not create the sandbox for {agent.agent_id}: {exc}"
+                ) from exc
+            finally:
+                with self._sandbox_lock:
+                    self._fresh_starting -= 1
+                if self.pool is not None:
+                    self.pool.poke()  # it may fill again
+            agent.sandbox = sb  # reachable (e.g. `%rlm ns --live`) before its first code runs
+            self._emit(SandboxReady(sb.info()), agent.agent_id)
+            return sb
+
+        future = self._makers.submit(create)
+        if agent.parent is None and pool is not None:
+            # Fill the pool once the root's own sandbox is made (not competing with it).
+            future.add_done_callback(lambda _f: pool.start())
+        return future
+
+    def _lend_root(self, agent: Agent, source: Sandbox | Callable[[], Sandbox]) -> Future[Sandbox]:
+        """The notebook's REPL for the root agent (the run neither creates nor removes it, and
+        the context may already live in it)."""
+
+        def adopt() -> Sandbox:
+            try:
+                sb = source if isinstance(source, Sandbox) else source()
+            except SandboxError:
+                raise
+            except Exception as exc:  # e.g. a configuration the backend refuses
+                raise SandboxError(f"could not start the notebook's sandbox: {exc}") from exc
+            self._root_prev_handler = sb.spec.handler
+            self.root = sb
+            sb.reset_agent()
+            sb.set_handler(agent.handle)
+            self._emit(SandboxReady(sb.info()), agent.agent_id)
+            return sb
+
+        if not isinstance(source, Sandbox):
+            return self._makers.submit(adopt)
+        done: Future[Sandbox] = Future()
+        done.set_result(adopt())
+        return done
+
+    def _start_pool(self, cls: type[Sandbox]) -> SandboxPool | None:
+        """The pool of ready sandboxes for this run's sub-agents (None when off)."""
+        limits = self.config.rlm
+        setting = self.config.sandbox.pool_size
+
+        def target() -> int:
+            if self._paused() or self._scope.is_set() or self._fresh_starting:
+                return 0  # a paused or ending run, or agents waiting for sandboxes: not now
+            return pool_target(
+                setting, limits.max_concurrency, limits.max_depth, self._widest_batch
+            )
+
+        if (
+            not cls.capabilities.pool
+            or pool_target(setting, limits.max_concurrency, limits.max_depth, 1) <= 0
+        ):
+            return None
+
+        def make(n: int) -> Sandbox:
+            spec = SandboxSpec(
+                run_id=self.run_id,
+                agent_id=f"pool-{n}",
+                target=self.target,
+                handler=_unbound_handler,
+                isolation=self.isolation,
+            )
+            sb = cls(spec)
+            sb.snapshot_on_end = True
+            return sb
+
+        def room() -> int:
+            return limits.max_sandboxes - self._budget().sandboxes
+
+        self.pool = SandboxPool(make, target, room)
+        return self.pool
+
+    def release(self, agent: Agent, sandbox: Sandbox | None, future: Future[Sandbox]) -> None:
+        """Remove (or keep, with sandbox.keep) an ended agent's sandbox."""
+        if agent.parent is None and self._root_source is not None:
+            # The notebook's sandbox is never closed: it gets its handler back (once it is there,
+            # if the root ended while it was starting).
+            future.add_done_callback(self._give_back_root)
+            return
+        if sandbox is None:
+            future.add_done_callback(_close_when_ready)
+            return
+        if self.config.sandbox.keep:
+            with self._sandbox_lock:
+                self._kept.append(sandbox)
+            self._emit(Notice("info", f"sandbox kept at {sandbox.path}"), agent.agent_id)
+            return
+        # Closed now, on a thread of its own: the kernel and the files go at once, and the
+        # agent's answer does not wait for them (a parent's batch waits for its slowest child,
+        # and a kernel's stop and the workspace's removal take ~0.1 s). close() joins it.
+        closer = threading.Thread(
+            target=sandbox.close, name=f"rlm-close-{agent.agent_id}", daemon=True
+        )
+        with self._sandbox_lock:
+            self._closers.append(closer)
+        closer.start()
+
+    def _give_back_root(self, future: Future[Sandbox]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        if self._root_prev_handler is not None:
+            future.result().set_handler(self._root_prev_handler)
+
+    # -- kept sandboxes ---------------------------------------------------------------------------
+    def kept(self) -> list[Sandbox]:
+        """The sandboxes kept after their agent ended (`sandbox.keep`), oldest first."""
+        with self._sandbox_lock:
+            return list(self._kept)
+
+    def kept_of(self, agent_id: str) -> Sandbox | None:
+        """The open kept sandbox of an agent, else None."""
+        return next(
+            (sb for sb in self.kept() if sb.spec.agent_id == agent_id and not sb.closed), None
+        )
+
+    def release_kept(self, *, remove: bool = True) -> int:
+        """Close the kept sandboxes: their REPLs stop and, unless `remove=False`, their
+        workspaces are removed too. Returns how many were closed."""
+        with self._sandbox_lock:
+            kept, self._kept = self._kept, []
+        n = 0
+        for sb in kept:
+            if sb.closed:
+                continue
+            if remove:
+                sb.spec.keep = False  # close() then removes the workspace and its directory
+            sb.close()
+            n += 1
+        return n
+
+    # -- the end of the run -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Make sure no sandbox outlives the run (unless kept, or the notebook's); call once
+        the run's scope is set."""
+        if self.pool is not None:
+            self.pool.close()
+        self._makers.shutdown(wait=True, cancel_futures=True)
+        with self._sandbox_lock:
+            leftovers = [
+                sb
+                for sb in self._made
+                if not sb.closed and sb not in self._kept and sb is not self.root
+            ]
+        for sb in leftovers:
+            sb.close()
+        with self._sandbox_lock:
+            closers, self._closers = self._closers, []
+        for t in closers:
+            t.join()
+
+
+def _unbound_handler(op: str, args: dict[str, Any]) -> Any:
+    raise BridgeRefused("this sandbox has no agent yet")
+
+
+def _close_when_ready(future: Future[Sandbox]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
