@@ -1,11 +1,13 @@
 """Calls to OpenAI-compatible providers as plain HTTP requests (`model.direct`, on by default).
 
 A call to OpenAI, OpenRouter or an OpenAI-compatible server (`openai/<model>` with
-`model.api_base`) goes out directly over one shared httpx client, streamed or not. Two reasons:
+`model.api_base`) goes out directly over one shared aiohttp session, streamed or not. Two reasons:
 - litellm's call path costs ~7 ms of host CPU per call (~17 ms streamed, most of it per chunk:
   stream wrappers, logging objects, cost calculation on executor threads) against ~1 ms (~2 ms)
   here — measured in bench/RESULTS.md; it is most of the engine's CPU when 100 `llm_query`
-  calls are in flight, and of its time per iteration at low latency.
+  calls are in flight, and of its time per iteration at low latency. The transport is aiohttp
+  (C-accelerated HTTP parsing; litellm depends on it too): ~0.25 ms of CPU per request with 100
+  in flight, against ~2.5 ms for httpx's pure-Python one (bench/RESULTS.md).
 - ``import litellm`` costs about 4 s of CPU, so a fresh `rlm run` (or a `%%rlm` cell right after
   the kernel started) would wait that long before its first request; the import goes on in the
   background (`prewarm`) while the first calls go out.
@@ -18,8 +20,12 @@ provider's; the price is the provider's bill where it sends one, else litellm's 
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
+import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +64,7 @@ class DirectFailed(Exception):
 class DirectStatus(Exception):
     """The provider answered with an HTTP error status: an error to map, not to send again."""
 
-    def __init__(self, response: Any, body: bytes) -> None:
+    def __init__(self, response: _Response, body: bytes) -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
         self.body = body
@@ -96,7 +102,7 @@ def provider_error(litellm: Any, model: str, failed: DirectStatus) -> Exception:
     message = f"Error code: {response.status_code} - {detail or body or response.reason_phrase}"
     status = response.status_code
     name = _STATUS_ERRORS.get(status, "InternalServerError" if status >= 500 else "APIStatusError")
-    original = getattr(openai, name)(message, response=response, body=body)
+    original = getattr(openai, name)(message, response=response.as_httpx(failed.body), body=body)
     provider, _, name = model.partition("/")
     try:
         mapped = litellm.exception_type(
@@ -130,18 +136,63 @@ def direct_route(model: str, api_base: str | None, api_key: str | None) -> Direc
     return DirectRoute(url=base.rstrip("/") + "/chat/completions", key=key, model=name)
 
 
-def _client() -> Any:
-    """One httpx client for the loop (its connections are kept for the next calls)."""
+def _session() -> Any:
+    """One aiohttp session for the loop: its connections are kept for the next calls, as many
+    as are in flight (the engine's own limits bound them). Proxies and netrc from the
+    environment, as httpx and the openai SDK do."""
     import asyncio
 
-    import httpx
+    import aiohttp
 
     global _CLIENT, _CLIENT_LOOP
     loop = asyncio.get_running_loop()
-    if _CLIENT is None or _CLIENT_LOOP is not loop:
-        _CLIENT = httpx.AsyncClient(http2=False, follow_redirects=False)
+    if _CLIENT is None or _CLIENT_LOOP is not loop or _CLIENT.closed:
+        if _CLIENT is not None and not _CLIENT.closed:
+            # Its loop ended (a forked child, a loop made for a test): its connections cannot
+            # be closed from this one; keep them from their finalizers' warnings.
+            _RETIRED.append(_CLIENT.connector)
+            _CLIENT.detach()
+        connector = aiohttp.TCPConnector(limit=0, resolver=aiohttp.ThreadedResolver())
+        _CLIENT = aiohttp.ClientSession(connector=connector, trust_env=True)
         _CLIENT_LOOP = loop
+        if not _CLOSE_AT_EXIT:
+            _CLOSE_AT_EXIT.append(True)
+            atexit.register(_close_at_exit)
     return _CLIENT
+
+
+_RETIRED: list[Any] = []  # connectors of sessions whose loop ended, kept from their finalizers
+_CLOSE_AT_EXIT: list[bool] = []
+
+
+def _close_at_exit() -> None:
+    """Close the session on its loop (the LLM loop's thread still runs at exit), so that its
+    kept connections end cleanly and nothing reports an unclosed session."""
+    import asyncio
+    import concurrent.futures
+
+    session, loop = _CLIENT, _CLIENT_LOOP
+    if session is None or session.closed or loop is None or not loop.is_running():
+        return
+    with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):
+        asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=1.0)
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """The context for https: certifi's roots (as httpx and the openai SDK use), or the ones
+    `SSL_CERT_FILE` / `SSL_CERT_DIR` name."""
+    global _SSL
+    if _SSL is None:
+        cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+        if not cafile and not capath:
+            import certifi
+
+            cafile = certifi.where()
+        _SSL = ssl.create_default_context(cafile=cafile or None, capath=capath or None)
+    return _SSL
+
+
+_SSL: ssl.SSLContext | None = None
 
 
 async def direct_call(
@@ -162,16 +213,25 @@ async def direct_call(
         "User-Agent": f"rlm-kernel/{__version__} (direct)",
     }
     text.restart()
-    client = _client()
-    async with client.stream(
-        "POST", route.url, json=body, headers=headers, timeout=timeout
+    import aiohttp
+
+    session = _session()
+    per_read = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+    extra: dict[str, Any] = {"ssl": _ssl_context()} if route.url.startswith("https:") else {}
+    async with session.post(
+        route.url,
+        data=json.dumps(body).encode(),
+        headers=headers,
+        timeout=per_read,
+        allow_redirects=False,
+        **extra,
     ) as response:
-        if response.status_code >= 400:
-            raise DirectStatus(response, await response.aread())
-        if response.status_code != 200:
-            raise DirectFailed(f"HTTP {response.status_code}")
+        if response.status >= 400:
+            raise DirectStatus(_Response(route.url, response), await response.read())
+        if response.status != 200:
+            raise DirectFailed(f"HTTP {response.status}")
         if not stream:
-            data = json.loads(await response.aread())
+            data = json.loads(await response.read())
             if not isinstance(data, dict) or "error" in data:
                 raise DirectFailed("an error in the reply")
             try:
@@ -182,11 +242,12 @@ async def direct_call(
         parts: list[str] = []
         usage: Any = None
         finished = False
-        async for line in response.aiter_lines():
+        async for line in _lines(response.content):
             if not line.startswith("data:"):
                 continue
             payload = line[5:].strip()
             if payload == "[DONE]":
+                await _drain(response)
                 break
             chunk = json.loads(payload)
             if "error" in chunk:
@@ -201,6 +262,50 @@ async def direct_call(
         if not finished:  # (litellm's path sends a stream without choices again too)
             raise DirectFailed("the stream ended before a finish_reason")
     return _completion("".join(parts), usage)
+
+
+async def _drain(response: Any) -> None:
+    """Read what follows [DONE] (the end of the chunked body), so that the connection is kept
+    for the next call instead of being reset with bytes unread."""
+    import asyncio
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(response.content.read(), DRAIN_S)
+
+
+DRAIN_S = 0.5
+
+
+async def _lines(content: Any) -> AsyncIterator[str]:
+    """The lines of a server-sent event stream, however long (aiohttp's own readline refuses
+    lines over its buffer's size; one event may carry a long tool call)."""
+    pending = b""
+    async for data in content.iter_any():
+        pending += data
+        if b"\n" not in data:
+            continue
+        *whole, pending = pending.split(b"\n")
+        for raw in whole:
+            yield raw.rstrip(b"\r").decode("utf-8")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8")
+
+
+class _Response:
+    """What `provider_error` needs of an error response: status, reason, headers (Retry-After),
+    and an httpx.Response for the openai SDK's error classes, made only on this path."""
+
+    def __init__(self, url: str, response: Any) -> None:
+        self.url = url
+        self.status_code = int(response.status)
+        self.reason_phrase = str(response.reason or "")
+        self.headers = list(response.headers.items())
+
+    def as_httpx(self, body: bytes) -> Any:
+        import httpx
+
+        request = httpx.Request("POST", self.url)
+        return httpx.Response(self.status_code, headers=self.headers, content=body, request=request)
 
 
 def _completion(text: str, raw_usage: Any) -> Completion:

@@ -110,6 +110,18 @@ def test_calls_go_out_directly_from_the_first_one_on_and_stream() -> None:
     assert text.endswith("second") and len(got["seen"]) >= 2  # type: ignore[arg-type]
 
 
+def test_a_streamed_event_longer_than_the_transports_buffer_comes_whole() -> None:
+    # One server-sent event of 300 kB (a long tool call, a whole file in one delta): more than
+    # aiohttp's line buffer, so the stream is split into lines by the client itself.
+    long = "0123456789" * 30_000
+    got = _run(["reply('0123456789' * 30_000, chunk_chars=400_000)", "reply('after')"], calls=2)
+    assert got["kinds"] == ["reply", "reply"]
+    assert all("(direct)" in a for a in got["agents"])  # type: ignore[attr-defined]
+    assert got["streams"] == [True, True]
+    assert [o[0] for o in got["out"]] == [long, "after"]  # type: ignore[attr-defined,index]
+    assert [o[3] for o in got["out"]] == [1, 1]  # type: ignore[attr-defined,index]
+
+
 def test_a_broken_direct_reply_is_made_again_on_litellms_path() -> None:
     got = _run(["malformed()", "reply('recovered')", "reply('next')"], calls=2)
     assert got["kinds"] == ["malformed", "reply", "reply"]
