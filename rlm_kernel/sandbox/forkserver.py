@@ -7,10 +7,12 @@ Protocol: JSON lines over the Unix stream socket inherited as fd ``N``.
 
 - zygote → host, once imports are done: ``{"event": "ready", "pid": P, "threads": T}``.
 - host → zygote: ``{"id": I, "op": "spawn", "cwd": ..., "env": {...}, "connection_file": ...,
-  "log_path": ..., "setup_deadline": D}``; reply ``{"id": I, "pid": P}`` or ``{"id": I, "error":
+  "log_path": ..., "setup_deadline": D, "runtime_file": R}``; reply ``{"id": I, "pid": P}`` or ``{"id": I, "error":
   "...", "timeout": B}`` (``B``: the start ran out of time). ``D`` is a ``time.monotonic()`` value
   (the host's clock is ours): a confined kernel's set-up must report by then, and a request read
-  after it is refused without forking (the host is about to give up on it).
+  after it is refused without forking (the host is about to give up on it). ``R`` (optional):
+  a JSON file of the agent runtime's configuration, installed by the kernel before it serves
+  (``forkchild.install_runtime``); only its path passes through here, never its secret.
 - zygote → host, whenever a kernel exits (the zygote reaps it): ``{"event": "exit", "pid": P,
   "status": S}`` (``S`` as ``os.waitstatus_to_exitcode``: negative for a signal).
 
@@ -131,6 +133,19 @@ def _preload() -> None:
             _log(f"could not pre-import {name}: {exc!r}")
     kernel_app_class()  # the forked kernels' application class, shared with them
     _warm_tracebacks()
+    _warm_cells()
+
+
+def _warm_cells() -> None:
+    """Transform one cell as IPython does, so a kernel's first cell does not compile the
+    tokenizer's regular expressions (~4 ms of CPU per kernel; cached module-wide)."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        manager = TransformerManager()  # type: ignore[no-untyped-call]
+        manager.transform_cell("x = 1\nprint(x)  # warm-up\n")
+    except Exception as exc:  # an IPython API change must not stop the fork server
+        _log(f"cell warm-up skipped: {exc!r}")
 
 
 def _warm_tracebacks() -> None:
@@ -296,6 +311,7 @@ class _Zygote:
                 view if self.confined else None,
                 log_fd,
                 setup_deadline,
+                str(req.get("runtime_file") or "") or None,
             )
         except _StartTimeout as exc:
             self.send({"id": rid, "error": str(exc), "timeout": True})
@@ -357,6 +373,7 @@ class _Zygote:
         view: dict[str, Any] | None = None,
         log_fd: int | None = None,
         setup_deadline: float | None = None,
+        runtime_file: str | None = None,
     ) -> tuple[int, int | None]:
         """Fork one kernel; return its pid and, when confined, the kernel's own pid (the child
         forked is then the init of the kernel's PID namespace), which its set-up reports by
@@ -387,7 +404,9 @@ class _Zygote:
                 report.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
                 pid = confine.fork_in_new_pid_namespace()
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
-                become_kernel(self, cwd, env, connection_file, log_fd, view, child_end)
+                become_kernel(
+                    self, cwd, env, connection_file, log_fd, view, child_end, runtime_file
+                )
         finally:
             os.close(log_fd)
             if child_end is not None:
