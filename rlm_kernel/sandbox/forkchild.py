@@ -169,11 +169,15 @@ def kernel_app_class() -> Any:
     Made in the zygote (its `_preload` calls this), so every kernel shares the class.
     """
     from ipykernel.kernelapp import IPKernelApp
+    from traitlets import Type
     from traitlets.config import Config
     from traitlets.config.loader import DeferredConfigString
 
+    from . import forkshell
+
     class SandboxKernelApp(IPKernelApp):
-        """Reads our own fixed argv (``-f FILE`` and ``--Class.trait=value``) directly.
+        """Reads our own fixed argv (``-f FILE`` and ``--Class.trait=value``) directly, and runs
+        a `forkshell.SandboxKernel` (the fork server's shell, adopted).
 
         traitlets' parser builds an argparse option for every trait of every configurable class,
         which touches (and so copies out of the zygote, page by page) most of their objects: about
@@ -181,6 +185,11 @@ def kernel_app_class() -> Any:
         the parser would give, converted by each trait when applied; anything else in `argv` goes to
         traitlets' parser.
         """
+
+        kernel_class = Type(  # type: ignore[assignment]
+            forkshell.SandboxKernel, klass="ipykernel.kernelbase.Kernel"
+        )
+        _fixed_argv = False
 
         def parse_command_line(self, argv: list[str] | None = None) -> None:
             args = list(argv if argv is not None else sys.argv[1:])
@@ -192,8 +201,24 @@ def kernel_app_class() -> Any:
             self.cli_config = copy.deepcopy(config)
             self.update_config(config)
             self.extra_args = []
+            self._fixed_argv = args[2:] == list(KERNEL_OPTIONS)
+
+        def init_kernel(self) -> None:
+            # The fork server's shell was built for the fixed options and no config file.
+            if not self._fixed_argv or self.loaded_config_files:
+                forkshell.drop_prebuilt()
+            super().init_kernel()  # type: ignore[no-untyped-call]
 
     return SandboxKernelApp
+
+
+def prebuilt_shell_config() -> Any:
+    """The configuration the fork server builds the kernels' shell with (`forkshell.prebuild`):
+    what `SandboxKernelApp` gets from its fixed argv."""
+    from traitlets.config import Config
+    from traitlets.config.loader import DeferredConfigString
+
+    return _fixed_argv_config(["-f", "kernel.json", *KERNEL_OPTIONS], Config, DeferredConfigString)
 
 
 def _fixed_argv_config(args: list[str], config_cls: Any, deferred: Any) -> Any:

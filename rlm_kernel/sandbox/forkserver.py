@@ -50,7 +50,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import confine
-from .forkchild import KERNEL_OPTIONS, become_kernel, kernel_app_class, set_comm
+from .forkchild import (
+    KERNEL_OPTIONS,
+    become_kernel,
+    kernel_app_class,
+    prebuilt_shell_config,
+    set_comm,
+)
 
 __all__ = ["KERNEL_OPTIONS", "PRELOAD_MODULES", "main"]
 
@@ -134,6 +140,13 @@ def _preload() -> None:
     kernel_app_class()  # the forked kernels' application class, shared with them
     _warm_tracebacks()
     _warm_cells()
+    from . import forkshell  # after ipykernel's import without debugpy
+
+    try:
+        forkshell.prebuild(prebuilt_shell_config())  # every kernel adopts it: see forkshell
+    except Exception as exc:  # an IPython change must not stop the fork server
+        forkshell.drop_prebuilt()
+        _log(f"kernels build their own shells: {exc!r}")
 
 
 def _warm_cells() -> None:
