@@ -166,7 +166,7 @@ def install_runtime(shell: Any, path: str) -> bool:
 def kernel_app_class() -> Any:
     """The kernel application of forked kernels: `IPKernelApp` with a cheaper command line.
 
-    Made in the zygote (its `_preload` calls this), so every kernel shares the class.
+    Made in the zygote (`forkpreload.preload` calls this), so every kernel shares the class.
     """
     from ipykernel.kernelapp import IPKernelApp
     from traitlets import Type
@@ -176,8 +176,8 @@ def kernel_app_class() -> Any:
     from . import forkshell
 
     class SandboxKernelApp(IPKernelApp):
-        """Reads our own fixed argv (``-f FILE`` and ``--Class.trait=value``) directly, and runs
-        a `forkshell.SandboxKernel` (the fork server's shell, adopted).
+        """Reads our own fixed argv (``-f FILE`` and ``--Class.trait=value``) directly, runs
+        a `forkshell.SandboxKernel` (the fork server's shell, adopted), and no heartbeat.
 
         traitlets' parser builds an argparse option for every trait of every configurable class,
         which touches (and so copies out of the zygote, page by page) most of their objects: about
@@ -202,6 +202,11 @@ def kernel_app_class() -> Any:
             self.update_config(config)
             self.extra_args = []
             self._fixed_argv = args[2:] == list(KERNEL_OPTIONS)
+
+        def init_heartbeat(self) -> None:
+            # No client of a sandbox kernel pings it (the host's clients start no heartbeat
+            # channel; a dead kernel is a dead process): no heartbeat thread and zmq context.
+            self.heartbeat = None
 
         def init_kernel(self) -> None:
             # The fork server's shell was built for the fixed options and no config file.

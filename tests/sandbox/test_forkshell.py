@@ -112,9 +112,13 @@ def test_a_forked_kernel_adopts_the_prebuilt_shell_as_its_own(start: Starter) ->
         "stdout_restored_at_exit": True,
         "atexit": True,
     }
+    # no heartbeat thread (nobody pings a sandbox kernel); the threads that serve it are there
+    names = run(h, "import threading; print(*(t.name for t in threading.enumerate()), sep='|')")
+    assert {"Control", "IOPub", "Shell channel", "rlm-lifeline"} <= set(names.strip().split("|"))
+    assert "Heartbeat" not in names
     # history, execution count, %who: as in any kernel
     out = run(h, "y = 2\n%who int\nprint(In[1], len(In), get_ipython().execution_count)")
-    assert out.split() == ["x", "y", "x", "=", "1", "4", "4"]
+    assert out.split() == ["x", "y", "x", "=", "1", "5", "5"]
 
 
 def test_nothing_of_one_kernel_reaches_the_next(start: Starter) -> None:
