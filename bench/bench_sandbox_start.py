@@ -48,6 +48,12 @@ def kernel_cpu(pid: int) -> float:
     return total / 1e9
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (mostly pages copied from the fork server)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return int(raw[raw.rfind(")") + 2 :].split()[7])
+
+
 def tree_cpu(root: int) -> float:
     """CPU seconds of `root` and its live descendants, with what each reaped (clock ticks)."""
     children: dict[int, list[int]] = {}
@@ -129,6 +135,7 @@ def one(iso: isolation.Isolation, i: int) -> dict[str, float]:
     assert sb.kernel is not None
     pid = sb.kernel.pid
     k1 = kernel_cpu(pid)
+    f1 = minor_faults(pid)
     sb._install_runtime()
     h2, w2 = time.process_time(), time.perf_counter()
     k2 = kernel_cpu(pid)
@@ -152,6 +159,7 @@ def one(iso: isolation.Isolation, i: int) -> dict[str, float]:
         "host_cells": (h3 - h2) * 1e3,
         "host_close": (h4 - h3) * 1e3,
         "kernel_ready": k1 * 1e3,
+        "kernel_faults_ready": f1,
         "kernel_install": (k2 - k1) * 1e3,
         "kernel_cells": (k3 - k2) * 1e3,
         "tree": tree * 1e3,
