@@ -678,11 +678,17 @@ def test_a_forked_kernel_installs_the_runtime_at_start_up(
     assert out.split() == ["False"]
 
 
-def test_a_runtime_file_that_is_not_a_plain_file_is_not_read(tmp_path: Path) -> None:
+def test_a_runtime_file_that_is_not_a_plain_file_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The kernel reads its runtime configuration only from a regular file of its own user:
     never through a link (or a FIFO) planted in the sandbox's bridge directory; nothing is
     installed and the file is left for the host, which installs by an execute request."""
     from rlm_kernel.sandbox.forkchild import install_runtime
+
+    # The runtime installed into a plain dict (here, in the test process) sets MPLBACKEND when
+    # it is unset: restored afterwards, so that later kernels of this process get the default.
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
     real = tmp_path / "real.json"
     real.write_text(json.dumps(_runtime_cfg(tmp_path)))
