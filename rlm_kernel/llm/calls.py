@@ -240,7 +240,12 @@ async def _direct_price(model: str, usage: Usage) -> float:
     """The price of a direct call per litellm's cost map, read as data (`pricing`: litellm is
     not imported for it). A model's first look-up reads the map (~0.1 s of CPU) on a worker
     thread, so the loop's other calls go on meanwhile; a model priced in a way only litellm's
-    calculator follows is priced by litellm (imported then)."""
+    calculator follows is priced by litellm (imported then). Once litellm is imported (another
+    model, an HTTP error), litellm prices: it also knows the prices given to it at run time
+    (`litellm.register_model`)."""
+    litellm = runtime.imported()
+    if litellm is not None:
+        return _price(litellm, model, usage) if ensure_priced(litellm, model) else 0.0
     args = (model, usage.prompt_tokens, usage.completion_tokens, usage.cache_read_tokens)
     if pricing.looked_up(model):
         cost = pricing.price(*args)
@@ -248,7 +253,7 @@ async def _direct_price(model: str, usage: Usage) -> float:
         cost = await asyncio.to_thread(pricing.price, *args)
     if cost != pricing.NEEDS_LITELLM:
         return cost
-    litellm = runtime.imported() or await asyncio.to_thread(import_litellm)
+    litellm = await asyncio.to_thread(import_litellm)
     return _price(litellm, model, usage)
 
 

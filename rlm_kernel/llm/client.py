@@ -131,9 +131,11 @@ class LLMClient:
 
     def needs_litellm(self, model: str) -> bool:
         """Whether calls to `model` go through litellm (so its import is worth starting early):
-        all but the plain-HTTP path's (`direct` on, an OpenAI-compatible model with its key).
-        Scripted and replay models are litellm's custom providers."""
-        return not self.direct or direct_route(model, self.api_base, self.api_key) is None
+        all but the plain-HTTP path's (`direct` on, an `openai/` or `openrouter/` model; without
+        its key, `check_ready` says what to set without litellm). Scripted and replay models
+        are litellm's custom providers."""
+        provider, _, name = model.partition("/")
+        return not (self.direct and provider in PRICED_PROVIDERS and name)
 
     # -- calls -------------------------------------------------------------------------------
 

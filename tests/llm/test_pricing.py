@@ -65,18 +65,22 @@ def _models() -> list[str]:
         if isinstance(v, dict) and v.get("litellm_provider") == "openai"
     )
     assert len(openai) > 100
-    # OpenRouter names of models the map lists under other providers, every 7th of them
-    others = sorted(k for k in data if isinstance(data[k], dict))[::7]
-    return openai + [f"openrouter/{k}" for k in others] + [
-        "openai/gpt-4o-2099-01-01",  # a dated snapshot: priced as its base model
-        "openai/GPT-4O",  # names are matched ignoring case
-        "openai/ft:gpt-4o-2024-08-06:org::id",  # a fine-tune: its base model's price
-        "openai/my-local-model",  # a local server's: unknown, 0
-        "openai/o9-mini",  # unknown, but the map's capability rules match it
-        "openrouter/anthropic/claude-sonnet-9-9",  # a window from the rules, no price
-        "openrouter/google/gemini-3-flash-preview",
-        "openrouter/openai/gpt-4o",
-    ]
+    # OpenRouter names of models the map lists under other providers, every 25th of them
+    others = sorted(k for k in data if isinstance(data[k], dict))[::25]
+    return (
+        openai
+        + [f"openrouter/{k}" for k in others]
+        + [
+            "openai/gpt-4o-2099-01-01",  # a dated snapshot: priced as its base model
+            "openai/GPT-4O",  # names are matched ignoring case
+            "openai/ft:gpt-4o-2024-08-06:org::id",  # a fine-tune: its base model's price
+            "openai/my-local-model",  # a local server's: unknown, 0
+            "openai/o9-mini",  # unknown, but the map's capability rules match it
+            "openrouter/anthropic/claude-sonnet-9-9",  # a window from the rules, no price
+            "openrouter/google/gemini-3-flash-preview",
+            "openrouter/openai/gpt-4o",
+        ]
+    )
 
 
 def test_the_price_and_the_window_are_litellms_for_every_model_of_the_map() -> None:
@@ -91,7 +95,7 @@ def test_the_price_and_the_window_are_litellms_for_every_model_of_the_map() -> N
             assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-15), (model, p, c, cached)
             checked += 1
         assert pricing.context_window(model) == _litellm_window(litellm, model), model
-    assert checked > 1500
+    assert checked > 2000
     assert pricing.price("openai/gpt-4o", 1000, 200, 0) > 0  # a priced model is priced
 
 
@@ -253,3 +257,64 @@ def test_rlm_run_without_a_key_says_what_to_set_without_importing_litellm(
     assert "OPENROUTER_API_KEY" in proc.stderr and "LLM_API_KEY" in proc.stderr
     assert proc.stdout.split()[:2] == ["imported", "False"]
     assert not (tmp_path / "r").exists()  # nothing started
+
+
+_RUN = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from faults.openai_server import FaultServer, reply
+srv = FaultServer().start()
+srv.script(reply("```python\\nx = llm_query('hi')\\nprint(x)\\n```"), reply("sub"),
+           reply("```python\\nFINAL('ok ' + x)\\n```"))
+from rlm_kernel.config import RLMConfig
+from rlm_kernel.runner import Run
+cfg = RLMConfig().with_overrides({{"model.name": "openai/gpt-4o-mini", "model.api_base":
+                                  srv.api_base, "results_dir": {results!r}}})
+res = Run("task", None, config=cfg).execute()
+print(json.dumps({{"answer": res.answer, "imported": "litellm" in sys.modules,
+                  "cost": res.usage.cost_usd, "kinds": srv.kinds()}}))
+srv.stop()
+"""
+
+
+def test_a_whole_run_on_the_plain_http_path_never_imports_litellm(tmp_path: Path) -> None:
+    code = _RUN.format(tests=str(TESTS), results=str(tmp_path / "results"))
+    env = {**os.environ, "OPENAI_API_KEY": "sk-direct-test", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["answer"] == "ok sub" and got["kinds"] == ["reply"] * 3
+    assert got["imported"] is False and got["cost"] > 0
+
+
+_MAGICS = """
+import json, sys, time
+from IPython.core.interactiveshell import InteractiveShell
+from rlm_kernel.llm import runtime
+sh = InteractiveShell.instance()
+sh.run_line_magic("load_ext", "rlm_kernel")
+time.sleep(0.2)
+print(json.dumps({"prewarm": runtime._PREWARM_STARTED.is_set()}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("config", "prewarmed"),
+    [
+        ("model:\n  name: openai/gpt-4o-mini\n", False),
+        ("model:\n  name: openai/gpt-4o-mini\n  direct: false\n", True),
+        ("model:\n  name: openai/gpt-4o-mini\n  sub_model: anthropic/claude-x\n", True),
+        ("model:\n  name: [not, a, name]\n", True),  # a bad file: said at the first %%rlm
+    ],
+)
+def test_the_magics_start_litellms_import_only_where_a_call_may_need_it(
+    tmp_path: Path, config: str, prewarmed: bool
+) -> None:
+    (tmp_path / "config.yaml").write_text(config)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MAGICS], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["prewarm"] is prewarmed
