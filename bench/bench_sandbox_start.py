@@ -191,6 +191,7 @@ def main() -> None:
     for phase in ("ready", "install", "cells", "close"):
         k = f"{med.get('kernel_' + phase, 0):.1f}" if phase != "close" else "–"
         print(f"| {phase} | {med['wall_' + phase]:.1f} | {med['host_' + phase]:.1f} | {k} |")
+    print(f"kernel page faults until ready: {med['kernel_faults_ready']:.0f}")
     print(
         f"| tree CPU per sandbox | | {med['tree']:.0f} | rest (fork, init, exit): {med['rest']:.0f} |"
     )
