@@ -8,9 +8,10 @@ A call to OpenAI, OpenRouter or an OpenAI-compatible server (`openai/<model>` wi
   calls are in flight, and of its time per iteration at low latency. The transport is aiohttp
   (C-accelerated HTTP parsing; litellm depends on it too): ~0.25 ms of CPU per request with 100
   in flight, against ~2.5 ms for httpx's pure-Python one (bench/RESULTS.md).
-- ``import litellm`` costs about 4 s of CPU, so a fresh `rlm run` (or a `%%rlm` cell right after
-  the kernel started) would wait that long before its first request; the import goes on in the
-  background (`prewarm`) while the first calls go out.
+- ``import litellm`` costs about 4 s of CPU and ~200 MB: the plain-HTTP path never needs it (prices
+  come from litellm's cost map read as data, `pricing.py`), so a fresh `rlm run` sends its first
+  request at once; `prewarm_for(config)` imports litellm in the background only where a call may
+  need it (another provider, `model.direct: false`).
 An HTTP error status becomes the exception litellm raises for it (`provider_error`), so retries,
 `Retry-After` and messages are the same on both paths; anything unusual (a broken stream, a
 reply that is not JSON) is left to litellm: the call is made again on litellm's path, which
@@ -144,7 +145,7 @@ def _session() -> Any:
 
     import aiohttp
 
-    global _CLIENT, _CLIENT_LOOP
+    global _CLIENT, _CLIENT_LOOP, _CLOSE_REGISTERED
     loop = asyncio.get_running_loop()
     if _CLIENT is None or _CLIENT_LOOP is not loop or _CLIENT.closed:
         if _CLIENT is not None and not _CLIENT.closed:
@@ -155,14 +156,14 @@ def _session() -> Any:
         connector = aiohttp.TCPConnector(limit=0, resolver=aiohttp.ThreadedResolver())
         _CLIENT = aiohttp.ClientSession(connector=connector, trust_env=True)
         _CLIENT_LOOP = loop
-        if not _CLOSE_AT_EXIT:
-            _CLOSE_AT_EXIT.append(True)
+        if not _CLOSE_REGISTERED:
+            _CLOSE_REGISTERED = True
             atexit.register(_close_at_exit)
     return _CLIENT
 
 
 _RETIRED: list[Any] = []  # connectors of sessions whose loop ended, kept from their finalizers
-_CLOSE_AT_EXIT: list[bool] = []
+_CLOSE_REGISTERED = False  # `_close_at_exit` is registered with atexit
 
 
 def _close_at_exit() -> None:

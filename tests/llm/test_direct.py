@@ -4,17 +4,13 @@ a direct request fails, makes the retries, and makes every call with `model.dire
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from rlm_kernel.llm.direct import direct_route
 
-from .helpers import ROOT, TESTS
+from .helpers import TESTS, run_python
 
 
 def test_routes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,12 +77,7 @@ def _run(
     code = textwrap.dedent(
         _SCRIPT.format(tests=str(TESTS), script=script, calls=calls, batch=batch, client=client)
     )
-    env = {**os.environ, "OPENAI_API_KEY": "sk-direct-test", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return run_python(code)
 
 
 def test_calls_go_out_directly_from_the_first_one_on_and_stream() -> None:

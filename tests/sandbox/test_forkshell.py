@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from rlm_kernel.sandbox.kernels import KernelHandle, live_kernel_pids, shutdown_all, start_kernel
+from rlm_kernel.sandbox.kernels import KernelHandle, start_kernel
+
+from .helpers import no_leftover_kernels  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX kernels only")
 
@@ -30,13 +32,6 @@ def run(handle: KernelHandle, code: str) -> str:
     reply = handle.client.execute_interactive(code, timeout=30, output_hook=hook)
     assert reply["content"]["status"] == "ok", reply["content"]
     return "".join(out)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_leftovers() -> Iterator[None]:
-    yield
-    shutdown_all()
-    assert live_kernel_pids() == []
 
 
 @pytest.fixture
