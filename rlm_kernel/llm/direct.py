@@ -154,7 +154,10 @@ def _session() -> Any:
             _RETIRED.append(_CLIENT.connector)
             _CLIENT.detach()
         connector = aiohttp.TCPConnector(limit=0, resolver=aiohttp.ThreadedResolver())
-        _CLIENT = aiohttp.ClientSession(connector=connector, trust_env=True)
+        # trust_env=False: aiohttp would look up the environment's proxy and ~/.netrc on a
+        # worker thread for every request (two thread hops each); `_proxy_for` does it once per
+        # URL and proxy settings. The Authorization header is ours, never netrc's.
+        _CLIENT = aiohttp.ClientSession(connector=connector, trust_env=False)
         _CLIENT_LOOP = loop
         if not _CLOSE_REGISTERED:
             _CLOSE_REGISTERED = True
@@ -219,6 +222,9 @@ async def direct_call(
     session = _session()
     per_read = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     extra: dict[str, Any] = {"ssl": _ssl_context()} if route.url.startswith("https:") else {}
+    proxy, proxy_auth = await _proxy_for(route.url)
+    if proxy is not None:
+        extra.update(proxy=proxy, proxy_auth=proxy_auth)
     async with session.post(
         route.url,
         data=json.dumps(body).encode(),
@@ -263,6 +269,33 @@ async def direct_call(
         if not finished:  # (litellm's path sends a stream without choices again too)
             raise DirectFailed("the stream ended before a finish_reason")
     return _completion("".join(parts), usage)
+
+
+_PROXIES: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Any, Any]] = {}
+
+
+async def _proxy_for(url: str) -> tuple[Any, Any]:
+    """The proxy (and its netrc credentials) the environment names for `url`, as aiohttp's
+    `trust_env` finds them (`HTTPS_PROXY`, `NO_PROXY`, ... and ~/.netrc), or (None, None);
+    looked up once per URL and proxy settings (the netrc file is read on a worker thread)."""
+    import asyncio
+
+    settings = tuple(
+        sorted(
+            (k, v) for k, v in os.environ.items() if k.lower().endswith("_proxy") or k == "NETRC"
+        )
+    )
+    key = (url, settings)
+    found = _PROXIES.get(key)
+    if found is None:
+        from aiohttp.helpers import get_env_proxy_for_url
+        from yarl import URL
+
+        looked: tuple[Any, Any] = (None, None)
+        with contextlib.suppress(LookupError):
+            looked = await asyncio.to_thread(get_env_proxy_for_url, URL(url))
+        _PROXIES[key] = found = looked
+    return found
 
 
 async def _drain(response: Any) -> None:
