@@ -271,7 +271,16 @@ async def direct_call(
     return _completion("".join(parts), usage)
 
 
-_PROXIES: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Any, Any]] = {}
+_PROXIES: dict[tuple[str, tuple[str | None, ...]], tuple[Any, Any]] = {}
+# What aiohttp's proxy lookup reads (urllib's getproxies for http/https/ws/wss, no_proxy; the
+# netrc file; urllib ignores HTTP_PROXY in a CGI request).
+_PROXY_SETTINGS = (
+    *(f"{scheme}_proxy" for scheme in ("http", "https", "ws", "wss", "no")),
+    *(f"{scheme}_PROXY" for scheme in ("HTTP", "HTTPS", "WS", "WSS", "NO")),
+    "NETRC",
+    "HOME",
+    "REQUEST_METHOD",
+)
 
 
 async def _proxy_for(url: str) -> tuple[Any, Any]:
@@ -280,11 +289,7 @@ async def _proxy_for(url: str) -> tuple[Any, Any]:
     looked up once per URL and proxy settings (the netrc file is read on a worker thread)."""
     import asyncio
 
-    settings = tuple(
-        sorted(
-            (k, v) for k, v in os.environ.items() if k.lower().endswith("_proxy") or k == "NETRC"
-        )
-    )
+    settings = tuple(os.environ.get(name) for name in _PROXY_SETTINGS)
     key = (url, settings)
     found = _PROXIES.get(key)
     if found is None:
@@ -303,6 +308,8 @@ async def _drain(response: Any) -> None:
     for the next call instead of being reset with bytes unread."""
     import asyncio
 
+    if response.content.is_eof():  # the end came with [DONE]: nothing to wait for
+        return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(response.content.read(), DRAIN_S)
 

@@ -71,7 +71,8 @@ for r in c.complete_many([[{{"role": "user", "content": "hi"}}]] * {batch}, mode
     out.append([r.text, r.usage.prompt_tokens, r.usage.completion_tokens, r.attempts])
 agents = [q.headers.get("User-Agent", "") for q in srv.requests]
 print(json.dumps({{"error": error, "out": out, "seen": seen, "kinds": srv.kinds(), "agents": agents,
-                  "streams": [q.stream for q in srv.requests]}}))
+                  "streams": [q.stream for q in srv.requests],
+                  "peers": [q.peer for q in srv.requests]}}))
 srv.stop()
 """
 
@@ -99,6 +100,8 @@ def test_calls_go_out_directly_from_the_first_one_on_and_stream() -> None:
     out = got["out"]
     assert out[0][0] == reply and out[0][1] > 0 and out[0][2] > 0  # type: ignore[index]
     assert out[1][0] == "second"  # type: ignore[index]
+    # one connection for the calls one after another: a streamed reply's connection is kept
+    assert len(set(got["peers"][:2])) == 1  # type: ignore[index]
     assert [o[3] for o in out] == [1] * 5  # type: ignore[attr-defined,index]
     text = ""
     for offset, piece in got["seen"]:  # type: ignore[attr-defined]
