@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -333,6 +334,17 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rlm` command."""
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:  # the `rlm` command's own process, about to exit
+            # Everything is cleaned up by now; what is left is the interpreter's last garbage
+            # collection over the whole heap (litellm, the Daytona SDK: seconds of CPU on a
+            # loaded machine after a Ctrl-C). Frozen objects are left to the exit itself.
+            gc.freeze()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     handlers = {
         "run": cmd_run,
         "demo": cmd_demo,
