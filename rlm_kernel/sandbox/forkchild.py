@@ -31,7 +31,13 @@ __all__ = ["KERNEL_OPTIONS", "LIFELINE_FD", "become_kernel", "kernel_app_class",
 # Every sandbox kernel: input history in memory. Dozens of kernels sharing the user's
 # ~/.ipython history.sqlite corrupt it ("readonly database" errors in cells' output), and
 # agents' cells do not belong in the user's history.
-KERNEL_OPTIONS = ("--HistoryManager.hist_file=:memory:", "--IPythonKernel._execute_sleep=0")
+# Their stdout/stderr skip ipykernel's empty flushes (a thread hop each, four per cell; see
+# `kernelio`).
+KERNEL_OPTIONS = (
+    "--HistoryManager.hist_file=:memory:",
+    "--IPythonKernel._execute_sleep=0",
+    "--IPKernelApp.outstream_class=rlm_kernel.sandbox.kernelio.SandboxOutStream",
+)
 LIFELINE_FD = 3  # the lifeline's read end in every kernel
 
 

@@ -87,7 +87,7 @@ EXTRA_PRELOAD = (
     "pygments.formatters.html",
     "pygments.styles",
 )
-OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime",)
+OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime", "rlm_kernel.sandbox.kernelio")
 SHUTDOWN_GRACE_S = 1.0  # SIGTERM → SIGKILL for kernels left when the zygote exits
 # A spawn request without a set-up deadline (an older host) gets this long for a confined
 # kernel's set-up; the host's deadlines: kernelproc, "start-up deadlines".
