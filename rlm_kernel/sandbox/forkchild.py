@@ -13,6 +13,7 @@ import copy
 import fcntl
 import functools
 import locale
+import logging
 import os
 import random
 import signal
@@ -140,6 +141,17 @@ def kernel_app_class() -> Any:
         the parser would give, converted by each trait when applied; anything else in `argv` goes to
         traitlets' parser.
         """
+
+        def get_default_logging_config(self) -> dict[str, Any]:
+            """traitlets' logging set-up, with the app's logger at `log_level` (not DEBUG).
+
+            traitlets leaves the logger at DEBUG and filters in its handler: every debug call of
+            the kernel (several per request) then builds a log record only to drop it."""
+            config: dict[str, Any] = super().get_default_logging_config()
+            level = logging.getLevelName(int(self.log_level))  # type: ignore[call-overload]
+            for logger in (config.get("loggers") or {}).values():
+                logger["level"] = level
+            return config
 
         def parse_command_line(self, argv: list[str] | None = None) -> None:
             args = list(argv if argv is not None else sys.argv[1:])

@@ -49,6 +49,10 @@ class SandboxOutStream(OutStream):
         self._pipe_lock = threading.Lock()
         super()._setup_stream_redirects(name)  # type: ignore[no-untyped-call]
 
+    def _watching(self) -> bool:
+        """Whether fd output is redirected into this stream (close() ends it)."""
+        return bool(self._should_watch)
+
     def _move_from_pipe(self, n: int) -> None:
         """Move `n` bytes the pipe holds into the buffer (caller holds `_pipe_lock`, the only
         reader, so the reads never block)."""
@@ -66,9 +70,9 @@ class SandboxOutStream(OutStream):
         if fid is None:
             return
         try:
-            while self._should_watch:
+            while self._watching():
                 select.select([fid], [], [])  # no GIL held while waiting
-                if not self._should_watch:
+                if not self._watching():
                     return  # close() woke us up
                 with self._pipe_lock:
                     n = _available(fid)
@@ -82,7 +86,7 @@ class SandboxOutStream(OutStream):
         """Take the fd's pending output, then send what is buffered (waiting for the IOPub
         thread); nothing to send, no wait."""
         lock = getattr(self, "_pipe_lock", None)
-        if lock is not None and self._should_watch:
+        if lock is not None and self._watching():
             with lock:
                 n = _available(self._fid) if self._fid is not None else 0
                 if n:
