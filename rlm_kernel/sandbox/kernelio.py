@@ -1,12 +1,14 @@
-"""The stdout/stderr of sandbox kernels: ipykernel's `OutStream` without empty flushes, and with
-file-descriptor output that is never late for its cell.
+"""The stdout/stderr of sandbox kernels: ipykernel's `OutStream` without its redundant flush
+waits, and with file-descriptor output that is never late for its cell.
 
 ipykernel flushes stdout and stderr four times per request (after the cell, then again before
 its idle status), and every flush from the cell's thread hands a callback to the IOPub thread
-and waits for it, even with nothing to send: four thread hops (and GIL hand-overs) per cell,
-~0.5 ms of a trivial cell's ~3. Here a flush with nothing buffered returns at once: whatever an
-earlier flush took from the buffer is already queued on the IOPub thread, ahead of anything the
-kernel publishes next (its idle status included), so the order on iopub is unchanged.
+and waits for it, even with nothing to send: a thread hop and a GIL hand-over each. The wait is
+a barrier (ipykernel sends a cell's execute_reply after it, so the cell's outputs come first);
+one barrier is enough. Here a flush with nothing buffered returns at once when the IOPub thread
+has run every callback handed to it since the last barrier (all of them numbered, `_Barrier`):
+in a cell, the first flush waits and the three others do not, so the order of messages is the
+same as with ipykernel's.
 
 Output written at the file-descriptor level (subprocesses, C code, `os.write(1, ...)`) reaches
 ipykernel's buffer through a thread that reads the pipe fd 1/2 are redirected to. ipykernel's
@@ -27,6 +29,8 @@ import select
 import sys
 import termios
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from ipykernel.iostream import PIPE_BUFFER_SIZE, OutStream
 
@@ -40,10 +44,52 @@ def _available(fd: int) -> int:
     return buf[0]
 
 
+class _Barrier:
+    """What an IOPub thread has been given and done: `schedule` numbers every callback handed
+    to it (the thread runs them in that order), and `passed` is the number of the last one a
+    flush saw run, so every callback up to it has run."""
+
+    def __init__(self, pub_thread: Any) -> None:
+        self._lock = threading.RLock()  # a dead IO thread runs the callback at once, here
+        self._schedule = pub_thread.schedule
+        self.scheduled = 0
+        self.passed = 0
+        pub_thread.schedule = self.schedule  # every iopub send and stream flush comes through
+
+    def schedule(self, f: Callable[[], Any]) -> int:
+        """Hand `f` to the IOPub thread; returns its number."""
+        with self._lock:
+            self.scheduled += 1
+            n = self.scheduled
+            self._schedule(f)
+        return n
+
+    def idle(self) -> bool:
+        """Whether every callback handed over so far has run (as far as a flush saw)."""
+        with self._lock:
+            return self.passed >= self.scheduled
+
+    def reached(self, n: int) -> None:
+        with self._lock:
+            self.passed = max(self.passed, n)
+
+
+def _barrier(pub_thread: Any) -> _Barrier:
+    barrier = getattr(pub_thread, "_rlm_barrier", None)
+    if barrier is None:
+        barrier = pub_thread._rlm_barrier = _Barrier(pub_thread)
+    return barrier
+
+
 class SandboxOutStream(OutStream):
-    """`OutStream` whose `flush` takes the fd's pending output first and skips empty sends."""
+    """`OutStream` whose `flush` takes the fd's pending output first, and returns at once when
+    there is nothing to send and nothing the IOPub thread has not yet done."""
 
     _pipe_lock: threading.Lock
+
+    def __init__(self, session: Any, pub_thread: Any, name: str, **kwargs: Any) -> None:
+        super().__init__(session, pub_thread, name, **kwargs)  # type: ignore[no-untyped-call]
+        self._iopub = _barrier(pub_thread)
 
     def _setup_stream_redirects(self, name: str) -> None:
         self._pipe_lock = threading.Lock()
@@ -83,8 +129,12 @@ class SandboxOutStream(OutStream):
             self._exc = sys.exc_info()
 
     def flush(self) -> None:
-        """Take the fd's pending output, then send what is buffered (waiting for the IOPub
-        thread); nothing to send, no wait."""
+        """Take the fd's pending output, then, as ipykernel's flush, hand the buffer to the
+        IOPub thread and wait until it has sent it and everything handed over before: the
+        barrier ipykernel relies on before a reply (so a cell's outputs come before its
+        execute_reply). Skipped when nothing is buffered and the thread has done everything
+        it was given since the last barrier: ipykernel flushes four times per request, and
+        each barrier is a thread hop and a GIL hand-over."""
         lock = getattr(self, "_pipe_lock", None)
         if lock is not None and self._watching():
             with lock:
@@ -93,5 +143,18 @@ class SandboxOutStream(OutStream):
                     self._move_from_pipe(n)
         with self._buffer_lock:
             pending = any(buf.tell() for buf in self._buffers.values())
-        if pending or self._subprocess_flush_pending or self.echo is not None:
-            super().flush()  # type: ignore[no-untyped-call]
+        iopub = self._iopub
+        nothing = not (pending or self._subprocess_flush_pending or self.echo is not None)
+        if nothing and iopub.idle():
+            return
+        thread = self.pub_thread.thread if self.pub_thread is not None else None
+        if thread is None or not thread.is_alive() or thread.ident == threading.get_ident():
+            self._flush()  # type: ignore[no-untyped-call]
+            return
+        iopub.schedule(self._flush)
+        done = threading.Event()
+        n = iopub.schedule(done.set)
+        if done.wait(self.flush_timeout):
+            iopub.reached(n)
+        else:
+            print("IOStream.flush timed out", file=sys.__stderr__)

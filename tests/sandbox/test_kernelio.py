@@ -88,7 +88,8 @@ def test_the_namespace_summary_still_arrives(sb: LocalSandbox) -> None:
     assert names["kio_value"]["size"] == 3
 
 
-def test_a_runtime_without_a_kernel_flushes_its_notices() -> None:
+def test_a_runtime_without_a_kernel_flushes_its_notices(monkeypatch: pytest.MonkeyPatch) -> None:
     # Daytona's REPL is a plain interpreter: nothing flushes after a cell, so notices do.
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # install() sets it in a plain interpreter
     rt = install({}, {"secret": "s", "bridge_dir": "/nonexistent"})
     assert rt.kernel_flushes is False
