@@ -10,6 +10,7 @@ ready, runtime installed) and the run's end (diff, close). Medians over `--reps`
 warm-up run; the first and last iterations of each run are left out of the per-iteration rows.
 
     .venv/bin/python bench/bench_w3.py [--reps 3] [--config '{"sandbox.isolation": "none"}']
+    .venv/bin/python bench/bench_w3.py --smoke      # one run after the warm-up (CI)
 """
 
 from __future__ import annotations
@@ -183,7 +184,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--config", default="{}", help="config overrides (JSON)")
+    ap.add_argument("--smoke", action="store_true", help="one run after the warm-up (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.reps = 1
     extra = json.loads(args.config)
     instrument()
     rows: dict[str, list[float]] = defaultdict(list)
