@@ -51,13 +51,19 @@ class _Barrier:
 
     def __init__(self, pub_thread: Any) -> None:
         self._lock = threading.RLock()  # a dead IO thread runs the callback at once, here
+        self._pid = os.getpid()
         self._schedule = pub_thread.schedule
         self.scheduled = 0
         self.passed = 0
         pub_thread.schedule = self.schedule  # every iopub send and stream flush comes through
 
     def schedule(self, f: Callable[[], Any]) -> int:
-        """Hand `f` to the IOPub thread; returns its number."""
+        """Hand `f` to the IOPub thread; returns its number (0 in a forked child, which has
+        no IOPub thread: the callback runs at once, and the lock may have been held at the
+        fork)."""
+        if os.getpid() != self._pid:
+            self._schedule(f)
+            return 0
         with self._lock:
             self.scheduled += 1
             n = self.scheduled
@@ -136,7 +142,10 @@ class SandboxOutStream(OutStream):
         it was given since the last barrier: ipykernel flushes four times per request, and
         each barrier is a thread hop and a GIL hand-over."""
         lock = getattr(self, "_pipe_lock", None)
-        if lock is not None and self._watching():
+        # Only the kernel reads its redirect pipe (a forked child shares it, and may have been
+        # forked while the lock was held).
+        master = self._is_master_process()  # type: ignore[no-untyped-call]
+        if lock is not None and master and self._watching():
             with lock:
                 n = _available(self._fid) if self._fid is not None else 0
                 if n:

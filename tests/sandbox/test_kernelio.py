@@ -82,6 +82,28 @@ def test_a_flood_of_fd_output_ends_and_is_bounded(sb: LocalSandbox) -> None:
     assert len(res.output) < 200_000  # the host's output buffer keeps head and tail
 
 
+def test_forked_children_write_and_flush_without_hanging(sb: LocalSandbox) -> None:
+    # A forked child shares the kernel's streams and redirect pipe: it neither reads the pipe
+    # nor waits for an IOPub thread it does not have (nor for a lock held at the fork). (With
+    # hundreds of lines from each child, ipykernel loses the cell's idle status now and then,
+    # with or without this stream: the host then ends the cell after LOST_IDLE_S.)
+    res = sb.execute(
+        "import multiprocessing as mp, os, sys\n"
+        "def child():\n"
+        "    for i in range(20):\n"
+        "        print('child', i); sys.stdout.flush(); os.write(1, b'fd\\n')\n"
+        "ctx = mp.get_context('fork')\n"
+        "ps = [ctx.Process(target=child) for _ in range(4)]\n"
+        "for p in ps: p.start()\n"
+        "for i in range(20): print('parent', i); sys.stdout.flush()\n"
+        "for p in ps: p.join(20)\n"
+        "print('codes', [p.exitcode for p in ps])",
+        timeout=60,
+    )
+    assert res.status == "ok", res
+    assert "codes [0, 0, 0, 0]" in res.output, res.output[-500:]
+
+
 def test_the_namespace_summary_still_arrives(sb: LocalSandbox) -> None:
     sb.execute("kio_value = [1, 2, 3]", timeout=30)
     names = {v["name"]: v for v in sb.namespace_after_cell()}
