@@ -154,11 +154,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`rlm run`: validate everything, run, print the patch (or answer)."""
     import logging
 
-    from .llm import LLMError, prewarm
-
-    prewarm()  # litellm's seconds-long import overlaps the checks and the sandbox's creation
     from .config import ConfigError, load_config
     from .console import ConsoleProgress
+    from .llm import LLMError, prewarm_for
     from .runner import Run
     from .sandbox.base import SandboxError
     from .sandbox.workspace import TargetError
@@ -174,6 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.config, flags, source="rlm run options")
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    # litellm's seconds-long import, where a call may need it, overlaps the checks and the
+    # sandbox's creation; a run on the plain-HTTP path never imports it
+    prewarm_for(config)
     sinks = [] if args.quiet else [ConsoleProgress()]
     if args.quiet:
         isolation.set_notice(lambda _line: None)  # only the result; the record names the tier

@@ -57,13 +57,19 @@ def history_budget(model: str, configured: int | None) -> int:
     context window per litellm, else `DEFAULT_BUDGET_TOKENS`."""
     if configured:
         return int(configured)
-    from .llm.runtime import import_litellm
+    from .llm import pricing
 
-    try:
-        info = import_litellm().get_model_info(model)
-    except Exception:  # not in litellm's map (scripted models, local servers)
-        return DEFAULT_BUDGET_TOKENS
-    window = info.get("max_input_tokens") or info.get("max_tokens")
+    window: Any
+    if model.partition("/")[0] in pricing.PRICED_PROVIDERS:
+        window = pricing.context_window(model)  # litellm's figure, without importing it
+    else:
+        from .llm.runtime import import_litellm
+
+        try:
+            info = import_litellm().get_model_info(model)
+        except Exception:  # not in litellm's map (scripted models, local servers)
+            return DEFAULT_BUDGET_TOKENS
+        window = info.get("max_input_tokens") or info.get("max_tokens")
     if not isinstance(window, int) or window <= 0:
         return DEFAULT_BUDGET_TOKENS
     return int(window * WINDOW_SHARE)

@@ -407,15 +407,27 @@ def session_for(shell: Any) -> RLMSession:
         raise UsageError("the rlm magics are not loaded here (%load_ext rlm_kernel)") from None
 
 
+def _prewarm(session: RLMSession) -> None:
+    """litellm's seconds-long import, in the background before the first %%rlm, if a call of
+    the session's configuration may need it (not on the plain-HTTP path). A configuration that
+    does not load yet says so at the first %%rlm; the import starts anyway."""
+    from .llm import prewarm, prewarm_for
+
+    try:
+        config = session.config()
+    except Exception:
+        prewarm()
+        return
+    prewarm_for(config)
+
+
 def register(shell: Any, kernel: KernelLike | None = None) -> RLMSession:
     """Install `%rlm`/`%%rlm` and the awaiting transformer on `shell`; returns its session."""
     old = _SESSIONS.get(id(shell))
     if old is not None and old.shell is shell:
         return old
-    from .llm import prewarm
-
-    prewarm()  # litellm's seconds-long import, in the background, before the first %%rlm
     session = RLMSession(shell, kernel)
+    _prewarm(session)
     _SESSIONS[id(shell)] = session
     shell.register_magics(RLMMagics(shell, session))
     cleanup: list[Any] = shell.input_transformers_cleanup

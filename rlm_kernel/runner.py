@@ -325,7 +325,7 @@ class Run:
     def _main(self) -> None:
         t0 = time.monotonic()
         self.budget = Budget(self.config.rlm, t0)
-        llm_mod.prewarm()
+        llm_mod.prewarm_for(self.config)  # litellm's import, if a call of the run may need it
         self.status = "running"
         cfg = self.config.to_dict()
         with self._emit_lock:  # `step` and the step-mode events stay in order

@@ -227,3 +227,51 @@ def test_a_field_without_setting_is_refused() -> None:
 def test_settings_are_dataclass_fields_with_their_defaults() -> None:
     fields = {f.name: f for f in dataclasses.fields(_Limits)}
     assert fields["budget"].default == 7 and _Limits().mode == "auto"
+
+
+# -- validation without pydantic ------------------------------------------------------------------
+
+_SAMPLES: list[Any] = [
+    None, True, False, 0, 1, -1, 7, 2**70, 10**400, 0.0, 0.5, -0.5, 1e308, float("inf"),
+    float("-inf"), float("nan"), "", " ", "\t\n", "\x1c", "\u00a0", "x", " x ", "auto", "Auto",
+    "local", "bwrap", "none", "daytona", "600", [], [1], {}, {"a": 1}, b"x", object(),
+]  # fmt: skip
+
+
+def test_plainly_valid_values_skip_pydantic_and_nothing_else_does() -> None:
+    # What the host takes without pydantic is what pydantic's strict check takes too, for every
+    # key and a spread of values (bad types, bounds, blanks, inf/nan, choices); the rest goes
+    # to pydantic, so each value is accepted or refused exactly as before.
+    from rlm_kernel.settings import _plainly_valid, _validator
+
+    plain = 0
+    for s in SETTINGS.values():
+        for value in [*_SAMPLES, s.default]:
+            try:
+                _validator(s, strict=True).validate_python(value)
+                valid = True
+            except Exception:
+                valid = False
+            if _plainly_valid(s, value):
+                plain += 1
+                assert valid, (s.key, value)
+            if valid:
+                assert s.check(value, "test") is value
+            else:
+                with pytest.raises(ConfigError, match=s.key.replace(".", r"\.")):
+                    s.check(value, "test")
+        assert s.default is None or _plainly_valid(s, s.default), s.key  # defaults: no pydantic
+    assert plain > 100
+
+
+def test_building_configs_does_not_import_pydantic() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from rlm_kernel.config import RLMConfig, load_config; "
+        "c = load_config(None).with_overrides({'model.name': 'openai/x', 'rlm.max_depth': 2, "
+        "'sandbox.pool_size': 'auto', 'model.timeout': 30}); print('pydantic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

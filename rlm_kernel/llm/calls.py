@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import pricing, runtime
 from .direct import DirectNoChoices, DirectStatus, direct_call, provider_error
 from .errors import (
     CUSTOM_PROVIDERS,
@@ -153,10 +154,12 @@ def with_cache_breakpoints(messages: list[dict[str, Any]]) -> list[dict[str, Any
 async def run_call(litellm: Any, spec: CallSpec) -> Completion:
     """Make the call, retrying transient errors until `spec.limit_s` has passed.
 
-    With a direct route (`spec.direct`) attempts go out as plain HTTP requests; an HTTP error is
-    mapped to litellm's exception for it (same retries, `Retry-After`, messages), and a reply
-    that is not a whole one sends the call over to litellm's path for the rest of its attempts.
-    `litellm` is None while its import is still going on (only a direct call can start then)."""
+    With a direct route (`spec.direct`) attempts go out as plain HTTP requests and are priced
+    from litellm's cost map read as data: litellm is not imported for them. An HTTP error is
+    mapped to litellm's exception for it (same retries, `Retry-After`, messages: litellm is
+    imported then, once per process), and a reply that is not a whole one sends the call over
+    to litellm's path for the rest of its attempts. `litellm` is None while it is not imported
+    (only a direct call starts then)."""
     start = time.monotonic()
     deadline = start + spec.limit_s
     attempt = 0
@@ -168,14 +171,12 @@ async def run_call(litellm: Any, spec: CallSpec) -> Completion:
         try:
             if spec.direct is not None:
                 completion = await asyncio.wait_for(_direct(spec), remaining)
-                if litellm is None:
-                    litellm = await asyncio.to_thread(import_litellm)
                 if completion is None:  # litellm's path makes this attempt, and the next ones
                     spec.direct = None
                     attempt -= 1
                     continue
-                if completion.usage.cost_usd <= 0 and ensure_priced(litellm, spec.model):
-                    completion.usage.cost_usd = _price(litellm, spec.model, completion.usage)
+                if completion.usage.cost_usd <= 0:  # no bill from the provider: the cost map's
+                    completion.usage.cost_usd = await _direct_price(spec.model, completion.usage)
                 completion.model = spec.model
             else:
                 if litellm is None:
@@ -233,6 +234,27 @@ async def _direct(spec: CallSpec) -> Completion | None:
         raise
     except Exception:  # anything else: litellm's path knows what it means
         return None
+
+
+async def _direct_price(model: str, usage: Usage) -> float:
+    """The price of a direct call per litellm's cost map, read as data (`pricing`: litellm is
+    not imported for it). A model's first look-up reads the map (~0.1 s of CPU) on a worker
+    thread, so the loop's other calls go on meanwhile; a model priced in a way only litellm's
+    calculator follows is priced by litellm (imported then). Once litellm is imported (another
+    model, an HTTP error), litellm prices: it also knows the prices given to it at run time
+    (`litellm.register_model`)."""
+    litellm = runtime.imported()
+    if litellm is not None:
+        return _price(litellm, model, usage) if ensure_priced(litellm, model) else 0.0
+    args = (model, usage.prompt_tokens, usage.completion_tokens, usage.cache_read_tokens)
+    if pricing.looked_up(model):
+        cost = pricing.price(*args)
+    else:
+        cost = await asyncio.to_thread(pricing.price, *args)
+    if cost != pricing.NEEDS_LITELLM:
+        return cost
+    litellm = await asyncio.to_thread(import_litellm)
+    return _price(litellm, model, usage)
 
 
 def _ready(litellm: Any, spec: CallSpec) -> None:

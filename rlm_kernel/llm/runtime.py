@@ -1,8 +1,12 @@
 """litellm, imported once and in the background; the one event loop every LLM call runs on.
 
-``import litellm`` costs seconds of CPU, so it happens lazily, once per process, with the cost
-map bundled with litellm (nothing is fetched from the network). `prewarm()` starts it on a daemon
-thread so it overlaps other work (the kernel's start, the CLI's sandbox creation).
+``import litellm`` costs seconds of CPU (and ~215 MB with the encodings it loads), so it happens
+lazily, once per process, with the cost map bundled with litellm (nothing is fetched from the
+network), and only where a call needs it: calls on the plain-HTTP path (`direct`) are priced from
+that cost map read as data (`pricing`), so a process whose calls all go that way never imports
+it. `prewarm()` starts it on a daemon thread so it overlaps other work (the kernel's start, the
+CLI's sandbox creation); `client.prewarm_for(config)` does so only for a configuration with a
+call that goes through litellm.
 
 Every LLM call of the process is a task on one asyncio loop running on a daemon thread
 (`submit`): litellm's async path keeps one HTTP client per provider, key and loop, concurrent

@@ -12,12 +12,14 @@ import contextlib
 import copy
 import fcntl
 import functools
+import json
 import locale
 import logging
 import os
 import random
 import signal
 import socket
+import stat
 import sys
 import threading
 import traceback
@@ -27,7 +29,14 @@ from typing import Any, NoReturn
 
 from . import confine
 
-__all__ = ["KERNEL_OPTIONS", "LIFELINE_FD", "become_kernel", "kernel_app_class", "set_comm"]
+__all__ = [
+    "KERNEL_OPTIONS",
+    "LIFELINE_FD",
+    "become_kernel",
+    "install_runtime",
+    "kernel_app_class",
+    "set_comm",
+]
 
 # Every sandbox kernel: input history in memory. Dozens of kernels sharing the user's
 # ~/.ipython history.sqlite corrupt it ("readonly database" errors in cells' output), and
@@ -40,6 +49,7 @@ KERNEL_OPTIONS = (
     "--IPKernelApp.outstream_class=rlm_kernel.sandbox.kernelio.SandboxOutStream",
 )
 LIFELINE_FD = 3  # the lifeline's read end in every kernel
+_MAX_RUNTIME_FILE = 64 * 1024 * 1024  # a runtime configuration carries the run's tools' specs
 
 
 def move_fd(fd: int, target: int) -> None:
@@ -59,9 +69,11 @@ def become_kernel(
     log_fd: int,
     view: dict[str, Any] | None = None,
     report: socket.socket | None = None,
+    runtime_file: str | None = None,
 ) -> NoReturn:
     """In the forked child of `zygote` (a `forkserver._Zygote`): become the kernel (confined:
-    the init of its namespace, then the kernel); never returns."""
+    the init of its namespace, then the kernel, with the agent runtime of `runtime_file`
+    installed before it serves); never returns."""
     code = 1
     try:
         os.setsid()
@@ -104,7 +116,11 @@ def become_kernel(
         random.seed()  # also done by `random`'s at-fork hook; cheap insurance
         sys.argv = [zygote.argv0, "-f", connection_file]
         zygote.inbuf = b""  # other kernels' pending requests
-        kernel_app_class().launch_instance(argv=["-f", connection_file, *KERNEL_OPTIONS])
+        app = kernel_app_class().instance()
+        app.initialize(["-f", connection_file, *KERNEL_OPTIONS])
+        if runtime_file:
+            install_runtime(app.shell, runtime_file)
+        app.start()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -122,18 +138,53 @@ def become_kernel(
         os._exit(code)
 
 
+def install_runtime(shell: Any, path: str) -> bool:
+    """In a kernel that has initialised but serves nothing yet: install the agent runtime with
+    the configuration in the JSON file `path`, then remove the file (how the host learns it is
+    done: `KernelHandle.runtime_installed`). A failure is logged and leaves the file, and the host
+    installs the runtime with an execute request instead, which reports the error; so does a file
+    that is not a regular file of this user's (a planted link or pipe)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                raise OSError(f"{path} is not a regular file of this user's")
+            data = fh.read(_MAX_RUNTIME_FILE + 1)
+        if len(data) > _MAX_RUNTIME_FILE:
+            raise ValueError(f"{path} is larger than {_MAX_RUNTIME_FILE} bytes")
+        cfg = json.loads(data)
+        if not isinstance(cfg, dict):
+            raise ValueError("the runtime's configuration is not a JSON object")
+        from . import runtime
+
+        runtime.install(shell, cfg)
+        os.unlink(path)
+    except Exception:
+        with contextlib.suppress(Exception):
+            sys.__stderr__.write("could not install the agent runtime at start-up:\n")  # type: ignore[union-attr]
+            traceback.print_exc(file=sys.__stderr__)
+            sys.__stderr__.flush()  # type: ignore[union-attr]
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=1)
 def kernel_app_class() -> Any:
     """The kernel application of forked kernels: `IPKernelApp` with a cheaper command line.
 
-    Made in the zygote (its `_preload` calls this), so every kernel shares the class.
+    Made in the zygote (`forkpreload.preload` calls this), so every kernel shares the class.
     """
     from ipykernel.kernelapp import IPKernelApp
+    from traitlets import Type
     from traitlets.config import Config
     from traitlets.config.loader import DeferredConfigString
 
+    from . import forkshell
+
     class SandboxKernelApp(IPKernelApp):
-        """Reads our own fixed argv (``-f FILE`` and ``--Class.trait=value``) directly.
+        """Reads our own fixed argv (``-f FILE`` and ``--Class.trait=value``) directly, runs
+        a `forkshell.SandboxKernel` (the fork server's shell, adopted), and no heartbeat.
 
         traitlets' parser builds an argparse option for every trait of every configurable class,
         which touches (and so copies out of the zygote, page by page) most of their objects: about
@@ -141,6 +192,11 @@ def kernel_app_class() -> Any:
         the parser would give, converted by each trait when applied; anything else in `argv` goes to
         traitlets' parser.
         """
+
+        kernel_class = Type(  # type: ignore[assignment]
+            forkshell.SandboxKernel, klass="ipykernel.kernelbase.Kernel"
+        )
+        _fixed_argv = False
 
         def get_default_logging_config(self) -> dict[str, Any]:
             """traitlets' logging set-up, with the app's logger at `log_level` (not DEBUG).
@@ -163,8 +219,29 @@ def kernel_app_class() -> Any:
             self.cli_config = copy.deepcopy(config)
             self.update_config(config)
             self.extra_args = []
+            self._fixed_argv = args[2:] == list(KERNEL_OPTIONS)
+
+        def init_heartbeat(self) -> None:
+            # No client of a sandbox kernel pings it (the host's clients start no heartbeat
+            # channel; a dead kernel is a dead process): no heartbeat thread and zmq context.
+            self.heartbeat = None
+
+        def init_kernel(self) -> None:
+            # The fork server's shell was built for the fixed options and no config file.
+            if not self._fixed_argv or self.loaded_config_files:
+                forkshell.drop_prebuilt()
+            super().init_kernel()  # type: ignore[no-untyped-call]
 
     return SandboxKernelApp
+
+
+def prebuilt_shell_config() -> Any:
+    """The configuration the fork server builds the kernels' shell with (`forkshell.prebuild`):
+    what `SandboxKernelApp` gets from its fixed argv."""
+    from traitlets.config import Config
+    from traitlets.config.loader import DeferredConfigString
+
+    return _fixed_argv_config(["-f", "kernel.json", *KERNEL_OPTIONS], Config, DeferredConfigString)
 
 
 def _fixed_argv_config(args: list[str], config_cls: Any, deferred: Any) -> Any:

@@ -306,9 +306,11 @@ class _ForkServer:
         *,
         deadline: float,
         budget: float,
+        runtime_file: str | None = None,
     ) -> _ForkedProc:
         """Fork a kernel by `deadline` (time.monotonic(); `budget`: the whole start's seconds, for
-        messages); _ForkServerDown if the zygote is gone, KernelStartError if refused or late."""
+        messages); _ForkServerDown if the zygote is gone, KernelStartError if refused or late.
+        `runtime_file`: see `forkchild.install_runtime`."""
         req: dict[str, Any] = {
             "op": "spawn",
             "cwd": cwd,
@@ -318,6 +320,8 @@ class _ForkServer:
             # the fork server's own deadline for a confined kernel's set-up: it answers first
             "setup_deadline": deadline - setup_margin(budget),
         }
+        if runtime_file:
+            req["runtime_file"] = runtime_file
         fds: list[int] = []
         if self.confined:
             req["view"] = dict(view or {})

@@ -7,10 +7,12 @@ Protocol: JSON lines over the Unix stream socket inherited as fd ``N``.
 
 - zygote → host, once imports are done: ``{"event": "ready", "pid": P, "threads": T}``.
 - host → zygote: ``{"id": I, "op": "spawn", "cwd": ..., "env": {...}, "connection_file": ...,
-  "log_path": ..., "setup_deadline": D}``; reply ``{"id": I, "pid": P}`` or ``{"id": I, "error":
+  "log_path": ..., "setup_deadline": D, "runtime_file": R}``; reply ``{"id": I, "pid": P}`` or ``{"id": I, "error":
   "...", "timeout": B}`` (``B``: the start ran out of time). ``D`` is a ``time.monotonic()`` value
   (the host's clock is ours): a confined kernel's set-up must report by then, and a request read
-  after it is refused without forking (the host is about to give up on it).
+  after it is refused without forking (the host is about to give up on it). ``R`` (optional):
+  a JSON file of the agent runtime's configuration, installed by the kernel before it serves
+  (``forkchild.install_runtime``); only its path passes through here, never its secret.
 - zygote → host, whenever a kernel exits (the zygote reaps it): ``{"event": "exit", "pid": P,
   "status": S}`` (``S`` as ``os.waitstatus_to_exitcode``: negative for a signal).
 
@@ -34,7 +36,6 @@ import argparse
 import contextlib
 import errno
 import gc
-import importlib
 import json
 import os
 import selectors
@@ -48,46 +49,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import confine
-from .forkchild import KERNEL_OPTIONS, become_kernel, kernel_app_class, set_comm
+from .forkchild import KERNEL_OPTIONS, become_kernel, set_comm
+from .forkpreload import PRELOAD_MODULES, preload
 
 __all__ = ["KERNEL_OPTIONS", "PRELOAD_MODULES", "main"]
 
 
-PRELOAD_MODULES: tuple[str, ...] = (
-    "ipykernel.kernelapp",
-    "ipykernel.ipkernel",
-    "ipykernel.zmqshell",
-    "ipykernel.debugger",  # imported without debugpy: see _preload
-    "ipykernel.comm",
-    "ipykernel.iostream",
-    "ipykernel.heartbeat",
-    "ipykernel.eventloops",
-    "IPython.core.completer",
-)
-# Also imported by every kernel during its start-up (measured): cheaper once, in the zygote.
-EXTRA_PRELOAD = (
-    "IPython.core.completerlib",
-    "IPython.core.debugger",
-    "IPython.core.logger",
-    "IPython.core.oinspect",
-    "IPython.extensions.storemagic",
-    "sqlite3",
-    "tornado.platform.asyncio",
-    # The first exception of a kernel (FINAL ends cells with one) loads IPython's traceback stack.
-    "IPython.core.ultratb",
-    "stack_data",
-    "executing",
-    "asttokens",
-    "pure_eval",
-    "fractions",
-    "runpy",  # imported by every kernel at start-up (measured), as is faulthandler
-    "faulthandler",
-    "pygments.lexers.python",
-    "pygments.formatters.terminal256",
-    "pygments.formatters.html",
-    "pygments.styles",
-)
-OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime", "rlm_kernel.sandbox.kernelio")
 SHUTDOWN_GRACE_S = 1.0  # SIGTERM → SIGKILL for kernels left when the zygote exits
 # A spawn request without a set-up deadline (an older host) gets this long for a confined
 # kernel's set-up; the host's deadlines: kernelproc, "start-up deadlines".
@@ -104,47 +71,6 @@ def _log(msg: str) -> None:
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write(f"forkserver[{os.getpid()}]: {msg}\n")
         sys.stderr.flush()
-
-
-def _preload() -> None:
-    """Import what every kernel needs, so that a forked kernel only initialises."""
-    # A sandbox kernel never serves a debugger: only the host talks to it (a frontend's debug
-    # requests go to the host's own kernel). ipykernel makes a debugpy Debugger in every kernel it
-    # can import debugpy in, listing every module's file for it: ~1.5 MB of the zygote's pages
-    # copied per kernel, and debugpy is 8 MB and 140 modules of the zygote. Hidden while ipykernel
-    # is imported, debugpy stays importable by agents' code.
-    hidden = "debugpy" not in sys.modules
-    if hidden:
-        sys.modules["debugpy"] = None  # type: ignore[assignment]
-    try:
-        for name in PRELOAD_MODULES:
-            importlib.import_module(name)
-    finally:
-        if hidden and sys.modules.get("debugpy", 0) is None:
-            del sys.modules["debugpy"]
-    for name in EXTRA_PRELOAD + OPTIONAL_PRELOAD:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
-        except Exception as exc:  # another module's bug must not take every kernel down
-            _log(f"could not pre-import {name}: {exc!r}")
-    kernel_app_class()  # the forked kernels' application class, shared with them
-    _warm_tracebacks()
-
-
-def _warm_tracebacks() -> None:
-    """Format one traceback, so a kernel's first error (or FINAL) does not pay for the caches."""
-    try:
-        from IPython.core.ultratb import AutoFormattedTB, VerboseTB
-
-        try:
-            raise ValueError("warm-up")
-        except ValueError:
-            AutoFormattedTB().structured_traceback(*sys.exc_info())  # type: ignore[no-untyped-call]
-            VerboseTB().structured_traceback(*sys.exc_info())  # compiles pygments' lexer regexes
-    except Exception as exc:  # an IPython API change must not stop the fork server
-        _log(f"traceback warm-up skipped: {exc!r}")
 
 
 def _launcher_path() -> str:
@@ -296,6 +222,7 @@ class _Zygote:
                 view if self.confined else None,
                 log_fd,
                 setup_deadline,
+                str(req.get("runtime_file") or "") or None,
             )
         except _StartTimeout as exc:
             self.send({"id": rid, "error": str(exc), "timeout": True})
@@ -357,6 +284,7 @@ class _Zygote:
         view: dict[str, Any] | None = None,
         log_fd: int | None = None,
         setup_deadline: float | None = None,
+        runtime_file: str | None = None,
     ) -> tuple[int, int | None]:
         """Fork one kernel; return its pid and, when confined, the kernel's own pid (the child
         forked is then the init of the kernel's PID namespace), which its set-up reports by
@@ -387,7 +315,9 @@ class _Zygote:
                 report.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
                 pid = confine.fork_in_new_pid_namespace()
             if pid == 0:  # pragma: no cover - runs in the child, which never returns
-                become_kernel(self, cwd, env, connection_file, log_fd, view, child_end)
+                become_kernel(
+                    self, cwd, env, connection_file, log_fd, view, child_end, runtime_file
+                )
         finally:
             os.close(log_fd)
             if child_end is not None:
@@ -480,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         del sys.path[0]
     os.chdir("/")
     base_env = dict(os.environ)
-    _preload()
+    preload(_log)
     import_env = {k: v for k, v in os.environ.items() if base_env.get(k) != v}
     if threading.active_count() != 1:
         _log(f"{threading.active_count()} threads after pre-imports; forking is unsafe")

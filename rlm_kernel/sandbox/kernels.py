@@ -102,6 +102,9 @@ class KernelHandle:
     client: BlockingKernelClient
     log_path: str
     launcher: str
+    runtime_installed: bool
+    """Whether the kernel installed the agent runtime of `start_kernel`'s `runtime_file` itself
+    (fork launchers, first start only); else the caller installs it with an execute request."""
 
     def __init__(
         self,
@@ -113,6 +116,7 @@ class KernelHandle:
         launcher: str,
         isolation: Isolation | None = None,
         view: Mapping[str, Any] | None = None,
+        runtime_file: str | None = None,
     ) -> None:
         """Record the launch parameters; start_kernel then launches the process."""
         self.cwd = cwd
@@ -131,6 +135,8 @@ class KernelHandle:
         self._lock = threading.RLock()
         self._proc: _Proc | None = None
         self._dirs: list[str] = []
+        self._runtime_file = runtime_file  # for the first launch only
+        self.runtime_installed = False
 
     def __repr__(self) -> str:
         state = "alive" if self.is_alive() else "dead"
@@ -224,6 +230,8 @@ class KernelHandle:
         proc: _Proc | None = None
         client: Any = None
         launcher = self._requested_launcher
+        runtime_file, self._runtime_file = self._runtime_file, None
+        self.runtime_installed = False
         try:
             try:
                 if self.isolation.confined:
@@ -232,9 +240,9 @@ class KernelHandle:
                             "sandbox.isolation: bwrap needs the fork launcher "
                             f"(unset ${LAUNCHER_ENV}, or set sandbox.isolation: none)"
                         )
-                    proc = self._spawn_confined(cf, ipc_prefix, dirs, deadline)
+                    proc = self._spawn_confined(cf, ipc_prefix, dirs, deadline, runtime_file)
                 elif launcher == "fork":
-                    proc = self._spawn_forked(cf, ipc_prefix, deadline)
+                    proc = self._spawn_forked(cf, ipc_prefix, deadline, runtime_file)
                     if proc is None:
                         launcher = "subprocess"
                 if proc is None:
@@ -273,6 +281,8 @@ class KernelHandle:
                 for d in dirs:
                     shutil.rmtree(d, ignore_errors=True)
             raise
+        # The kernel removes the file once the runtime is installed, before it answers anything.
+        self.runtime_installed = bool(runtime_file) and not os.path.lexists(str(runtime_file))
         with _handles_lock:
             _handles.add(self)
 
@@ -284,7 +294,9 @@ class KernelHandle:
             "\n--- kernel log (tail) ---\n" + tail if tail else "\n(the kernel log is empty)"
         )
 
-    def _spawn_forked(self, cf: str, ipc_prefix: str, deadline: float) -> _Proc | None:
+    def _spawn_forked(
+        self, cf: str, ipc_prefix: str, deadline: float, runtime_file: str | None
+    ) -> _Proc | None:
         """Fork a kernel from the fork server; None when only the subprocess launcher works."""
         budget = self._ready_timeout
         for attempt in range(2):
@@ -295,7 +307,13 @@ class KernelHandle:
                 _write_ipc_connection_file(cf, ipc_prefix)
             try:
                 return server.spawn(
-                    self.cwd, self._env, cf, self.log_path, deadline=deadline, budget=budget
+                    self.cwd,
+                    self._env,
+                    cf,
+                    self.log_path,
+                    deadline=deadline,
+                    budget=budget,
+                    runtime_file=runtime_file,
                 )
             except KernelStartError as exc:  # refused, or late: the log may say why
                 raise KernelStartError(self._describe(str(exc), "fork")) from None
@@ -304,7 +322,14 @@ class KernelHandle:
                     log.warning("kernel fork server failed twice (%s); using subprocess", exc)
         return None
 
-    def _spawn_confined(self, cf: str, ipc_prefix: str, dirs: list[str], deadline: float) -> _Proc:
+    def _spawn_confined(
+        self,
+        cf: str,
+        ipc_prefix: str,
+        dirs: list[str],
+        deadline: float,
+        runtime_file: str | None,
+    ) -> _Proc:
         """Fork a kernel from the bwrap fork server, in a view that adds its runtime dirs."""
         budget = self._ready_timeout
         for attempt in range(2):
@@ -320,7 +345,14 @@ class KernelHandle:
             view["ro"] = [*view.get("ro", []), cf]
             try:
                 return server.spawn(
-                    self.cwd, self._env, cf, self.log_path, view, deadline=deadline, budget=budget
+                    self.cwd,
+                    self._env,
+                    cf,
+                    self.log_path,
+                    view,
+                    deadline=deadline,
+                    budget=budget,
+                    runtime_file=runtime_file,
                 )
             except KernelStartError as exc:  # refused, or late: the log may say why
                 raise KernelStartError(self._describe(str(exc), "fork")) from None
@@ -414,6 +446,7 @@ def start_kernel(
     launcher: str | None = None,
     isolation: Isolation | None = None,
     view: Mapping[str, Any] | None = None,
+    runtime_file: str | None = None,
 ) -> KernelHandle:
     """Start a kernel in `cwd` with exactly `env`, and return its handle once it is ready.
 
@@ -423,6 +456,10 @@ def start_kernel(
     With a confined `isolation` (the bwrap tier) the kernel runs in `view` (see
     :func:`.isolation.kernel_view`; default: `cwd` writable and a private /tmp under
     `runtime_dir`), plus its own runtime directories.
+
+    `runtime_file` (a JSON file the kernel can read: the agent runtime's configuration): a forked
+    kernel installs the runtime from it before it serves and removes it; the handle's
+    `runtime_installed` says whether that happened (saves an execute request per sandbox).
     """
     chosen = _resolve_launcher(launcher)
     runtime_dir = os.path.abspath(runtime_dir)
@@ -435,6 +472,7 @@ def start_kernel(
         launcher=chosen,
         isolation=isolation,
         view=view,
+        runtime_file=runtime_file,
     )
     with handle._lock:
         handle._launch()

@@ -92,8 +92,9 @@ class LocalSandbox(transfer.Transfers, Sandbox):
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Create the worktree, start the kernel and install the runtime."""
-        self.prepare()
+        """Create the worktree, start the kernel and install the runtime (a forked kernel
+        installs it during its start: one execute request less per sandbox)."""
+        self.prepare(install=True)
         self._install_runtime()
 
     def bind(self, spec: SandboxSpec) -> None:
@@ -105,8 +106,9 @@ class LocalSandbox(transfer.Transfers, Sandbox):
         self.spec = spec
         self._install_runtime()
 
-    def prepare(self, cancel: threading.Event | None = None) -> None:
-        """Create the worktree and start the kernel (no runtime yet: see bind())."""
+    def prepare(self, cancel: threading.Event | None = None, install: bool = False) -> None:
+        """Create the worktree and start the kernel (no runtime yet: see bind(); with `install`,
+        a forked kernel installs it at start-up, from a file in the bridge directory)."""
         os.makedirs(self.bridge_dir, exist_ok=True)
         os.chmod(self.root, 0o700)
         write_owner(self.root)
@@ -123,12 +125,17 @@ class LocalSandbox(transfer.Transfers, Sandbox):
             isolation.announce(iso)
             env = isolation.confined_env(env)
             view = self._view(self.spec.target)
+        runtime_file = None
+        if install:
+            runtime_file = self._runtime_file()
+            transfer.write_new(runtime_file, json.dumps(self.runtime_config()).encode())
         self.kernel = start_kernel(
             self.path,
             env,
             runtime_dir=os.path.join(self.root, "kernel"),
             isolation=iso,
             view=view,
+            runtime_file=runtime_file,
         )
         write_owner(self.root, self.kernel.pid)
 
@@ -144,10 +151,20 @@ class LocalSandbox(transfer.Transfers, Sandbox):
             hidden=isolation.git_hidden(target.git_dir),
         )
 
+    def _runtime_file(self) -> str:
+        """Where prepare(install=True) leaves the runtime's configuration for the kernel."""
+        return os.path.join(self.bridge_dir, ".runtime.json")
+
     def _install_runtime(self) -> None:
         # Which agent this sandbox serves (a pooled one's directory is named pool-<n>).
         with open(os.path.join(self.root, "agent"), "w") as fh:
             fh.write(self.spec.agent_id + "\n")
+        kernel = self.kernel
+        if kernel is not None and kernel.runtime_installed:
+            kernel.runtime_installed = False  # once: a restarted kernel gets it from a request
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self._runtime_file())  # not taken (subprocess launcher, or it failed)
         cfg = self.runtime_config()
         code = (
             "import rlm_kernel.sandbox.runtime as _rlm_runtime\n"

@@ -33,6 +33,12 @@ def test_fanout() -> None:
     assert "PSS per child kernel (MB)" in out
 
 
+def test_sandbox_start() -> None:
+    out = smoke("bench_sandbox_start.py")
+    assert "| ready |" in out and "| install |" in out
+    assert "kernel page faults until ready" in out
+
+
 def test_guide() -> None:
     out = smoke("bench_guide.py")
     assert "| agents |" in out

@@ -3,6 +3,7 @@ progress so far, and `rlm cleanup` removes what the dead run left (local and Day
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,10 +76,27 @@ def _progress(results: Path) -> dict[str, Any] | None:
     return None
 
 
+def _quick_child_closed(results: Path) -> bool:
+    """Whether no local sandbox directory serves the quick child (root.0) any more."""
+    record = _progress(results)
+    run_dir = tmp_root() / str(record["run_id"]) if record else None
+    if run_dir is None or not run_dir.is_dir():
+        return True
+    for p in run_dir.iterdir():
+        with contextlib.suppress(OSError):
+            if (p / "agent").read_text().strip() == "root.0":
+                return False
+    return True
+
+
 def _kill_host(proc: subprocess.Popen[str], pids: Path, results: Path) -> dict[str, Any]:
     try:
         wait_for(lambda: len(os.listdir(pids)) == 2, 90, "both slow children in their cells")
         wait_for(lambda: _progress(results), 30, "the record to show the progress")
+        # The quick child's sandbox is removed in the background once it ended: wait for that,
+        # so that what the dead host leaves is exactly the three live agents' (a child's start
+        # got faster than that removal on a loaded machine).
+        wait_for(lambda: _quick_child_closed(results), 30, "the quick child's sandbox to go")
     except AssertionError:
         proc.kill()
         proc.wait()

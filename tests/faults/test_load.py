@@ -107,7 +107,10 @@ def test_100_agents_alive_at_once_without_deadlock_or_leaks(config: Config, tmp_
     )
 
     after = _resources()
-    assert after == before
+    # Fewer descriptors is no leak: an earlier test's kept-alive HTTP connections (the plain-HTTP
+    # LLM path keeps them 15 s) may close meanwhile.
+    assert after["fds"] <= before["fds"]  # type: ignore[operator]
+    assert {**after, "fds": 0} == {**before, "fds": 0}
     pool = [t for t in threading.enumerate() if t.name.startswith("litellm-logging")]
     assert len(pool) <= 100
     io = [t for t in threading.enumerate() if t.name.startswith("rlm-llm-io")]

@@ -647,3 +647,79 @@ def test_the_lifeline_can_already_be_on_its_descriptor() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def _runtime_cfg(tmp_path: Path) -> dict[str, Any]:
+    bridge = tmp_path / "bridge"
+    bridge.mkdir(exist_ok=True)
+    return {"secret": "s3cret-of-this-sandbox", "bridge_dir": str(bridge)}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_forked_kernel_installs_the_runtime_at_start_up(
+    launcher: str, start: Starter, tmp_path: Path
+) -> None:
+    """One execute request less per sandbox: a forked kernel installs the agent runtime from the
+    file it was given before it answers anything, and removes the file (the handle says so). The
+    subprocess launcher leaves it to the caller; a restarted kernel starts without it."""
+    cfg_file = tmp_path / "bridge" / ".runtime.json"
+    cfg_file.parent.mkdir()
+    cfg_file.write_text(json.dumps(_runtime_cfg(tmp_path)))
+    h = start(launcher, runtime_file=str(cfg_file))
+    installed = launcher == "fork"
+    assert h.runtime_installed is installed
+    assert cfg_file.exists() is not installed
+    content, out = run(h, "print('__rlm__' in globals(), callable(globals().get('FINAL')))")
+    assert content["status"] == "ok", content
+    assert out.split() == [str(installed)] * 2
+    h.restart()
+    assert h.runtime_installed is False
+    content, out = run(h, "print('__rlm__' in globals())")
+    assert out.split() == ["False"]
+
+
+def test_a_runtime_file_that_is_not_a_plain_file_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel reads its runtime configuration only from a regular file of its own user:
+    never through a link (or a FIFO) planted in the sandbox's bridge directory; nothing is
+    installed and the file is left for the host, which installs by an execute request."""
+    from rlm_kernel.sandbox.forkchild import install_runtime
+
+    # The runtime installed into a plain dict (here, in the test process) sets MPLBACKEND when
+    # it is unset: restored afterwards, so that later kernels of this process get the default.
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps(_runtime_cfg(tmp_path)))
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for path in (link, fifo, tmp_path / "missing.json"):
+        ns: dict[str, Any] = {}
+        assert install_runtime(ns, str(path)) is False
+        assert "__rlm__" not in ns
+    assert link.is_symlink() and real.exists()
+    broken = tmp_path / "broken.json"
+    broken.write_text("[1, 2]")
+    assert install_runtime({}, str(broken)) is False and broken.exists()
+    ns = {}
+    assert install_runtime(ns, str(real)) is True
+    assert "__rlm__" in ns and not real.exists()
+
+
+def test_a_forked_kernel_whose_runtime_file_is_bad_still_starts(
+    start: Starter, tmp_path: Path
+) -> None:
+    """A runtime file the kernel cannot use leaves the kernel serving, without the runtime, and
+    says why in its log; the caller installs the runtime by an execute request instead."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    h = start("fork", runtime_file=str(bad))
+    assert h.runtime_installed is False and bad.exists()
+    content, out = run(h, "print('__rlm__' in globals())")
+    assert content["status"] == "ok" and out.split() == ["False"]
+    assert wait_until(
+        lambda: "could not install the agent runtime" in Path(h.log_path).read_text(), 2.0
+    )

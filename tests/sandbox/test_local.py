@@ -84,3 +84,16 @@ def test_a_cell_under_a_frontends_msg_id_returns_its_reply() -> None:
         assert sb.execute("x = 1", timeout=10).reply == {}  # without a msg_id: none
     finally:
         sb.close()
+
+
+def test_a_started_sandbox_got_its_runtime_from_its_kernels_start() -> None:
+    """start(): the forked kernel installed the runtime while starting (no install request), the
+    configuration file (it holds the bridge secret) is gone, and the REPL functions work."""
+    sb = _sandbox()
+    try:
+        assert sb.kernel is not None and sb.kernel.launcher == "fork"
+        assert not Path(sb.bridge_dir, ".runtime.json").exists()
+        res = sb.execute("print(type(__rlm__).__name__, callable(FINAL))", timeout=30)
+        assert res.output.split() == ["Runtime", "True"], res
+    finally:
+        sb.close()

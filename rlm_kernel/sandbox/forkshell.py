@@ -1,0 +1,126 @@
+"""The IPython shell of forked kernels, built once in the fork server and adopted by each kernel.
+
+Every kernel used to build its `ZMQInteractiveShell` during its start (magics, formatters, the
+completer, the prefilter's checkers, traitlets' instance set-up: ~8 ms of CPU, a quarter of a
+kernel's start). The fork server builds one in `prebuild` instead, before it freezes its heap;
+each forked kernel's `SandboxKernel` finds it as the shell singleton and `adopt`\\ s it: the
+kernel, the profile directory and what depends on the kernel's own process, directory and
+environment are set then, as IPython would have set them in that kernel:
+
+- the history manager (an SQLite connection must not cross a fork) and the user namespace's
+  `_ih`/`_oh`/`_dh`/`In`/`Out` are made in the kernel;
+- the IPython directory and profile (from the kernel's ``HOME``), the starting directory, the
+  environment variables the ZMQ shell sets, the virtualenv check, stdin's encoding and the
+  ``sys`` hooks the shell restores at exit are the kernel's;
+- the user namespace is the one the fork server built and never ran anything in: every kernel
+  gets its own copy (the fork), so nothing of one kernel reaches another.
+
+The fork server builds the shell with the kernels' fixed configuration (`KERNEL_OPTIONS`); a
+kernel whose configuration differs (a config file was loaded: the user's
+``ipython_kernel_config.py`` unconfined) drops it and builds its own, as before.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any
+
+from ipykernel.ipkernel import IPythonKernel
+from ipykernel.zmqshell import ZMQInteractiveShell
+from traitlets import Type
+
+__all__ = ["SandboxKernel", "SandboxShell", "drop_prebuilt", "prebuild", "prebuilt"]
+
+
+class SandboxShell(ZMQInteractiveShell):
+    """A `ZMQInteractiveShell` that can be built in the fork server and adopted by a kernel."""
+
+    _prebuilding = False  # while the fork server builds it: no history manager yet
+    _adopted = True  # False for the fork server's shell until a kernel adopts it
+    prebuilt = False  # built by the fork server (True), or by this kernel
+
+    def init_history(self) -> None:
+        """Make the history manager (in the kernel: its SQLite connection must not be forked)."""
+        if SandboxShell._prebuilding:
+            self.history_manager = None
+            return
+        super().init_history()  # type: ignore[no-untyped-call]
+
+    def adopt(self, kernel: Any) -> None:
+        """In the forked kernel: make the fork server's shell this kernel's (see the module)."""
+        from IPython.paths import get_ipython_dir
+
+        self.parent = kernel
+        self.kernel = kernel
+        self.ipython_dir = get_ipython_dir()
+        self.profile_dir = kernel.profile_dir
+        self.starting_dir = os.getcwd()
+        self.init_environment()  # type: ignore[no-untyped-call]
+        self.init_virtualenv()  # type: ignore[no-untyped-call]
+        self.init_encoding()  # type: ignore[no-untyped-call]
+        # What the shell restores at exit: this kernel's streams and excepthook (its __main__,
+        # the user module, was put in sys.modules by the fork server, as by a kernel's shell).
+        self._orig_sys_module_state = {
+            "stdin": sys.stdin,
+            "stdout": sys.stdout,
+            "stderr": sys.stderr,
+            "excepthook": sys.excepthook,
+        }
+        self.sys_excepthook = sys.excepthook
+        self.init_history()
+        self.init_user_ns()  # type: ignore[no-untyped-call]
+        atexit.register(self.atexit_operations)
+        self._adopted = True
+
+
+class SandboxKernel(IPythonKernel):
+    """The kernel of forked sandboxes: adopts the fork server's shell when there is one."""
+
+    shell_class = Type(SandboxShell)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        shell = self.shell
+        if isinstance(shell, SandboxShell) and not shell._adopted:
+            shell.adopt(self)
+
+
+def prebuild(config: Any) -> SandboxShell:
+    """In the fork server: build the kernels' shell with `config` (their fixed configuration).
+
+    Reads nothing that differs between kernels (no IPython directory, no profile, no history),
+    starts no thread and caches no temporary directory."""
+    from ipykernel.compiler import XCachingCompiler
+    from IPython.core.profiledir import ProfileDir
+
+    SandboxShell._prebuilding = True
+    try:
+        shell = SandboxShell.instance(
+            config=config,
+            ipython_dir="",  # the kernel's, from its HOME (see adopt)
+            profile_dir=ProfileDir(),  # no location: nothing is created
+            user_module=None,
+            user_ns={},
+            kernel=None,
+            compiler_class=XCachingCompiler,
+        )
+    finally:
+        SandboxShell._prebuilding = False
+    atexit.unregister(shell.atexit_operations)  # registered again by the kernel that adopts it
+    shell._adopted = False
+    shell.prebuilt = True
+    return shell
+
+
+def prebuilt() -> SandboxShell | None:
+    """The fork server's shell, when it is built and no kernel adopted it yet (in this process)."""
+    shell: Any = SandboxShell._instance if SandboxShell.initialized() else None
+    return shell if isinstance(shell, SandboxShell) and not shell._adopted else None
+
+
+def drop_prebuilt() -> None:
+    """Forget the fork server's shell (this kernel builds its own: its configuration differs)."""
+    if prebuilt() is not None:
+        SandboxShell.clear_instance()

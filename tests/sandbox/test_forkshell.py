@@ -1,0 +1,175 @@
+"""The fork server's prebuilt IPython shell: every forked kernel adopts a pristine copy of it, with
+its own kernel, directories, environment and history, and nothing of another kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlm_kernel.sandbox.kernels import KernelHandle, live_kernel_pids, shutdown_all, start_kernel
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX kernels only")
+
+Starter = Callable[..., KernelHandle]
+
+
+def run(handle: KernelHandle, code: str) -> str:
+    """Execute `code`; return its stdout (the cell must succeed)."""
+    out: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
+            out.append(msg["content"]["text"])
+
+    reply = handle.client.execute_interactive(code, timeout=30, output_hook=hook)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return "".join(out)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leftovers() -> Iterator[None]:
+    yield
+    shutdown_all()
+    assert live_kernel_pids() == []
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Starter]:
+    """Start forked kernels in their own directory, HOME and TMPDIR (as sandboxes are)."""
+    started: list[KernelHandle] = []
+
+    def _start(name: str, **kw: Any) -> KernelHandle:
+        base = tmp_path / name
+        for sub in ("work", "home", "tmp"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(base / "home"),
+            "TMPDIR": str(base / "tmp"),
+            "TERM": "dumb",
+        }
+        kw.setdefault("launcher", "fork")
+        h = start_kernel(str(base / "work"), env, runtime_dir=str(base / "rt"), **kw)
+        started.append(h)
+        return h
+
+    yield _start
+    for h in started:
+        h.shutdown()
+
+
+STATE = """
+import json, os, sys, tempfile, __main__
+ip = get_ipython()
+k = ip.kernel
+print(json.dumps({
+    "shell": type(ip).__name__,
+    "prebuilt": ip.prebuilt,
+    "kernel_is_mine": k is not None and k.shell is ip and ip.parent is k,
+    "cwd": os.getcwd(),
+    "starting_dir": ip.starting_dir,
+    "dh": [str(d) for d in ip.user_ns["_dh"]],
+    "ipython_dir": str(ip.ipython_dir),
+    "profile": str(ip.profile_dir.location),
+    "tmp": tempfile.gettempdir(),
+    "hist_file": ip.history_manager.hist_file,
+    "in_is_history": ip.user_ns["In"] is ip.history_manager.input_hist_parsed,
+    "main_is_user_ns": __main__.__dict__ is ip.user_ns,
+    "term": os.environ.get("TERM"),
+    "pager": os.environ.get("PAGER"),
+    "stdout_restored_at_exit": ip._orig_sys_module_state["stdout"] is sys.stdout,
+    "atexit": ip.atexit_operations.__func__ is type(ip).atexit_operations,
+}))
+"""
+
+
+def test_a_forked_kernel_adopts_the_prebuilt_shell_as_its_own(start: Starter) -> None:
+    h = start("a")
+    base = Path(h.cwd).parent
+    run(h, "x = 1")
+    state = json.loads(run(h, STATE))
+    assert state == {
+        "shell": "SandboxShell",
+        "prebuilt": True,
+        "kernel_is_mine": True,
+        "cwd": h.cwd,
+        "starting_dir": h.cwd,
+        "dh": [h.cwd],
+        "ipython_dir": str(base / "home" / ".ipython"),
+        "profile": str(base / "home" / ".ipython" / "profile_default"),
+        "tmp": str(base / "tmp"),
+        "hist_file": ":memory:",
+        "in_is_history": True,
+        "main_is_user_ns": True,
+        "term": "xterm-color",  # what ipykernel's shell sets in every kernel
+        "pager": "cat",
+        "stdout_restored_at_exit": True,
+        "atexit": True,
+    }
+    # no heartbeat thread (nobody pings a sandbox kernel); the threads that serve it are there
+    names = run(h, "import threading; print(*(t.name for t in threading.enumerate()), sep='|')")
+    assert {"Control", "IOPub", "Shell channel", "rlm-lifeline"} <= set(names.strip().split("|"))
+    assert "Heartbeat" not in names
+    # history, execution count, %who: as in any kernel
+    out = run(h, "y = 2\n%who int\nprint(In[1], len(In), get_ipython().execution_count)")
+    assert out.split() == ["x", "y", "x", "=", "1", "5", "5"]
+
+
+def test_nothing_of_one_kernel_reaches_the_next(start: Starter) -> None:
+    """Kernel A changes everything it can reach of its shell (namespace, builtins, magics,
+    events, formatters, history, configuration, modules); a kernel started after it, from the same
+    fork server, has a pristine shell."""
+    a = start("a")
+    run(
+        a,
+        "import builtins, json\n"
+        "secret_of_a = 'a-secret'\n"
+        "builtins.leak = 1\n"
+        "ip = get_ipython()\n"
+        "ip.register_magic_function(lambda line: line, 'line', 'leaky')\n"
+        "ip.events.register('post_run_cell', lambda result: None)\n"
+        "ip.display_formatter.formatters['text/plain'].for_type_by_name('m', 'Leaky', print)\n"
+        "ip.colors = 'nocolor'\n"
+        "ip.ast_node_interactivity = 'all'\n"
+        "ip.user_ns_hidden['hidden_of_a'] = 1\n"
+        "import sys; sys.modules['leaky_module'] = json\n",
+    )
+    b = start("b")
+    out = run(
+        b,
+        "import builtins, sys, json\n"
+        "ip = get_ipython()\n"
+        "print(json.dumps([\n"
+        "    'secret_of_a' in globals(), hasattr(builtins, 'leak'),\n"
+        "    'leaky' in ip.magics_manager.magics['line'],\n"
+        "    len(ip.events.callbacks['post_run_cell']),\n"
+        "    ('m', 'Leaky') in ip.display_formatter.formatters['text/plain'].deferred_printers,\n"
+        "    ip.colors, ip.ast_node_interactivity, 'hidden_of_a' in ip.user_ns_hidden,\n"
+        "    'leaky_module' in sys.modules, len(ip.history_manager.input_hist_parsed),\n"
+        "]))",
+    )
+    fresh = json.loads(out)
+    assert fresh[:3] == [False, False, False]
+    assert fresh[4:] == [False, "neutral", "last_expr", False, False, 2]
+    callbacks = json.loads(run(a, "print(len(get_ipython().events.callbacks['post_run_cell']))"))
+    assert fresh[3] == callbacks - 1  # a's extra callback only in a
+
+
+def test_a_kernel_with_a_config_file_builds_its_own_shell(start: Starter, tmp_path: Path) -> None:
+    """The prebuilt shell has the kernels' fixed configuration: a kernel that loads a config
+    file (the user's, unconfined) drops it and builds its shell with that configuration."""
+    profile = tmp_path / "c" / "home" / ".ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text(
+        "c.InteractiveShell.ast_node_interactivity = 'all'\n"
+    )
+    h = start("c")
+    out = run(h, "ip = get_ipython()\nprint(ip.prebuilt, ip.ast_node_interactivity)")
+    assert out.split() == ["False", "all"]
+    assert json.loads(run(h, STATE))["kernel_is_mine"] is True
