@@ -8,9 +8,10 @@ A call to OpenAI, OpenRouter or an OpenAI-compatible server (`openai/<model>` wi
   calls are in flight, and of its time per iteration at low latency. The transport is aiohttp
   (C-accelerated HTTP parsing; litellm depends on it too): ~0.25 ms of CPU per request with 100
   in flight, against ~2.5 ms for httpx's pure-Python one (bench/RESULTS.md).
-- ``import litellm`` costs about 4 s of CPU, so a fresh `rlm run` (or a `%%rlm` cell right after
-  the kernel started) would wait that long before its first request; the import goes on in the
-  background (`prewarm`) while the first calls go out.
+- ``import litellm`` costs about 4 s of CPU and ~200 MB: the plain-HTTP path never needs it (prices
+  come from litellm's cost map read as data, `pricing.py`), so a fresh `rlm run` sends its first
+  request at once; `prewarm_for(config)` imports litellm in the background only where a call may
+  need it (another provider, `model.direct: false`).
 An HTTP error status becomes the exception litellm raises for it (`provider_error`), so retries,
 `Retry-After` and messages are the same on both paths; anything unusual (a broken stream, a
 reply that is not JSON) is left to litellm: the call is made again on litellm's path, which
@@ -144,7 +145,7 @@ def _session() -> Any:
 
     import aiohttp
 
-    global _CLIENT, _CLIENT_LOOP
+    global _CLIENT, _CLIENT_LOOP, _CLOSE_REGISTERED
     loop = asyncio.get_running_loop()
     if _CLIENT is None or _CLIENT_LOOP is not loop or _CLIENT.closed:
         if _CLIENT is not None and not _CLIENT.closed:
@@ -153,16 +154,19 @@ def _session() -> Any:
             _RETIRED.append(_CLIENT.connector)
             _CLIENT.detach()
         connector = aiohttp.TCPConnector(limit=0, resolver=aiohttp.ThreadedResolver())
-        _CLIENT = aiohttp.ClientSession(connector=connector, trust_env=True)
+        # trust_env=False: aiohttp would look up the environment's proxy and ~/.netrc on a
+        # worker thread for every request (two thread hops each); `_proxy_for` does it once per
+        # URL and proxy settings. The Authorization header is ours, never netrc's.
+        _CLIENT = aiohttp.ClientSession(connector=connector, trust_env=False)
         _CLIENT_LOOP = loop
-        if not _CLOSE_AT_EXIT:
-            _CLOSE_AT_EXIT.append(True)
+        if not _CLOSE_REGISTERED:
+            _CLOSE_REGISTERED = True
             atexit.register(_close_at_exit)
     return _CLIENT
 
 
 _RETIRED: list[Any] = []  # connectors of sessions whose loop ended, kept from their finalizers
-_CLOSE_AT_EXIT: list[bool] = []
+_CLOSE_REGISTERED = False  # `_close_at_exit` is registered with atexit
 
 
 def _close_at_exit() -> None:
@@ -218,6 +222,9 @@ async def direct_call(
     session = _session()
     per_read = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     extra: dict[str, Any] = {"ssl": _ssl_context()} if route.url.startswith("https:") else {}
+    proxy, proxy_auth = await _proxy_for(route.url)
+    if proxy is not None:
+        extra.update(proxy=proxy, proxy_auth=proxy_auth)
     async with session.post(
         route.url,
         data=json.dumps(body).encode(),
@@ -264,11 +271,45 @@ async def direct_call(
     return _completion("".join(parts), usage)
 
 
+_PROXIES: dict[tuple[str, tuple[str | None, ...]], tuple[Any, Any]] = {}
+# What aiohttp's proxy lookup reads (urllib's getproxies for http/https/ws/wss, no_proxy; the
+# netrc file; urllib ignores HTTP_PROXY in a CGI request).
+_PROXY_SETTINGS = (
+    *(f"{scheme}_proxy" for scheme in ("http", "https", "ws", "wss", "no")),
+    *(f"{scheme}_PROXY" for scheme in ("HTTP", "HTTPS", "WS", "WSS", "NO")),
+    "NETRC",
+    "HOME",
+    "REQUEST_METHOD",
+)
+
+
+async def _proxy_for(url: str) -> tuple[Any, Any]:
+    """The proxy (and its netrc credentials) the environment names for `url`, as aiohttp's
+    `trust_env` finds them (`HTTPS_PROXY`, `NO_PROXY`, ... and ~/.netrc), or (None, None);
+    looked up once per URL and proxy settings (the netrc file is read on a worker thread)."""
+    import asyncio
+
+    settings = tuple(os.environ.get(name) for name in _PROXY_SETTINGS)
+    key = (url, settings)
+    found = _PROXIES.get(key)
+    if found is None:
+        from aiohttp.helpers import get_env_proxy_for_url
+        from yarl import URL
+
+        looked: tuple[Any, Any] = (None, None)
+        with contextlib.suppress(LookupError):
+            looked = await asyncio.to_thread(get_env_proxy_for_url, URL(url))
+        _PROXIES[key] = found = looked
+    return found
+
+
 async def _drain(response: Any) -> None:
     """Read what follows [DONE] (the end of the chunked body), so that the connection is kept
     for the next call instead of being reset with bytes unread."""
     import asyncio
 
+    if response.content.is_eof():  # the end came with [DONE]: nothing to wait for
+        return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(response.content.read(), DRAIN_S)
 

@@ -23,10 +23,13 @@ kernel whose configuration differs (a config file was loaded: the user's
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from ipykernel import ipkernel
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.zmqshell import ZMQInteractiveShell
 from traitlets import Type
@@ -74,14 +77,52 @@ class SandboxShell(ZMQInteractiveShell):
         atexit.register(self.atexit_operations)
         self._adopted = True
 
+    def should_run_async(
+        self, raw_cell: str, *, transformed_cell: Any = None, preprocessing_exc_tuple: Any = None
+    ) -> bool:
+        """IPython compiles every cell a second time to see whether it awaits at top level; a
+        cell that never says `await` or `async` cannot (~0.15 ms less per cell)."""
+        if (
+            isinstance(transformed_cell, str)
+            and "await" not in transformed_cell
+            and "async" not in transformed_cell
+        ):
+            return False
+        return bool(
+            super().should_run_async(
+                raw_cell,
+                transformed_cell=transformed_cell,
+                preprocessing_exc_tuple=preprocessing_exc_tuple,
+            )
+        )
+
+
+@functools.cache
+def _accepts(func: Callable[..., Any], names: tuple[str, ...]) -> dict[str, bool]:
+    return dict(_ACCEPTS_PARAMETERS(func, list(names)))
+
+
+def _accepts_parameters(meth: Any, param_names: Sequence[str]) -> dict[str, bool]:
+    """ipykernel's `_accepts_parameters`, remembered per function: ipykernel asks it of the
+    shell's `run_cell_async` on every execute request, and `inspect.signature` costs ~0.15 ms."""
+    func = getattr(meth, "__func__", None)
+    if func is None:
+        return dict(_ACCEPTS_PARAMETERS(meth, param_names))
+    return dict(_accepts(func, tuple(param_names)))
+
+
+_ACCEPTS_PARAMETERS: Callable[..., Any] = getattr(ipkernel, "_accepts_parameters")  # noqa: B009
+
 
 class SandboxKernel(IPythonKernel):
-    """The kernel of forked sandboxes: adopts the fork server's shell when there is one."""
+    """The kernel of forked sandboxes: adopts the fork server's shell when there is one, and
+    asks for `run_cell_async`'s signature once (see `_accepts_parameters`)."""
 
     shell_class = Type(SandboxShell)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        setattr(ipkernel, "_accepts_parameters", _accepts_parameters)  # noqa: B010
         shell = self.shell
         if isinstance(shell, SandboxShell) and not shell._adopted:
             shell.adopt(self)

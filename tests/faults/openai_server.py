@@ -140,6 +140,7 @@ class LoggedRequest:
     stream: bool = False
     completed: bool = False  # the whole reply was sent
     disconnected: bool = False  # the client closed the connection before the end
+    peer: str = ""  # the client's address and port: one per connection
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -302,6 +303,7 @@ class FaultServer:
             prompt_tokens=prompt_tokens,
             cached_tokens=cached,
             stream=stream,
+            peer=str(request.transport.get_extra_info("peername") if request.transport else ""),
         )
         with self._lock:
             self.requests.append(log)
@@ -396,6 +398,8 @@ class FaultServer:
                 usage = _completion(model, content, log.prompt_tokens, log.cached_tokens)["usage"]
                 await self._event(request, resp, {**base, "choices": [], "usage": usage})
             await resp.write(b"data: [DONE]\n\n")
+            if behaviour.chunk_s > 0:  # the body's end comes apart from [DONE], as from servers
+                await asyncio.sleep(behaviour.chunk_s)  # that flush each event
             await resp.write_eof()
             log.completed = True
         except ConnectionError:  # ConnectionResetError among them: the client went away

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -35,3 +39,14 @@ def user(text: str) -> list[dict[str, str]]:
 def unique(prefix: str) -> str:
     """A name no other test registers."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def run_python(code: str) -> dict[str, Any]:
+    """Run `code` in a fresh interpreter from the project's root with a test API key and the local
+    cost map; return the JSON object its last line of stdout prints (the script must succeed)."""
+    env = {**os.environ, "OPENAI_API_KEY": "sk-direct-test", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]

@@ -4,17 +4,18 @@ a direct request fails, makes the retries, and makes every call with `model.dire
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import http.client
+import http.server
 import textwrap
+import threading
+import urllib.parse
+from pathlib import Path
 
 import pytest
 
 from rlm_kernel.llm.direct import direct_route
 
-from .helpers import ROOT, TESTS
+from .helpers import TESTS, run_python
 
 
 def test_routes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +71,8 @@ for r in c.complete_many([[{{"role": "user", "content": "hi"}}]] * {batch}, mode
     out.append([r.text, r.usage.prompt_tokens, r.usage.completion_tokens, r.attempts])
 agents = [q.headers.get("User-Agent", "") for q in srv.requests]
 print(json.dumps({{"error": error, "out": out, "seen": seen, "kinds": srv.kinds(), "agents": agents,
-                  "streams": [q.stream for q in srv.requests]}}))
+                  "streams": [q.stream for q in srv.requests],
+                  "peers": [q.peer for q in srv.requests]}}))
 srv.stop()
 """
 
@@ -81,12 +83,7 @@ def _run(
     code = textwrap.dedent(
         _SCRIPT.format(tests=str(TESTS), script=script, calls=calls, batch=batch, client=client)
     )
-    env = {**os.environ, "OPENAI_API_KEY": "sk-direct-test", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return run_python(code)
 
 
 def test_calls_go_out_directly_from_the_first_one_on_and_stream() -> None:
@@ -103,6 +100,8 @@ def test_calls_go_out_directly_from_the_first_one_on_and_stream() -> None:
     out = got["out"]
     assert out[0][0] == reply and out[0][1] > 0 and out[0][2] > 0  # type: ignore[index]
     assert out[1][0] == "second"  # type: ignore[index]
+    # one connection for the calls one after another: a streamed reply's connection is kept
+    assert len(set(got["peers"][:2])) == 1  # type: ignore[index]
     assert [o[3] for o in out] == [1] * 5  # type: ignore[attr-defined,index]
     text = ""
     for offset, piece in got["seen"]:  # type: ignore[attr-defined]
@@ -160,3 +159,70 @@ def test_the_providers_bill_is_the_price() -> None:
     assert (billed.usage.cost_usd, billed.usage.prompt_tokens) == (0.25, 3)
     assert _completion("x", {"prompt_tokens": 3, "cost": True}).usage.cost_usd == 0.0
     assert _completion("x", None).usage.llm_calls == 1
+
+
+class _Proxy:
+    """A forward HTTP proxy on 127.0.0.1 that relays each request to its absolute URL and
+    records the URLs it saw."""
+
+    def __init__(self) -> None:
+        seen: list[str] = []
+        self.seen = seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                seen.append(self.path)
+                url = urllib.parse.urlsplit(self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+                keep = {k: v for k, v in self.headers.items() if k.lower() != "proxy-connection"}
+                conn.request("POST", url.path, body, keep)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                self.send_header("Content-Type", resp.getheader("Content-Type", "text/plain"))
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("bypass", [False, True])
+def test_the_environments_proxy_is_used_and_netrc_never_replaces_the_key(
+    bypass: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Proxies come from the environment (HTTP_PROXY, NO_PROXY), looked up once per URL rather
+    than on a worker thread per request; a ~/.netrc entry for the provider's host does not
+    clash with the API key's Authorization header (the calls stay on the direct path)."""
+    proxy = _Proxy()
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    if bypass:
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login someone password secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    try:
+        got = _run(["reply('one')", "reply('two')", "reply('three')"], calls=2, batch=1)
+    finally:
+        proxy.close()
+    assert got["error"] is None
+    assert [o[0] for o in got["out"]] == ["one", "two", "three"]  # type: ignore[attr-defined,index]
+    assert all("(direct)" in a for a in got["agents"])  # type: ignore[attr-defined]
+    if bypass:
+        assert proxy.seen == []
+    else:
+        assert len(proxy.seen) == 3 and all(u.startswith("http://127.0.0.1:") for u in proxy.seen)

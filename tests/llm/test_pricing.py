@@ -17,7 +17,7 @@ import pytest
 from rlm_kernel.llm import pricing
 from rlm_kernel.llm.runtime import import_litellm
 
-from .helpers import ROOT, TESTS
+from .helpers import ROOT, TESTS, run_python
 
 RLM = str(Path(sys.executable).parent / "rlm")
 
@@ -171,12 +171,7 @@ def _run(script: list[str], *, model: str, calls: int = 1, batch: int = 0) -> di
     code = textwrap.dedent(
         _SCRIPT.format(tests=str(TESTS), script=script, model=model, calls=calls, batch=batch)
     )
-    env = {**os.environ, "OPENAI_API_KEY": "sk-direct-test", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return run_python(code)
 
 
 def test_a_run_of_direct_calls_never_imports_litellm_and_prices_as_litellm() -> None:

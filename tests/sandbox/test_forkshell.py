@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from rlm_kernel.sandbox.kernels import KernelHandle, live_kernel_pids, shutdown_all, start_kernel
+from rlm_kernel.sandbox.kernels import KernelHandle, start_kernel
+
+from .helpers import no_leftover_kernels  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX kernels only")
 
@@ -30,13 +32,6 @@ def run(handle: KernelHandle, code: str) -> str:
     reply = handle.client.execute_interactive(code, timeout=30, output_hook=hook)
     assert reply["content"]["status"] == "ok", reply["content"]
     return "".join(out)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_leftovers() -> Iterator[None]:
-    yield
-    shutdown_all()
-    assert live_kernel_pids() == []
 
 
 @pytest.fixture
@@ -173,3 +168,37 @@ def test_a_kernel_with_a_config_file_builds_its_own_shell(start: Starter, tmp_pa
     out = run(h, "ip = get_ipython()\nprint(ip.prebuilt, ip.ast_node_interactivity)")
     assert out.split() == ["False", "all"]
     assert json.loads(run(h, STATE))["kernel_is_mine"] is True
+
+
+def test_top_level_await_still_runs_and_other_cells_skip_the_async_check(start: Starter) -> None:
+    """The shell skips IPython's second compile of a cell (to look for a top-level `await`) when
+    the cell never says `await` or `async`; cells that do still run on the coroutine runner."""
+    h = start("aw")
+    assert run(h, "import asyncio\nawait asyncio.sleep(0)\nprint('awaited')") == "awaited\n"
+    assert run(h, "async def f():\n    return 41\nprint(await f() + 1)") == "42\n"
+    assert run(h, "print('async' + 'await')") == "asyncawait\n"  # words only: checked, not async
+    got = json.loads(
+        run(
+            h,
+            "import json; ip = get_ipython()\n"
+            "print(json.dumps([ip.should_run_async('x = 1', transformed_cell='x = 1\\n'),"
+            " ip.should_run_async('await f()', transformed_cell='await f()\\n')]))",
+        )
+    )
+    assert got == [False, True]
+
+
+def test_execute_requests_ask_for_run_cells_signature_once(start: Starter) -> None:
+    """ipykernel checks `run_cell_async`'s parameters on every execute request; the sandbox
+    kernel remembers the answer per function, the same answer ipykernel gives."""
+    h = start("sig")
+    code = (
+        "import json, inspect\n"
+        "from ipykernel import ipkernel, kernelbase\n"
+        "ip = get_ipython()\n"
+        "mine = ipkernel._accepts_parameters(ip.run_cell_async, ['cell_id', 'cell_meta'])\n"
+        "theirs = kernelbase._accepts_parameters(ip.run_cell_async, ['cell_id', 'cell_meta'])\n"
+        "print(json.dumps([mine == theirs, ipkernel._accepts_parameters is not "
+        "kernelbase._accepts_parameters, mine]))"
+    )
+    assert json.loads(run(h, code)) == [True, True, {"cell_id": True, "cell_meta": True}]

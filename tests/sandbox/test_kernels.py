@@ -21,6 +21,8 @@ import pytest
 from rlm_kernel.sandbox import forkclient, isolation, kernels
 from rlm_kernel.sandbox.kernels import KernelHandle, live_kernel_pids, shutdown_all, start_kernel
 
+from .helpers import no_leftover_kernels  # noqa: F401 (an autouse fixture)
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX kernels only")
 
 LAUNCHERS = ["fork", "subprocess"]
@@ -82,11 +84,6 @@ def files_under(path: Path) -> list[str]:
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def _no_leftovers() -> Iterator[None]:
-    yield
-    shutdown_all()
-    assert live_kernel_pids() == []
 
 
 @pytest.fixture
