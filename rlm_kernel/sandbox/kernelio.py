@@ -47,27 +47,36 @@ def _available(fd: int) -> int:
 class _Barrier:
     """What an IOPub thread has been given and done: `schedule` numbers every callback handed
     to it (the thread runs them in that order), and `passed` is the number of the last one a
-    flush saw run, so every callback up to it has run."""
+    flush saw run, so every callback up to it has run.
+
+    The lock covers the numbering and the append to the thread's queue only, never the wake-up
+    sent on the thread's event pipe: that send blocks while the pipe is full (zmq's high-water
+    mark: thousands of flushes in a burst), until the IOPub thread reads it, and the IOPub
+    thread schedules too (every message it sends goes through `schedule`). Holding the lock
+    across the send deadlocked a cell printing 20 000 flushed lines."""
 
     def __init__(self, pub_thread: Any) -> None:
-        self._lock = threading.RLock()  # a dead IO thread runs the callback at once, here
+        self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._thread = pub_thread
         self._schedule = pub_thread.schedule
         self.scheduled = 0
         self.passed = 0
         pub_thread.schedule = self.schedule  # every iopub send and stream flush comes through
 
     def schedule(self, f: Callable[[], Any]) -> int:
-        """Hand `f` to the IOPub thread; returns its number (0 in a forked child, which has
-        no IOPub thread: the callback runs at once, and the lock may have been held at the
-        fork)."""
-        if os.getpid() != self._pid:
+        """Hand `f` to the IOPub thread, as `IOPubThread.schedule` does; returns its number (0
+        when it ran at once: in a forked child, which has no IOPub thread and may have been
+        forked while the lock was held, or when the thread is not running)."""
+        thread = self._thread
+        if os.getpid() != self._pid or not thread.thread.is_alive():
             self._schedule(f)
             return 0
         with self._lock:
             self.scheduled += 1
             n = self.scheduled
-            self._schedule(f)
+            thread._events.append(f)  # numbered in the order the thread runs them
+        thread._event_pipe.send(b"")  # wakes the thread (it runs every queued callback)
         return n
 
     def idle(self) -> bool:

@@ -3,12 +3,17 @@ output written at the file-descriptor level is in the result of the cell that wr
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import zmq
+from ipykernel.iostream import IOPubThread
 
 from rlm_kernel.sandbox.base import SandboxSpec
+from rlm_kernel.sandbox.kernelio import _barrier
 from rlm_kernel.sandbox.local import LocalSandbox
 from rlm_kernel.sandbox.runtime import install
 from rlm_kernel.sandbox.workspace import Target
@@ -52,6 +57,63 @@ def test_an_empty_flush_does_not_wait_for_the_iopub_thread(sb: LocalSandbox) -> 
         timeout=30,
     )
     assert res.output == "x 0 True\n", res
+
+
+def test_the_iopub_thread_schedules_while_a_wake_up_waits_for_room() -> None:
+    """A burst of flushes fills the IOPub thread's event pipe (zmq's high-water mark): the
+    scheduling thread's wake-up send then waits for the IOPub thread to read, and the IOPub
+    thread, sending a stream message, schedules too. The barrier's lock was held across that
+    send: both threads waited for ever (a cell printing 20 000 flushed lines hung)."""
+    ctx = zmq.Context()
+    iopub = IOPubThread(ctx.socket(zmq.PUB))
+    iopub.start()
+    barrier = _barrier(iopub)
+    go = threading.Event()
+    ran: list[str] = []
+
+    def in_iopub() -> None:  # as ipykernel's _flush: the IOPub thread sends, so it schedules
+        go.wait(60)
+        barrier.schedule(lambda: ran.append("from the iopub thread"))
+
+    def burst() -> None:
+        for _ in range(5000):
+            barrier.schedule(lambda: None)
+        ran.append("burst")
+
+    sender = threading.Thread(target=burst, daemon=True)
+    try:
+        barrier.schedule(in_iopub)  # holds the IOPub thread until `go`
+        sender.start()
+        seen = -1
+        while barrier.scheduled != seen:  # until the burst's sends wait for room
+            seen = barrier.scheduled
+            time.sleep(1)
+        assert barrier.scheduled < 5001  # the pipe is full: the burst is waiting
+        go.set()
+        sender.join(60)
+        assert not sender.is_alive(), "the burst's sends never got room"
+        done = threading.Event()
+        barrier.schedule(done.set)
+        assert done.wait(60)
+        assert sorted(ran) == ["burst", "from the iopub thread"]
+    finally:
+        go.set()
+        _stop(iopub)
+        ctx.term()
+
+
+def _stop(iopub: IOPubThread) -> None:
+    """Stop an IOPub thread, its pipe-collecting task ended first (else asyncio reports it
+    destroyed while pending)."""
+    task = iopub._event_pipe_gc_task
+    if task is not None:
+        iopub.io_loop.add_callback(task.cancel)
+        for _ in range(3000):
+            if task.done():
+                break
+            time.sleep(0.01)
+    iopub.stop()
+    iopub.close()
 
 
 def test_fd_output_is_in_its_cells_result(sb: LocalSandbox) -> None:
