@@ -58,6 +58,8 @@ def pss_or_rss(proc: psutil.Process) -> tuple[int, int]:
         return rss, rss
 
 
+_HAVE_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
 _ROLLUP = re.compile(rb"^(Rss|Pss):\s+(\d+) kB", re.MULTILINE)
 
 
@@ -97,6 +99,7 @@ class TreeMonitor:
         self._parent: dict[tuple[int, float], int] = {}  # -> ppid
         self._base: dict[tuple[int, float], float] = {}
         self._procs: dict[tuple[int, float], psutil.Process] = {}
+        self._by_pid: dict[int, psutil.Process] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._sampling_s = 0.0  # thread CPU time spent sampling (not the measured work)
@@ -167,7 +170,7 @@ class TreeMonitor:
 
     def _sample(self) -> None:
         try:
-            procs = [self.me, *self.me.children(recursive=True)]  # one scan of /proc
+            procs = [self.me, *self._descendants()]
         except psutil.Error:
             return
         rss = pss = 0
@@ -192,6 +195,38 @@ class TreeMonitor:
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_procs = max(self.peak_procs, len(procs))
+
+    def _descendants(self) -> list[psutil.Process]:
+        """This process's descendants, from the kernel's per-thread `children` lists: a few
+        small reads, where psutil's `children(recursive=True)` reads the stat file of every
+        process on the machine (~4 ms and ~1.6 ms of CPU here with ~100 processes, holding the
+        measured process's GIL on and off: it delayed the measured engine's threads)."""
+        if not _HAVE_CHILDREN_FILES:
+            return list(self.me.children(recursive=True))
+        out: list[psutil.Process] = []
+        stack = [self.me.pid]
+        while stack:
+            pid = stack.pop()
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                        kids = [int(k) for k in fh.read().split()]
+                except (OSError, ValueError):
+                    continue
+                for kid in kids:
+                    stack.append(kid)
+                    proc = self._by_pid.get(kid)
+                    if proc is None or not proc.is_running():  # a reused pid is a new process
+                        try:
+                            proc = self._by_pid[kid] = psutil.Process(kid)
+                        except psutil.Error:
+                            continue
+                    out.append(proc)
+        return out
 
     def summary(self) -> dict[str, float]:
         return {

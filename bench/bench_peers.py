@@ -12,8 +12,10 @@ workloads (the same code for all three systems, each through its own REPL functi
   `dspy.RLM` per task from a pool of 10 threads. Each child takes 2 turns; the root's second turn
   submits (L = 1 s; critical path 4 L = 4 s).
 - W3: 30 trivial turns (assign and print a number), then submit (L = 0: pure overhead per
-  iteration; "growth" is the median gap between LLM calls over the last 10 turns against the
-  first 10, from the server's arrival times).
+  iteration). "ms / iteration" is the run's wall time / 30 (its start and end included: a
+  sandbox, an interpreter to start); "median turn gap" is the median time between two of the
+  root's LLM calls, from the server's arrival times (one iteration, nothing else); "growth" is
+  that gap over the last 10 turns against the first 10.
 - mapreduce (the earlier single task, `--workloads mapreduce`): 100 chunks of `context` through
   `llm_query_batched`, then one aggregate `llm_query`.
 
@@ -242,6 +244,13 @@ def measure(system: str, workload: str, srv: Server, n: int) -> dict[str, Any]:
     return data
 
 
+def turn_gap(calls: list[float]) -> float:
+    """Median time between two of the root's LLM calls (W3: one iteration, without the run's
+    start and end), in seconds."""
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    return median(gaps) if gaps else float("nan")
+
+
 def growth(calls: list[float]) -> float:
     """Median gap between the root's LLM calls over the last 10 turns / over the first 10."""
     gaps = [b - a for a, b in itertools.pairwise(calls)]
@@ -280,6 +289,7 @@ def main() -> None:
         "wall (s)",
         "wall / critical path",
         "ms / iteration",
+        "median turn gap (ms)",
         "growth (last 10 / first 10)",
         "CPU, process tree (s)",
         "peak PSS (MB)",
@@ -302,6 +312,7 @@ def main() -> None:
                 f"{1000 * wall / W3_TURNS:.1f}" if workload == "w3" else "–"
             )  # W3: all of the wall time is overhead
             grow = median([growth(r["root_calls"]) for r in rs]) if workload == "w3" else None
+            gap = median([turn_gap(r["root_calls"]) for r in rs]) if workload == "w3" else None
             rows.append(
                 [
                     workload.upper() if workload != "mapreduce" else workload,
@@ -311,6 +322,7 @@ def main() -> None:
                     f"{wall:.2f}",
                     f"{wall / crit:.2f}" if crit else "–",
                     per_it,
+                    f"{1000 * gap:.1f}" if gap is not None else "–",
                     f"{grow:.2f}" if grow is not None else "–",
                     f"{median([r['cpu_s'] for r in rs]):.2f}",
                     f"{median([r['peak_pss_mb'] for r in rs]):.0f}",

@@ -14,6 +14,7 @@ import fcntl
 import functools
 import json
 import locale
+import logging
 import os
 import random
 import signal
@@ -40,7 +41,13 @@ __all__ = [
 # Every sandbox kernel: input history in memory. Dozens of kernels sharing the user's
 # ~/.ipython history.sqlite corrupt it ("readonly database" errors in cells' output), and
 # agents' cells do not belong in the user's history.
-KERNEL_OPTIONS = ("--HistoryManager.hist_file=:memory:", "--IPythonKernel._execute_sleep=0")
+# Their stdout/stderr skip ipykernel's empty flushes (a thread hop each, four per cell; see
+# `kernelio`).
+KERNEL_OPTIONS = (
+    "--HistoryManager.hist_file=:memory:",
+    "--IPythonKernel._execute_sleep=0",
+    "--IPKernelApp.outstream_class=rlm_kernel.sandbox.kernelio.SandboxOutStream",
+)
 LIFELINE_FD = 3  # the lifeline's read end in every kernel
 _MAX_RUNTIME_FILE = 64 * 1024 * 1024  # a runtime configuration carries the run's tools' specs
 
@@ -190,6 +197,17 @@ def kernel_app_class() -> Any:
             forkshell.SandboxKernel, klass="ipykernel.kernelbase.Kernel"
         )
         _fixed_argv = False
+
+        def get_default_logging_config(self) -> dict[str, Any]:
+            """traitlets' logging set-up, with the app's logger at `log_level` (not DEBUG).
+
+            traitlets leaves the logger at DEBUG and filters in its handler: every debug call of
+            the kernel (several per request) then builds a log record only to drop it."""
+            config: dict[str, Any] = super().get_default_logging_config()
+            level = logging.getLevelName(int(self.log_level))  # type: ignore[call-overload]
+            for logger in (config.get("loggers") or {}).values():
+                logger["level"] = level
+            return config
 
         def parse_command_line(self, argv: list[str] | None = None) -> None:
             args = list(argv if argv is not None else sys.argv[1:])

@@ -48,7 +48,7 @@ EXTRA_PRELOAD = (
     "pygments.formatters.html",
     "pygments.styles",
 )
-OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime",)
+OPTIONAL_PRELOAD = ("rlm_kernel.sandbox.runtime", "rlm_kernel.sandbox.kernelio")
 
 
 def preload(log: Callable[[str], None]) -> None:

@@ -154,13 +154,19 @@ class Runtime:
         self.reserved: dict[str, Any] = {}
         self._baseline = set(ns)
         self._hooked: bool | None = None  # the running cell was begun by _pre_run_cell
+        # An IPython kernel flushes stdout after every cell, before its reply and idle status:
+        # a notice sent at a cell's end (the namespace summary) needs no flush of its own (in
+        # ipykernel, a flush from the cell's thread waits for the IOPub thread: one thread hop
+        # and one stream message more per cell). Set by install() in a kernel.
+        self.kernel_flushes = False
 
     # -- bridge -------------------------------------------------------------------------------
-    def _frame(self, body: dict[str, Any]) -> None:
+    def _frame(self, body: dict[str, Any], *, flush: bool = True) -> None:
         raw = base64.b64encode(json.dumps(body).encode()).decode()
         sig = hmac.new(self.secret, raw.encode(), hashlib.sha256).hexdigest()
         self._out.write(f"{FRAME_START}{raw}:{sig}{FRAME_END}")
-        self._out.flush()
+        if flush:
+            self._out.flush()
 
     def call(self, op: str, **args: Any) -> Any:
         """Send a request to the host and block until its reply arrives."""
@@ -194,7 +200,11 @@ class Runtime:
 
     def notify(self, op: str, **args: Any) -> None:
         """Send a notice that needs no reply."""
-        self._frame({"id": uuid.uuid4().hex, "exec": self.exec_id, "op": op, "args": args})
+        self._notify(op, args)
+
+    def _notify(self, op: str, args: dict[str, Any], *, flush: bool = True) -> None:
+        body = {"id": uuid.uuid4().hex, "exec": self.exec_id, "op": op, "args": args}
+        self._frame(body, flush=flush)
 
     # -- cell lifecycle (called by the host around every cell) ----------------------------------
     def begin(self, exec_id: str) -> None:
@@ -218,7 +228,7 @@ class Runtime:
             if self.ns.get(name) is not value:
                 self.ns[name] = value
         if snapshot:
-            self.snapshot()
+            self.snapshot(flush=not self.kernel_flushes)
         self.exec_id = ""
 
     def _pre_run_cell(self, info: Any) -> None:
@@ -436,11 +446,12 @@ class Runtime:
             "metadata": {},
         }
 
-    def snapshot(self) -> None:
+    def snapshot(self, *, flush: bool = True) -> None:
         """Send the namespace summary to the host (after each iteration)."""
         ans = self.ns.get("answer")
         content = ans.get("content") if isinstance(ans, dict) else None
-        self.notify("snapshot", namespace=self.variables(), answer=str(content or ""))
+        args = {"namespace": self.variables(), "answer": str(content or "")}
+        self._notify("snapshot", args, flush=flush)
 
 
 def _make_functions(rt: Runtime) -> dict[str, Any]:
@@ -590,6 +601,11 @@ def _make_tool(rt: Runtime, spec: dict[str, Any]) -> Any:
     return tool
 
 
+def _flushed_after_cells(shell: Any) -> bool:
+    """Whether `shell` is an ipykernel kernel's (which flushes stdout after every cell)."""
+    return getattr(shell, "kernel", None) is not None and hasattr(sys.stdout, "pub_thread")
+
+
 def install(target: Any, cfg: dict[str, Any]) -> Runtime:
     """Inject the REPL functions into a namespace (an IPython shell or a globals dict)."""
     shell = None
@@ -642,4 +658,5 @@ def install(target: Any, cfg: dict[str, Any]) -> Runtime:
         shell.events.register("pre_run_cell", rt._pre_run_cell)
         shell.events.register("post_run_cell", rt._post_run_cell)
         shell._rlm_runtime = rt
+        rt.kernel_flushes = _flushed_after_cells(shell)
     return rt

@@ -54,6 +54,12 @@ def test_kernel_roundtrip() -> None:
     assert "ratio rlm / stock" in out
 
 
+def test_w3_breakdown() -> None:
+    out = smoke("bench_w3.py")
+    for row in ("iteration: one turn to the next (wall)", "kernel wait ready", "run: wall / 30"):
+        assert f"{row} |" in out, out
+
+
 def test_peers_rlm_kernel() -> None:
     out = smoke("bench_peers.py", "--systems", "rlm-kernel")
     for workload in ("W1", "W2", "W3"):
