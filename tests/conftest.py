@@ -100,6 +100,9 @@ def no_leftovers(tmp_path: Path) -> Iterator[None]:
     """After every test: no kernel process, no sandbox directory, no registered worktree is left."""
     before = set(os.listdir(tmp_root()))
     yield
+    from rlm_kernel.sandbox import spare
+
+    spare.discard()  # the process's spare root sandbox (`sandbox.spare`) is closed at exit
     pids = _kernel_pids()
     assert not pids, f"kernel processes left behind: {pids}"
     left = set(os.listdir(tmp_root())) - before
