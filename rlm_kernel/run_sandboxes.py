@@ -206,8 +206,8 @@ class RunSandboxes:
     # -- the process's spare root sandbox (sandbox.spare) ----------------------------------------
     def _spare_key_for(self, cls: type[Sandbox]) -> spare.SpareKey | None:
         """The key of the spare this run's root may adopt, or None (off, or not local)."""
-        if not self.config.sandbox.spare or not cls.capabilities.pool or cls.backend != "local":
-            return None
+        if not self.config.sandbox.spare or not cls.capabilities.pool:
+            return None  # off, or sandboxes that cost money (Daytona): none kept ahead of need
         return spare.spare_key(cls.backend, self.isolation, self._tool_specs)
 
     def _adopt_spare(self, agent: Agent, spec: SandboxSpec, key: spare.SpareKey) -> Sandbox | None:
@@ -261,10 +261,12 @@ class RunSandboxes:
 
         spare.make(key, factory, owner="" if ending else self.run_id)
 
-    def _spare_room(self) -> None:
-        """A sub-agent took the budget's last sandbox: the spare this run had made goes (it is
-        made again when the run ends), so agents plus spare stay within `rlm.max_sandboxes`."""
-        if self.config.rlm.max_sandboxes - self._budget().sandboxes < 1 and spare.pending(
+    def _spare_room(self, wanted: int = 1) -> None:
+        """This run needs `wanted` more sandboxes (a sub-agent's, the pool's) than its budget
+        leaves beside the spare it had made: the spare goes (it is made again when the run
+        ends), so the run's agents, its pool and the spare stay within `rlm.max_sandboxes`, and
+        the run's own needs come first. Waits for it to be closed."""
+        if self.config.rlm.max_sandboxes - self._budget().sandboxes < wanted and spare.pending(
             self.run_id
         ):
             spare.discard(owner=self.run_id)
@@ -301,9 +303,15 @@ class RunSandboxes:
         def target() -> int:
             if self._paused() or self._scope.is_set() or self._fresh_starting:
                 return 0  # a paused or ending run, or agents waiting for sandboxes: not now
-            return pool_target(
+            wanted = pool_target(
                 setting, limits.max_concurrency, limits.max_depth, self._widest_batch
             )
+            room = limits.max_sandboxes - self._budget().sandboxes
+            if wanted > 0 and room <= wanted and spare.pending(self.run_id):
+                threading.Thread(  # the pool comes first: see _spare_room
+                    target=self._spare_room, args=(wanted + 1,), name="rlm-spare-yield", daemon=True
+                ).start()
+            return wanted
 
         if (
             not cls.capabilities.pool
