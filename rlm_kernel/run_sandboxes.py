@@ -7,6 +7,7 @@ budget, scope, step gate); it never reaches into the run, and the run never into
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 # reply of seconds comes, and after a fast reply nothing waits.
 SANDBOX_HEAD_START_S = 0.05
 
-__all__ = ["RootSource", "RunSandboxes"]
+__all__ = ["RootSource", "RunSandboxes", "wait_all_closed"]
 
 log = logging.getLogger(__name__)
 
@@ -357,10 +358,12 @@ class RunSandboxes:
         # agent's answer does not wait for them (a parent's batch waits for its slowest child,
         # and a kernel's stop and the workspace's removal take ~0.1 s). close() joins it.
         closer = threading.Thread(
-            target=sandbox.close, name=f"rlm-close-{agent.agent_id}", daemon=True
+            target=_close_tracked, args=(sandbox,), name=f"rlm-close-{agent.agent_id}", daemon=True
         )
         with self._sandbox_lock:
             self._closers.append(closer)
+        with _CLOSING_LOCK:
+            _CLOSING.add(closer)
         closer.start()
 
     def _give_back_root(self, future: Future[Sandbox]) -> None:
@@ -397,9 +400,11 @@ class RunSandboxes:
         return n
 
     # -- the end of the run -----------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
         """Make sure no sandbox outlives the run (unless kept, or the notebook's); call once
-        the run's scope is set."""
+        the run's scope is set. Without `wait`, the sandboxes its agents released may still be
+        closing on their threads when it returns (the root's, ~10 ms: its kernel's stop and
+        its files' removal): `wait_closed()` waits for them (and process exit does)."""
         if self.pool is not None:
             self.pool.close()
         self._makers.shutdown(wait=True, cancel_futures=True)
@@ -411,13 +416,42 @@ class RunSandboxes:
             ]
         for sb in leftovers:
             sb.close()
+        if wait:
+            self.wait_closed()
+        key = self._spare_key
+        if key is not None and self._spare_due and not spare.pending():
+            self._make_spare(key, backend_class(self.config.sandbox.backend), ending=True)
+
+    def wait_closed(self) -> None:
+        """Wait until the sandboxes the run's agents released are closed."""
         with self._sandbox_lock:
             closers, self._closers = self._closers, []
         for t in closers:
             t.join()
-        key = self._spare_key
-        if key is not None and self._spare_due and not spare.pending():
-            self._make_spare(key, backend_class(self.config.sandbox.backend), ending=True)
+
+
+# Released sandboxes being closed, process-wide: the process waits for them when it exits.
+_CLOSING: set[threading.Thread] = set()
+_CLOSING_LOCK = threading.Lock()
+
+
+def _close_tracked(sb: Sandbox) -> None:
+    try:
+        sb.close()
+    finally:
+        with _CLOSING_LOCK:
+            _CLOSING.discard(threading.current_thread())
+
+
+def wait_all_closed(timeout: float | None = None) -> None:
+    """Wait until every sandbox a run of this process released is closed (at exit, too)."""
+    with _CLOSING_LOCK:
+        closing = list(_CLOSING)
+    for t in closing:
+        t.join(timeout)
+
+
+atexit.register(wait_all_closed)
 
 
 def _unbound_handler(op: str, args: dict[str, Any]) -> Any:
