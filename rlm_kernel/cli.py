@@ -173,6 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.config, flags, source="rlm run options")
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    # One run per process: a spare root sandbox for a next run would never be used.
+    config = config.with_overrides({"sandbox.spare": False})
     # litellm's seconds-long import, where a call may need it, overlaps the checks and the
     # sandbox's creation; a run on the plain-HTTP path never imports it
     prewarm_for(config)

@@ -192,6 +192,13 @@ class SandboxConfig:
         "budget left; unused ones are removed when the run ends; `0` = off (local backend only)",
         zero_ok=True,
     )
+    spare: bool = setting(
+        True,
+        "local backend: once a run's root agent has its sandbox, start ONE spare root sandbox "
+        "(workspace + kernel, ~20 MB) in the background for the next run of this process, so "
+        "its root does not wait for a kernel start; a run with other sandbox settings closes it "
+        "and starts its own; closed when the process exits; `false` = off",
+    )
     isolation: str = setting(
         "auto",
         "how local sandboxes are confined: {choices}; `bwrap` = bubblewrap namespaces (see "

@@ -7,8 +7,10 @@ budget, scope, step gate); it never reaches into the run, and the run never into
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .config import RLMConfig
 from .control import Budget, Scope
 from .events import Notice, Payload, SandboxReady
-from .sandbox import backend_class
+from .sandbox import backend_class, spare
 from .sandbox.base import Handler, Sandbox, SandboxError, SandboxSpec
 from .sandbox.bridge import BridgeRefused
 from .sandbox.isolation import Isolation, announce
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 # reply of seconds comes, and after a fast reply nothing waits.
 SANDBOX_HEAD_START_S = 0.05
 
-__all__ = ["RootSource", "RunSandboxes"]
+__all__ = ["RootSource", "RunSandboxes", "wait_all_closed"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ class RunSandboxes:
         self._batch_widths: collections.Counter[int] = collections.Counter()
         self._fresh_starting = 0  # agents' own sandboxes being made (the pool waits for them)
         self._closers: list[threading.Thread] = []  # ended agents' sandboxes being closed
+        self._spare_key: spare.SpareKey | None = None  # set when the root may use a spare
+        self._spare_due = False  # the root got its sandbox: the next run's spare is due
 
     def prepare(self, target: Target) -> None:
         """Check the backend and resolve the isolation tier for sandboxes on `target` (raises
@@ -141,8 +145,15 @@ class RunSandboxes:
             return self._lend_root(agent, source)
 
         asked_at = time.monotonic()
+        key = self._spare_key = self._spare_key_for(cls) if agent.parent is None else None
 
         def create() -> Sandbox:
+            if key is not None:
+                adopted = self._adopt_spare(agent, spec, key)
+                if adopted is not None:
+                    return adopted
+            elif agent.parent is not None:
+                self._spare_room()
             pooled = pool.take(agent.scope, asked_at) if pool is not None and agent.parent else None
             if pooled is not None:
                 with self._sandbox_lock:
@@ -183,6 +194,8 @@ class RunSandboxes:
                     self.pool.poke()  # it may fill again
             agent.sandbox = sb  # reachable (e.g. `%rlm ns --live`) before its first code runs
             self._emit(SandboxReady(sb.info()), agent.agent_id)
+            if key is not None:
+                self._make_spare(key, cls)
             return sb
 
         future = self._makers.submit(create)
@@ -190,6 +203,74 @@ class RunSandboxes:
             # Fill the pool once the root's own sandbox is made (not competing with it).
             future.add_done_callback(lambda _f: pool.start())
         return future
+
+    # -- the process's spare root sandbox (sandbox.spare) ----------------------------------------
+    def _spare_key_for(self, cls: type[Sandbox]) -> spare.SpareKey | None:
+        """The key of the spare this run's root may adopt, or None (off, or not local)."""
+        if not self.config.sandbox.spare or not cls.capabilities.pool:
+            return None  # off, or sandboxes that cost money (Daytona): none kept ahead of need
+        return spare.spare_key(cls.backend, self.isolation, self._tool_specs)
+
+    def _adopt_spare(self, agent: Agent, spec: SandboxSpec, key: spare.SpareKey) -> Sandbox | None:
+        """The spare root sandbox, given to the root agent; None: start your own."""
+        sb = spare.take(key)
+        if sb is None:
+            return None
+        with self._sandbox_lock:
+            self._made.add(sb)
+        try:
+            if agent.scope.is_set():
+                raise SandboxError("cancelled before the sandbox started")
+            sb.adopt(spec)
+        except Exception as exc:
+            if agent.scope.is_set():
+                sb.close()
+                raise
+            log.warning("could not use the spare root sandbox: %s; starting a fresh one", exc)
+            sb.close()
+            return None
+        sb.snapshot_on_end = True
+        agent.sandbox = sb
+        self._emit(SandboxReady(sb.info()), agent.agent_id)
+        self._make_spare(key, type(sb))
+        return sb
+
+    def _make_spare(self, key: spare.SpareKey, cls: type[Sandbox], *, ending: bool = False) -> None:
+        """Start the next run's spare in the background: while this run goes on only if its
+        sandbox budget has room for one more (`rlm.max_sandboxes`), else when it ends."""
+        self._spare_due = True
+        if not ending and (
+            self.config.rlm.max_sandboxes - self._budget().sandboxes < 1 or self._scope.is_set()
+        ):
+            return
+        tools = self._tool_specs
+        isolation = self.isolation
+
+        def factory() -> Sandbox:
+            sb = cls(
+                SandboxSpec(
+                    run_id=f"spare-{os.urandom(4).hex()}",
+                    agent_id="root",
+                    target=Target(None, None, None),
+                    handler=_unbound_handler,
+                    runtime_cfg={"agent_id": "root", "depth": 0, "tools": tools},
+                    isolation=isolation,
+                )
+            )
+            sb.snapshot_on_end = True
+            return sb
+
+        spare.make(key, factory, owner="" if ending else self.run_id)
+
+    def _spare_room(self, wanted: int = 1) -> None:
+        """This run needs `wanted` more sandboxes (a sub-agent's, the pool's) than its budget
+        leaves beside the spare it had made: the spare goes (it is made again when the run
+        ends), so the run's agents, its pool and the spare stay within `rlm.max_sandboxes`, and
+        the run's own needs come first. Waits for it to be closed."""
+        if self.config.rlm.max_sandboxes - self._budget().sandboxes < wanted and spare.pending(
+            self.run_id
+        ):
+            spare.discard(owner=self.run_id)
 
     def _lend_root(self, agent: Agent, source: Sandbox | Callable[[], Sandbox]) -> Future[Sandbox]:
         """The notebook's REPL for the root agent (the run neither creates nor removes it, and
@@ -223,9 +304,15 @@ class RunSandboxes:
         def target() -> int:
             if self._paused() or self._scope.is_set() or self._fresh_starting:
                 return 0  # a paused or ending run, or agents waiting for sandboxes: not now
-            return pool_target(
+            wanted = pool_target(
                 setting, limits.max_concurrency, limits.max_depth, self._widest_batch
             )
+            room = limits.max_sandboxes - self._budget().sandboxes
+            if wanted > 0 and room <= wanted and spare.pending(self.run_id):
+                threading.Thread(  # the pool comes first: see _spare_room
+                    target=self._spare_room, args=(wanted + 1,), name="rlm-spare-yield", daemon=True
+                ).start()
+            return wanted
 
         if (
             not cls.capabilities.pool
@@ -246,7 +333,8 @@ class RunSandboxes:
             return sb
 
         def room() -> int:
-            return limits.max_sandboxes - self._budget().sandboxes
+            held = 1 if spare.pending(self.run_id) else 0  # the next run's spare, made by this one
+            return limits.max_sandboxes - self._budget().sandboxes - held
 
         self.pool = SandboxPool(make, target, room)
         return self.pool
@@ -270,10 +358,12 @@ class RunSandboxes:
         # agent's answer does not wait for them (a parent's batch waits for its slowest child,
         # and a kernel's stop and the workspace's removal take ~0.1 s). close() joins it.
         closer = threading.Thread(
-            target=sandbox.close, name=f"rlm-close-{agent.agent_id}", daemon=True
+            target=_close_tracked, args=(sandbox,), name=f"rlm-close-{agent.agent_id}", daemon=True
         )
         with self._sandbox_lock:
             self._closers.append(closer)
+        with _CLOSING_LOCK:
+            _CLOSING.add(closer)
         closer.start()
 
     def _give_back_root(self, future: Future[Sandbox]) -> None:
@@ -310,9 +400,11 @@ class RunSandboxes:
         return n
 
     # -- the end of the run -----------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
         """Make sure no sandbox outlives the run (unless kept, or the notebook's); call once
-        the run's scope is set."""
+        the run's scope is set. Without `wait`, the sandboxes its agents released may still be
+        closing on their threads when it returns (the root's, ~10 ms: its kernel's stop and
+        its files' removal): `wait_closed()` waits for them (and process exit does)."""
         if self.pool is not None:
             self.pool.close()
         self._makers.shutdown(wait=True, cancel_futures=True)
@@ -324,10 +416,42 @@ class RunSandboxes:
             ]
         for sb in leftovers:
             sb.close()
+        if wait:
+            self.wait_closed()
+        key = self._spare_key
+        if key is not None and self._spare_due and not spare.pending():
+            self._make_spare(key, backend_class(self.config.sandbox.backend), ending=True)
+
+    def wait_closed(self) -> None:
+        """Wait until the sandboxes the run's agents released are closed."""
         with self._sandbox_lock:
             closers, self._closers = self._closers, []
         for t in closers:
             t.join()
+
+
+# Released sandboxes being closed, process-wide: the process waits for them when it exits.
+_CLOSING: set[threading.Thread] = set()
+_CLOSING_LOCK = threading.Lock()
+
+
+def _close_tracked(sb: Sandbox) -> None:
+    try:
+        sb.close()
+    finally:
+        with _CLOSING_LOCK:
+            _CLOSING.discard(threading.current_thread())
+
+
+def wait_all_closed(timeout: float | None = None) -> None:
+    """Wait until every sandbox a run of this process released is closed (at exit, too)."""
+    with _CLOSING_LOCK:
+        closing = list(_CLOSING)
+    for t in closing:
+        t.join(timeout)
+
+
+atexit.register(wait_all_closed)
 
 
 def _unbound_handler(op: str, args: dict[str, Any]) -> Any:

@@ -162,6 +162,7 @@ class Run:
         self._thread: threading.Thread | None = None
         self._result: RunResult | None = None
         self._done = threading.Event()
+        self._closed = threading.Event()  # and its released sandboxes closed (wait_closed)
         self._started_wall = time.time()
 
     # -- events -----------------------------------------------------------------------------------
@@ -291,7 +292,11 @@ class Run:
         self._thread.start()
 
     def wait(self, timeout: float | None = None) -> RunResult:
-        """Block until the run has finished and cleaned up; Ctrl-C cancels it (and still cleans up)."""
+        """Block until the run has finished; Ctrl-C cancels it (and still cleans up).
+
+        Every sandbox is stopped by then except the ones its agents released last (the root's):
+        their kernels' stop and their files' removal go on on threads of their own for ~10 ms,
+        off the result's path; `wait_closed()` waits for them, and so does the process's exit."""
         try:
             if not self._done.wait(timeout):
                 raise TimeoutError(f"run {self.run_id} still running")
@@ -301,6 +306,11 @@ class Run:
             raise
         assert self._result is not None
         return self._result
+
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """Block until the run has finished and no sandbox of it is left (unless kept)."""
+        if not self._closed.wait(timeout):
+            raise TimeoutError(f"run {self.run_id} is still closing its sandboxes")
 
     def execute(self) -> RunResult:
         """Run to the end in this thread's control (validate, start, wait)."""
@@ -406,11 +416,16 @@ class Run:
             kept=[sb.info() for sb in self._sandboxes.kept()],
         )
         self._done.set()
+        try:
+            self._sandboxes.wait_closed()
+        finally:
+            self._closed.set()
 
     def _cleanup(self) -> None:
-        """Make sure no sandbox outlives the run (unless kept)."""
+        """Make sure no sandbox outlives the run (unless kept): closes every sandbox, the ones
+        its agents released finish closing after the result (`wait_closed`)."""
         self.scope.cancel("the run ended") if not self.scope.is_set() else None
-        self._sandboxes.close()
+        self._sandboxes.close(wait=False)
 
 
 def _deliver(sink: EventSink, ev: Event) -> None:

@@ -100,6 +100,11 @@ def no_leftovers(tmp_path: Path) -> Iterator[None]:
     """After every test: no kernel process, no sandbox directory, no registered worktree is left."""
     before = set(os.listdir(tmp_root()))
     yield
+    from rlm_kernel.run_sandboxes import wait_all_closed
+    from rlm_kernel.sandbox import spare
+
+    wait_all_closed()  # the root's sandbox closes after the run's result (`Run.wait_closed`)
+    spare.discard()  # the process's spare root sandbox (`sandbox.spare`) is closed at exit
     pids = _kernel_pids()
     assert not pids, f"kernel processes left behind: {pids}"
     left = set(os.listdir(tmp_root())) - before

@@ -65,7 +65,7 @@ def parts(config: Config) -> Iterator[Callable[..., Parts]]:
     made: list[Parts] = []
 
     def make(*, root: Any = None, repo: Path | None = None, **overrides: Any) -> Parts:
-        cfg = config("finals.py", **{"sandbox__pool_size": 0, **overrides})
+        cfg = config("finals.py", **{"sandbox__pool_size": 0, "sandbox__spare": False, **overrides})
         run = Run("t", config=cfg)
         budget, scope, paused = Budget(cfg.rlm, time.monotonic()), Scope(), [False]
         p: Parts

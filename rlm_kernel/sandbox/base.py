@@ -342,6 +342,11 @@ class Sandbox(Workspace, Repl):
         """With `capabilities.pool`: give a prepared sandbox to an agent (same run and target)."""
         raise SandboxError(f"the {self.backend} sandbox backend keeps no sandbox pool")
 
+    def adopt(self, spec: SandboxSpec) -> None:
+        """With `capabilities.pool`: give a spare root sandbox, started for no run, to a run's
+        root agent (`sandbox.spare`: its spec, a workspace of its target, its context)."""
+        raise SandboxError(f"the {self.backend} sandbox backend keeps no spare sandbox")
+
     def set_handler(self, handler: Handler) -> None:
         """Answer this sandbox's bridge requests with `handler` from now on (e.g. a new run's root)."""
         self.spec.handler = handler

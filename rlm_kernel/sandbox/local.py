@@ -18,7 +18,7 @@ from typing import Any
 
 from ..config import sandbox_env
 from ..paths import tmp_root
-from . import base, isolation, transfer, workspace
+from . import base, isolation, spare, transfer, workspace
 from .base import Capabilities, Cell, CellResult, Sandbox, SandboxError, SandboxSpec
 from .bridge import Bridge, new_secret
 from .cells import CellCollector
@@ -82,12 +82,16 @@ class LocalSandbox(transfer.Transfers, Sandbox):
 
     @classmethod
     def cleanup(cls, run_id: str | None = None) -> list[str]:
-        """Remove local sandboxes whose owning process is gone (see `cleanup.cleanup_local`)."""
+        """Remove local sandboxes whose owning process is gone (see `cleanup.cleanup_local`),
+        and this process's spare root sandbox (`sandbox.spare`)."""
+        spare.discard()
         return cleanup_local(run_id)
 
     @classmethod
     def shutdown(cls) -> None:
-        """Stop every kernel this process started, and the fork servers."""
+        """Close the spare root sandbox, stop every kernel this process started, and the fork
+        servers."""
+        spare.discard()
         shutdown_all()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -105,6 +109,24 @@ class LocalSandbox(transfer.Transfers, Sandbox):
             raise SandboxError(f"the pooled sandbox {self.id} is not running")
         self.spec = spec
         self._install_runtime()
+
+    def adopt(self, spec: SandboxSpec) -> None:
+        """Give this spare root sandbox (started for no run: `sandbox.spare`) to a run's root
+        agent: its spec, a fresh workspace of its target (as `set_workspace` gives one) and,
+        when its runtime configuration differs (a context), the runtime again. Raises
+        SandboxError when it cannot serve (e.g. its kernel died while idle)."""
+        kernel = self.kernel
+        if self.closed or kernel is None or not kernel.is_alive():
+            raise SandboxError(f"the spare sandbox {self.id} is not running")
+        if spec.target != self.spec.target:
+            self.set_workspace(spec.target)
+        started_with = self.spec.runtime_cfg
+        self.spec = spec
+        if spec.runtime_cfg != started_with or spec.context is not base.NO_CONTEXT:
+            self._install_runtime()  # again: the new runtime takes over (and loads the context)
+        else:
+            with open(os.path.join(self.root, "agent"), "w") as fh:
+                fh.write(spec.agent_id + "\n")
 
     def prepare(self, cancel: threading.Event | None = None, install: bool = False) -> None:
         """Create the worktree and start the kernel (no runtime yet: see bind(); with `install`,

@@ -16,6 +16,7 @@ from emulator import DaytonaEmulator
 
 import rlm_kernel
 from rlm_kernel.config import RLMConfig
+from rlm_kernel.run_sandboxes import wait_all_closed
 from rlm_kernel.runner import Run
 from rlm_kernel.sandbox.base import SandboxError, SandboxSpec
 from rlm_kernel.sandbox.workspace import resolve_target
@@ -112,6 +113,7 @@ def test_three_level_demo_run_matches_the_local_backend(
         assert node["usage"]["llm_calls"] == want[aid]["usage"]["llm_calls"]
         outs = [b["output"] for it in node["iterations"] for b in it["code_blocks"]]
         assert outs == [b["output"] for it in want[aid]["iterations"] for b in it["code_blocks"]]
+    wait_all_closed()  # the root's sandbox is deleted just after the result
     assert emulator.created == 7 and emulator.deleted == 7
 
 
@@ -216,6 +218,7 @@ def test_a_failed_creation_fails_that_agent_and_the_run_goes_on(
     assert "500" in got[1][0] or "could not create" in got[1][0], got[1][0]
     failed = next(n for n in nodes(res.tree) if n["agent_id"] == "root.1")
     assert failed["status"] == "error" and "Daytona could not create" in failed["error"]
+    wait_all_closed()  # the root's sandbox is deleted just after the result
     assert emulator.created == emulator.deleted == 3
 
 
@@ -232,6 +235,7 @@ def test_cancel_in_the_middle_removes_every_sandbox(
     run.cancel()
     res = run.wait(60)  # a hang guard: the children sleep 120 s
     assert res.status == "cancelled"
+    wait_all_closed()  # the root's sandbox is deleted just after the result
     assert not emulator.sandboxes and emulator.created == emulator.deleted == 3
 
 
@@ -241,6 +245,7 @@ def test_global_timeout_removes_every_sandbox(config: Config, emulator: DaytonaE
     )
     assert res.status == "timeout"
     assert {n["status"] for n in nodes(res.tree)} == {"timeout"}
+    wait_all_closed()  # the root's sandbox is deleted just after the result
     assert not emulator.sandboxes and emulator.created == emulator.deleted == 3
 
 
@@ -442,6 +447,7 @@ def test_ctrl_c_of_the_cli_removes_every_daytona_sandbox(
     assert proc.returncode == 130, err
     assert "cancelled and its sandboxes removed" in err
     assert emulator.api_key not in err
+    wait_all_closed()  # the root's sandbox is deleted just after the result
     assert not emulator.sandboxes and emulator.created == emulator.deleted == 3
     record = json.loads(next(tmp_path.glob("*.detail.json")).read_text())
     assert record["status"] == "cancelled"

@@ -24,7 +24,9 @@ import pytest
 
 from rlm_kernel.config import RLMConfig
 from rlm_kernel.paths import tmp_root
+from rlm_kernel.run_sandboxes import wait_all_closed
 from rlm_kernel.runner import Run
+from rlm_kernel.sandbox import spare
 
 from .sandbox_helpers import (
     MODELS,
@@ -58,6 +60,12 @@ class Leftovers:
         self.children = child_pids(fork_server=False)
 
     def assert_none(self, what: str) -> None:
+        wait_all_closed()  # the root's sandbox finishes closing after the run's result
+        # At most the process's one spare root sandbox (`sandbox.spare`, made ahead of the
+        # next run); it too leaves nothing once closed.
+        new = set(os.listdir(tmp_root())) - self.sandboxes
+        assert len({d for d in new if d.startswith("spare-")}) <= 1, f"{what}: spares: {new}"
+        spare.discard()
         left_tmp = set(os.listdir(tempfile.gettempdir())) - self.tmp
         assert not left_tmp, f"{what}: temporary entries left: {sorted(left_tmp)}"
         left_sb = set(os.listdir(tmp_root())) - self.sandboxes

@@ -16,6 +16,8 @@ import pytest
 
 import rlm_kernel
 from rlm_kernel.config import RLMConfig
+from rlm_kernel.run_sandboxes import wait_all_closed
+from rlm_kernel.sandbox import spare
 from rlm_kernel.sandbox.kernels import live_kernel_pids
 
 from .sandbox_helpers import child_pids
@@ -36,7 +38,11 @@ def _resources() -> dict[str, object]:
     # litellm's logging pool is process-wide and grows lazily up to 100 threads, and so does the
     # LLM loop's executor (up to 64, rlm_kernel/llm/runtime.py); they are no leak, so they are
     # counted apart (and bounded below). Timer threads an earlier test's SDK left
-    # (the Daytona SDK's subscription expiry) may end meanwhile: not ours either.
+    # (the Daytona SDK's subscription expiry) may end meanwhile: not ours either. The root's
+    # sandbox finishes closing after the result, and the process's spare root sandbox is no
+    # leak either (one, made ahead of the next run): both are waited for / closed first.
+    wait_all_closed()
+    spare.discard()
     names = [
         t.name
         for t in threading.enumerate()
