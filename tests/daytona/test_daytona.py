@@ -431,6 +431,9 @@ def test_ctrl_c_of_the_cli_removes_every_daytona_sandbox(
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ),
+        # Ctrl-C as at a terminal: a suite started in the background of a script inherits
+        # SIGINT ignored, and `rlm` would inherit that too.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
