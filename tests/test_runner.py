@@ -264,6 +264,7 @@ def test_ctrl_c_cancels_the_tree_and_removes_every_sandbox(tmp_path: Path) -> No
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as at a terminal
     )
 
     def sleeping() -> list[Path]:

@@ -133,6 +133,7 @@ def test_ctrl_c_of_the_cli_at_a_random_point_leaves_nothing(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as at a terminal
     )
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
