@@ -270,7 +270,7 @@ def test_ctrl_c_cancels_the_tree_and_removes_every_sandbox(tmp_path: Path) -> No
     def sleeping() -> list[Path]:
         """The markers of the children whose 120 s cell runs (in their workspaces)."""
         runs = set(os.listdir(tmp_root())) - before
-        return list((tmp_root() / runs.pop()).glob("*/work/sleeping")) if runs else []
+        return [m for r in runs for m in (tmp_root() / r).glob("*/work/sleeping")]
 
     try:
         # Both children are inside their cell (a loaded machine takes its time to get there).
