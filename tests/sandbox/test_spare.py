@@ -22,7 +22,7 @@ from rlm_kernel import llm
 from rlm_kernel.config import ConfigError, RLMConfig
 from rlm_kernel.events import Event, SandboxReady
 from rlm_kernel.runner import Run, RunResult
-from rlm_kernel.sandbox import spare
+from rlm_kernel.sandbox import isolation, spare
 from rlm_kernel.sandbox.kernels import live_kernel_pids
 from rlm_kernel.sandbox.local import LocalSandbox
 
@@ -90,7 +90,14 @@ def test_next_run_adopts_the_spare_and_sees_nothing_of_the_last(config: Config) 
     assert second.startswith("spare-"), "run 2's root should have adopted the spare"
     assert spare.stats()[1] == taken + 1
     seen = json.loads(str(res.answer))
-    assert not any(seen[k] for k in ("file", "tmp", "module", "env", "thread", "global")), seen
+    # /tmp is private under bwrap only (`none` shares the user's: README, "Sandboxes")
+    private_tmp = isolation.resolve("auto").tier == "bwrap"
+    kinds = (
+        ("file", "tmp", "module", "env", "thread", "global")
+        if private_tmp
+        else ("file", "module", "env", "thread", "global")
+    )
+    assert not any(seen[k] for k in kinds), seen
     assert "planted.txt" not in seen["files"]
 
 
