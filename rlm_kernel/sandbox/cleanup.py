@@ -12,12 +12,25 @@ from pathlib import Path
 from ..paths import tmp_root
 from .kernelproc import _pid_alive
 
-__all__ = ["cleanup_local", "write_owner"]
+__all__ = ["cleanup_local", "write_adopted", "write_owner"]
 
 
 def write_owner(sandbox_root: str, kernel_pid: int | None = None) -> None:
     """Record which host process owns a sandbox (and its kernel's pid) for a later cleanup."""
     Path(sandbox_root, "owner").write_text(f"{os.getpid()} {kernel_pid or 0}\n")
+
+
+def write_adopted(sandbox_root: str, run_id: str) -> None:
+    """Record the run that adopted a spare sandbox: its directory keeps the spare's name
+    (`spare-…/`; a running kernel's paths point into it), so `cleanup --run` finds it by this."""
+    Path(sandbox_root, "run").write_text(run_id + "\n")
+
+
+def _adopted_by(sb: Path) -> str:
+    try:
+        return (sb / "run").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -53,9 +66,11 @@ def cleanup_local(run_id: str | None = None) -> list[str]:
     removed: list[str] = []
     root = tmp_root()
     for run_dir in sorted(root.iterdir()):
-        if not run_dir.is_dir() or (run_id and run_dir.name != run_id):
+        if not run_dir.is_dir():
             continue
         for sb in sorted(run_dir.iterdir()):
+            if run_id and run_id not in (run_dir.name, _adopted_by(sb)):
+                continue
             owner = sb / "owner"
             try:
                 host_pid, kernel_pid = (int(x) for x in owner.read_text().split()[:2])

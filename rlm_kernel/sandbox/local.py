@@ -22,7 +22,7 @@ from . import base, isolation, spare, transfer, workspace
 from .base import Capabilities, Cell, CellResult, Sandbox, SandboxError, SandboxSpec
 from .bridge import Bridge, new_secret
 from .cells import CellCollector
-from .cleanup import cleanup_local, write_owner
+from .cleanup import cleanup_local, write_adopted, write_owner
 from .kernelcell import QueryClient, run_cell
 from .kernels import KernelHandle, shutdown_all, start_kernel
 
@@ -122,6 +122,7 @@ class LocalSandbox(transfer.Transfers, Sandbox):
             self.set_workspace(spec.target)
         started_with = self.spec.runtime_cfg
         self.spec = spec
+        write_adopted(self.root, spec.run_id)
         if spec.runtime_cfg != started_with or spec.context is not base.NO_CONTEXT:
             self._install_runtime()  # again: the new runtime takes over (and loads the context)
         else:

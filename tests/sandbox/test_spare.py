@@ -23,6 +23,7 @@ from rlm_kernel.config import ConfigError, RLMConfig
 from rlm_kernel.events import Event, SandboxReady
 from rlm_kernel.runner import Run, RunResult
 from rlm_kernel.sandbox import isolation, spare
+from rlm_kernel.sandbox.cleanup import cleanup_local
 from rlm_kernel.sandbox.kernels import live_kernel_pids
 from rlm_kernel.sandbox.local import LocalSandbox
 
@@ -110,6 +111,27 @@ def test_the_spare_gets_the_runs_repository_and_context(config: Config, make_rep
     seen = json.loads(str(res.answer))
     assert seen["context"] == {"k": [1, 2]}
     assert "pkg" in seen["files"]
+
+
+def test_a_kept_adopted_spare_is_found_by_cleanup_of_its_run(config: Config) -> None:
+    """The adopted spare's directory keeps its spare-… name (its kernel's paths point into it):
+    `rlm cleanup --run <id>` of the run that adopted it still removes it."""
+    _run(config, '```python\nFINAL("warm")\n```')
+    _wait(lambda: spare.pending() and not _making())
+    events: list[Event] = []
+    cfg = config(_model('```python\nFINAL("kept")\n```'), sandbox__keep=True)
+    run = Run("t", config=cfg, on_event=events.append)
+    res = run.execute()
+    assert run.release(remove=False) == 1  # its REPL stops, its workspace stays
+    ready = [e.payload.sandbox for e in events if isinstance(e.payload, SandboxReady)]
+    assert ready[0]["id"].startswith("spare-")
+    kept = Path(ready[0]["path"]).parent
+    assert (kept / "kept").exists()
+    assert kept.parent.name != res.run_id
+    (kept / "owner").write_text("999999999 0\n")  # its process is gone
+    assert cleanup_local(run_id="20000101-000000-other0") == []
+    assert cleanup_local(run_id=res.run_id) == [str(kept)]
+    assert not kept.parent.exists()
 
 
 def test_other_settings_discard_the_spare_and_start_their_own(config: Config) -> None:
