@@ -302,10 +302,17 @@ class Run:
                 raise TimeoutError(f"run {self.run_id} still running")
         except KeyboardInterrupt:
             self.cancel(reason="interrupted (Ctrl-C)")
-            self._done.wait(30)
+            deadline = time.monotonic() + 30
+            self._done.wait(30)  # an interrupted run is over once its sandboxes are gone
+            self._closed.wait(max(0.0, deadline - time.monotonic()))
             raise
         assert self._result is not None
         return self._result
+
+    @property
+    def closed(self) -> bool:
+        """True once the run has finished and no sandbox of it is left (unless kept)."""
+        return self._closed.is_set()
 
     def wait_closed(self, timeout: float | None = None) -> None:
         """Block until the run has finished and no sandbox of it is left (unless kept)."""

@@ -126,7 +126,8 @@ class RunHandle:
         except asyncio.CancelledError:  # ipykernel turns SIGINT into a cancel of the cell
             self.run.cancel(reason="interrupted (kernel interrupt)")
             deadline = time.monotonic() + 30
-            while not self.run.done and time.monotonic() < deadline:
+            # Over once its sandboxes are gone too (the cell then says they were removed).
+            while not self.run.closed and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             self.finish()
             return False
