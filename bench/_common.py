@@ -96,8 +96,10 @@ class TreeMonitor:
         self.peak_pss = 0
         self.peak_procs = 0
         self._last: dict[tuple[int, float], tuple[float, bool]] = {}  # -> (cpu, direct child)
+        self._own: dict[tuple[int, float], tuple[str, float]] = {}  # -> (comm, own CPU, no children)
         self._parent: dict[tuple[int, float], int] = {}  # -> ppid
         self._base: dict[tuple[int, float], float] = {}
+        self._base_own: dict[tuple[int, float], float] = {}
         self._procs: dict[tuple[int, float], psutil.Process] = {}
         self._by_pid: dict[int, psutil.Process] = {}
         self._stop = threading.Event()
@@ -113,6 +115,7 @@ class TreeMonitor:
         )
         self.sample()
         self._base = {k: v[0] for k, v in self._last.items()}
+        self._base_own = {k: v[1] for k, v in self._own.items()}
         self._thread.start()
         return self
 
@@ -190,6 +193,7 @@ class TreeMonitor:
                     if key not in self._parent:
                         self._parent[key] = p.ppid()
                     self._last[key] = (cpu, self._parent[key] == self.me.pid)
+                    self._own[key] = (p.name(), t.user + t.system)
             except psutil.Error:
                 continue
         self.peak_rss = max(self.peak_rss, rss)
@@ -226,6 +230,17 @@ class TreeMonitor:
                         except psutil.Error:
                             continue
                     out.append(proc)
+        return out
+
+    def split(self) -> dict[str, tuple[int, float]]:
+        """Own CPU (without reaped children) of the descendants by process name, as last
+        sampled (a process that ended loses at most one interval): name -> (processes, CPU-s).
+        The host's own CPU is `cpu_own_s`."""
+        out: dict[str, tuple[int, float]] = {}
+        for key, (name, cpu) in self._own.items():
+            n, total = out.get(name, (0, 0.0))
+            base = self._base_own.get(key, 0.0)
+            out[name] = (n + 1, total + max(0.0, cpu - base))
         return out
 
     def summary(self) -> dict[str, float]:

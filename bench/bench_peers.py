@@ -211,7 +211,13 @@ def worker(system: str, workload: str, url: str, n: int) -> None:
                     answer = _run_rlms(url, workload, ctx)
                 else:
                     answer = _run_dspy(url, workload, ctx)
-    out = {"wall": _T["wall"], "answer": answer, "t_start": t_start, **mon.summary()}
+    out = {
+        "wall": _T["wall"],
+        "answer": answer,
+        "t_start": t_start,
+        "split": mon.split(),
+        **mon.summary(),
+    }
     print(json.dumps(out), flush=True)
 
 
@@ -244,6 +250,14 @@ def measure(system: str, workload: str, srv: Server, n: int) -> dict[str, Any]:
     return data
 
 
+def split_line(system: str, workload: str, run: dict[str, Any]) -> str:
+    """One run's CPU by process: the host's own, then each process name's (count, CPU-s)."""
+    parts = [f"host {run['cpu_own_s']:.3f}"]
+    for name, (n, cpu) in sorted(run["split"].items(), key=lambda kv: -kv[1][1]):
+        parts.append(f"{name} x{n} {cpu:.3f}")
+    return f"split {workload} {system}: tree {run['cpu_s']:.3f} = " + ", ".join(parts)
+
+
 def turn_gap(calls: list[float]) -> float:
     """Median time between two of the root's LLM calls (W3: one iteration, without the run's
     start and end), in seconds."""
@@ -266,6 +280,9 @@ def main() -> None:
     ap.add_argument("--systems", default="rlm-kernel,rlms,dspy")
     ap.add_argument("--chunks", type=int, default=100, help="mapreduce: chunks of context")
     ap.add_argument("--smoke", action="store_true", help="1 repetition, L = 0.05 s (w3: 0)")
+    ap.add_argument(
+        "--split", action="store_true", help="also print each run's CPU by process name"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--workload", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -305,6 +322,8 @@ def main() -> None:
             for _ in range(args.reps):
                 for system in systems:
                     runs[system].append(measure(system, workload, srv, args.chunks))
+                    if args.split:
+                        print(split_line(system, workload, runs[system][-1]), flush=True)
         for system in systems:
             rs = runs[system]
             wall = median([r["wall"] for r in rs])

@@ -212,7 +212,8 @@ class Recorder:
         self.path: Path | None = None
 
     def __call__(self, ev: Event) -> None:
-        """Apply an event; write now for milestones, otherwise at most every `min_interval_s`
+        """Apply an event; write now for milestones (the run's start and end, the root's end, a
+        paused step), otherwise at most every `min_interval_s`
         (and `min_interval_s` after a held-back event at the latest, so a host killed while its
         agents are quiet leaves a record with everything up to then). Streamed text and the
         gate's state are not recorded (the whole reply comes with `llm_response`, where an agent
@@ -225,12 +226,13 @@ class Recorder:
             if self.path is None:
                 self.path = self.dir / f"{ev.run_id}.detail.json"
             now = time.monotonic()
+            # A sub-agent's end is throttled like its other events (ten children of one batch
+            # ending together were ten whole-record writes); the root's end is a milestone.
             milestone = ev.type in (
                 EventType.RUN_STARTED,
                 EventType.STEP_WAITING,  # a paused run's record must show where it stopped
-                EventType.AGENT_FINISHED,
                 EventType.RUN_FINISHED,
-            )
+            ) or (ev.type is EventType.AGENT_FINISHED and ev.agent_id == self.state.root_id)
             if milestone or now - self._last >= self.min_interval_s:
                 self._last = now
                 # Records written while the run goes are compact (fast, off the agents' critical

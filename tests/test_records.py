@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +365,43 @@ def test_milestones_written_even_when_throttled(tmp_path: Path) -> None:
     assert load_record(tmp_path / "run-1.detail.json")["root"]["result"] == "42"
     rec(evs[-1])
     assert load_record(tmp_path / "run-1.detail.json")["status"] == "done"
+
+
+def _children_status(path: Path) -> list[str]:
+    root = load_record(path).get("root") or {}
+    return [c["status"] for c in root.get("children", [])]
+
+
+def test_a_sub_agents_end_is_throttled_and_flushed(tmp_path: Path) -> None:
+    """Children of one batch that end together are not a whole-record write each: a child's end
+    waits for the throttle (and is written by its timer); the root's end is written at once."""
+    evs = _events()
+    child_end = next(
+        i
+        for i, e in enumerate(evs)
+        if e.type is EventType.AGENT_FINISHED and e.agent_id == "root.0"
+    )
+    rec = Recorder(tmp_path, min_interval_s=3600)
+    for ev in evs[: child_end + 1]:
+        rec(ev)
+    assert "done" not in _children_status(tmp_path / "run-1.detail.json")
+    for ev in evs[child_end + 1 : -1]:  # up to the root's end: a milestone
+        rec(ev)
+    assert sorted(_children_status(tmp_path / "run-1.detail.json")) == ["done", "error"]
+    assert load_record(tmp_path / "run-1.detail.json")["root"]["result"] == "42"
+    rec(evs[-1])
+
+    quick = Recorder(tmp_path / "quick", min_interval_s=0.05)
+    for ev in evs[: child_end + 1]:
+        quick(ev)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the held-back end comes with the throttle's timer
+        if "done" in _children_status(tmp_path / "quick" / "run-1.detail.json"):
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("the child's end never reached the record")
+    quick(evs[-1])
 
 
 def test_index_newest_first_and_updated_in_place(tmp_path: Path) -> None:
