@@ -96,7 +96,9 @@ class TreeMonitor:
         self.peak_pss = 0
         self.peak_procs = 0
         self._last: dict[tuple[int, float], tuple[float, bool]] = {}  # -> (cpu, direct child)
-        self._own: dict[tuple[int, float], tuple[str, float]] = {}  # -> (comm, own CPU, no children)
+        self._own: dict[
+            tuple[int, float], tuple[str, float]
+        ] = {}  # -> (comm, own CPU, no children)
         self._parent: dict[tuple[int, float], int] = {}  # -> ppid
         self._base: dict[tuple[int, float], float] = {}
         self._base_own: dict[tuple[int, float], float] = {}
