@@ -195,7 +195,12 @@ class TreeMonitor:
                     if key not in self._parent:
                         self._parent[key] = p.ppid()
                     self._last[key] = (cpu, self._parent[key] == self.me.pid)
-                    self._own[key] = (p.name(), t.user + t.system)
+                    # The name is read when first seen and every tenth sample (a forked kernel
+                    # renames itself after its fork).
+                    name = self._own[key][0] if key in self._own else ""
+                    if not name or self._samples % 10 == 0:
+                        name = p.name()
+                    self._own[key] = (name, t.user + t.system)
             except psutil.Error:
                 continue
         self.peak_rss = max(self.peak_rss, rss)
