@@ -34,6 +34,8 @@ from ipykernel.ipkernel import IPythonKernel
 from ipykernel.zmqshell import ZMQInteractiveShell
 from traitlets import Type
 
+from .runtime import CELL_PREFIX
+
 __all__ = ["SandboxKernel", "SandboxShell", "drop_prebuilt", "prebuild", "prebuilt"]
 
 
@@ -114,9 +116,28 @@ def _accepts_parameters(meth: Any, param_names: Sequence[str]) -> dict[str, bool
 _ACCEPTS_PARAMETERS: Callable[..., Any] = getattr(ipkernel, "_accepts_parameters")  # noqa: B009
 
 
+def _agent_cell(parent: Any) -> bool:
+    """Whether `parent` is an agent's cell: an execute_request whose cellId the host set
+    (`CELL_PREFIX`, see `kernelcell.run_cell`)."""
+    if not isinstance(parent, dict):
+        return False
+    header, meta = parent.get("header"), parent.get("metadata")
+    if not isinstance(header, dict) or header.get("msg_type") != "execute_request":
+        return False
+    cell_id = meta.get("cellId") if isinstance(meta, dict) else None
+    return isinstance(cell_id, str) and cell_id.startswith(CELL_PREFIX)
+
+
 class SandboxKernel(IPythonKernel):
     """The kernel of forked sandboxes: adopts the fork server's shell when there is one, and
-    asks for `run_cell_async`'s signature once (see `_accepts_parameters`)."""
+    asks for `run_cell_async`'s signature once (see `_accepts_parameters`).
+
+    An agent's cell (`_agent_cell`) publishes neither its execute_input nor its busy status:
+    the only client that sends such cells is the host, which reads a cell's outputs and its
+    idle status and nothing else (`kernelcell._Cell.handle`; `comms` passes neither on to the
+    notebook). Each is a message serialised and signed on the cell's thread, a wake-up of the
+    IOPub thread and a message the host reads and drops. Every other request (the notebook's,
+    a completion, a test's) publishes both, as ipykernel does."""
 
     shell_class = Type(SandboxShell)
 
@@ -126,6 +147,16 @@ class SandboxKernel(IPythonKernel):
         shell = self.shell
         if isinstance(shell, SandboxShell) and not shell._adopted:
             shell.adopt(self)
+
+    def _publish_execute_input(self, code: str, parent: Any, execution_count: int) -> None:
+        if not _agent_cell(parent):
+            super()._publish_execute_input(code, parent, execution_count)  # type: ignore[no-untyped-call]
+
+    def _publish_status(self, status: str, channel: str, parent: Any = None) -> None:
+        if status == "busy" and channel == "shell":
+            if _agent_cell(parent or self.get_parent(channel)):  # type: ignore[no-untyped-call]
+                return
+        super()._publish_status(status, channel, parent)  # type: ignore[no-untyped-call]
 
 
 def prebuild(config: Any) -> SandboxShell:
