@@ -34,6 +34,7 @@ from ipykernel.ipkernel import IPythonKernel
 from ipykernel.zmqshell import ZMQInteractiveShell
 from traitlets import Type
 
+from . import kernelio
 from .runtime import CELL_PREFIX
 
 __all__ = ["SandboxKernel", "SandboxShell", "drop_prebuilt", "prebuild", "prebuilt"]
@@ -148,14 +149,49 @@ class SandboxKernel(IPythonKernel):
         if isinstance(shell, SandboxShell) and not shell._adopted:
             shell.adopt(self)
 
+    def set_parent(self, ident: Any, parent: Any, channel: str = "shell") -> None:
+        # A request begins: its flushes wait again (an agent cell's end made them waitless).
+        kernelio.waitless(sys.stdout, False)
+        super().set_parent(ident, parent, channel)  # type: ignore[no-untyped-call]
+
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: Any = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: Any = None,
+        cell_id: Any = None,
+    ) -> Any:
+        """ipykernel's, after which an agent's cell (`_agent_cell`) flushes without waiting:
+        ipykernel flushes stdout and stderr after the cell and waits until the IOPub thread
+        has sent what they held (one thread hop and back), so that the outputs come before
+        the execute_reply. The host reads an agent cell's outputs until its idle status,
+        which the IOPub thread sends after them in any case, and not its reply."""
+        try:
+            return await super().do_execute(  # type: ignore[no-untyped-call]
+                code,
+                silent,
+                store_history,
+                user_expressions,
+                allow_stdin,
+                cell_meta=cell_meta,
+                cell_id=cell_id,
+            )
+        finally:
+            if _agent_cell(self.get_parent("shell")):  # type: ignore[no-untyped-call]
+                kernelio.waitless(sys.stdout, True)
+
     def _publish_execute_input(self, code: str, parent: Any, execution_count: int) -> None:
         if not _agent_cell(parent):
             super()._publish_execute_input(code, parent, execution_count)  # type: ignore[no-untyped-call]
 
     def _publish_status(self, status: str, channel: str, parent: Any = None) -> None:
-        if status == "busy" and channel == "shell":
-            if _agent_cell(parent or self.get_parent(channel)):  # type: ignore[no-untyped-call]
-                return
+        agent = status == "busy" and channel == "shell"
+        if agent and _agent_cell(parent or self.get_parent(channel)):  # type: ignore[no-untyped-call]
+            return
         super()._publish_status(status, channel, parent)  # type: ignore[no-untyped-call]
 
 
