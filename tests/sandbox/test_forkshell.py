@@ -264,3 +264,18 @@ def test_agent_cells_publish_their_outputs_before_idle_and_no_input_or_busy(
     # A cellId that is not the host's prefix is anyone's cell.
     kinds = [k for k, _ in _iopub_of(h, "1", "some-notebook-cell")]
     assert kinds[:2] == ["status", "execute_input"], kinds
+
+
+def test_a_cell_is_transformed_once_and_magics_still_run(start: Starter) -> None:
+    h = start("transform")
+    run(
+        h,
+        "ip = get_ipython(); tm = ip.input_transformer_manager; calls = []\n"
+        "orig = tm.transform_cell\n"
+        "tm.transform_cell = lambda cell: (calls.append(cell), orig(cell))[1]",
+    )
+    assert run(h, "y = 2") == ""
+    assert run(h, "y = 2") == ""  # the same text in the next request is transformed again
+    assert run(h, "print(len(calls))") == "3\n"  # one per request (2 before this one's)
+    assert run(h, "!echo shell\n%time z = 1\nprint(y + z)").splitlines()[0] == "shell"
+    assert run(h, "print(z)") == "1\n"
