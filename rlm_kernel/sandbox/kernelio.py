@@ -66,7 +66,33 @@ class _Barrier:
         # next request begins: the flushes that end such a request hand their output over
         # without waiting (see `SandboxOutStream.flush`).
         self.waitless = False
+        # One wake-up at a time (`woken`): the IOPub thread runs queued callbacks until the
+        # queue is empty (`_drain`), so a callback queued while a wake-up is on its way or
+        # being handled needs none of its own. On once `_drain` replaces ipykernel's handler
+        # (which runs only the callbacks queued before its wake-up), on the IOPub thread.
+        self.coalesce = False
+        self.woken = False
         pub_thread.schedule = self.schedule  # every iopub send and stream flush comes through
+        puller = getattr(pub_thread, "_event_puller", None)
+        if puller is not None and pub_thread.thread.is_alive():
+            self._schedule(lambda: self._take_over(puller))
+
+    def _take_over(self, puller: Any) -> None:
+        """On the IOPub thread: wake-ups run `_drain` from now on."""
+        puller.on_recv(self._drain)
+        with self._lock:
+            self.coalesce = True
+
+    def _drain(self, msg: Any) -> None:
+        """On the IOPub thread, for a wake-up: run callbacks until none is queued."""
+        events = self._thread._events
+        while True:
+            with self._lock:
+                if not events:
+                    self.woken = False
+                    return
+                f = events.popleft()
+            f()
 
     def schedule(self, f: Callable[[], Any]) -> int:
         """Hand `f` to the IOPub thread, as `IOPubThread.schedule` does; returns its number (0
@@ -87,7 +113,10 @@ class _Barrier:
             self.scheduled += 1
             n = self.scheduled
             thread._events.append(f)  # numbered in the order the thread runs them
-        thread._event_pipe.send(b"")  # wakes the thread (it runs every queued callback)
+            wake = not (self.coalesce and self.woken)
+            self.woken = True
+        if wake:
+            thread._event_pipe.send(b"")  # wakes the thread (it runs every queued callback)
         return n
 
     def idle(self) -> bool:
