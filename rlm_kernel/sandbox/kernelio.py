@@ -17,6 +17,13 @@ be missing from the cell's result: 1 cell in 200 ending in `os.write` here). Her
 read under a lock, by that thread and by every flush: a flush first moves whatever the pipe
 holds into the buffer, so everything written before it is sent before the cell ends.
 
+After an agent's cell (branch `cellpath`) no barrier is needed at all: the host waits for the
+cell's idle status, not its execute_reply, and the idle status is queued behind the outputs;
+the kernel marks such a request's end `waitless` (`forkshell.SandboxKernel`). For that order to
+hold, the IOPub thread sends a stream it flushes at once (ipykernel re-queued that send behind
+whatever was queued meanwhile). Wake-ups of the IOPub thread are coalesced: one is on its way at
+a time and the thread runs callbacks until none is queued.
+
 Sandbox kernels get it through `KERNEL_OPTIONS` (`--IPKernelApp.outstream_class`).
 """
 
