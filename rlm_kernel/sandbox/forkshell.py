@@ -34,6 +34,9 @@ from ipykernel.ipkernel import IPythonKernel
 from ipykernel.zmqshell import ZMQInteractiveShell
 from traitlets import Type
 
+from . import kernelio
+from .runtime import CELL_PREFIX
+
 __all__ = ["SandboxKernel", "SandboxShell", "drop_prebuilt", "prebuild", "prebuilt"]
 
 
@@ -43,6 +46,7 @@ class SandboxShell(ZMQInteractiveShell):
     _prebuilding = False  # while the fork server builds it: no history manager yet
     _adopted = True  # False for the fork server's shell until a kernel adopts it
     prebuilt = False  # built by the fork server (True), or by this kernel
+    _rlm_transformed: tuple[tuple[str, str], str] | None = None  # see transform_cell
 
     def init_history(self) -> None:
         """Make the history manager (in the kernel: its SQLite connection must not be forked)."""
@@ -76,6 +80,20 @@ class SandboxShell(ZMQInteractiveShell):
         self.init_user_ns()  # type: ignore[no-untyped-call]
         atexit.register(self.atexit_operations)
         self._adopted = True
+
+    def transform_cell(self, raw_cell: str) -> str:
+        """IPython's, done once per request: ipykernel transforms a cell to choose how to run
+        it, then IPython's `run_cell` transforms it again (~0.05 ms each for a short cell). The
+        second call gets the first's result when it is for the same text in the same request
+        (nothing runs between the two); any other call transforms."""
+        header = self.parent_header.get("header")
+        key = (raw_cell, str(header.get("msg_id")) if isinstance(header, dict) else "")
+        last, self._rlm_transformed = self._rlm_transformed, None
+        if last is not None and last[0] == key:
+            return last[1]
+        cell: str = super().transform_cell(raw_cell)  # type: ignore[no-untyped-call]
+        self._rlm_transformed = (key, cell)
+        return cell
 
     def should_run_async(
         self, raw_cell: str, *, transformed_cell: Any = None, preprocessing_exc_tuple: Any = None
@@ -114,9 +132,28 @@ def _accepts_parameters(meth: Any, param_names: Sequence[str]) -> dict[str, bool
 _ACCEPTS_PARAMETERS: Callable[..., Any] = getattr(ipkernel, "_accepts_parameters")  # noqa: B009
 
 
+def _agent_cell(parent: Any) -> bool:
+    """Whether `parent` is an agent's cell: an execute_request whose cellId the host set
+    (`CELL_PREFIX`, see `kernelcell.run_cell`)."""
+    if not isinstance(parent, dict):
+        return False
+    header, meta = parent.get("header"), parent.get("metadata")
+    if not isinstance(header, dict) or header.get("msg_type") != "execute_request":
+        return False
+    cell_id = meta.get("cellId") if isinstance(meta, dict) else None
+    return isinstance(cell_id, str) and cell_id.startswith(CELL_PREFIX)
+
+
 class SandboxKernel(IPythonKernel):
     """The kernel of forked sandboxes: adopts the fork server's shell when there is one, and
-    asks for `run_cell_async`'s signature once (see `_accepts_parameters`)."""
+    asks for `run_cell_async`'s signature once (see `_accepts_parameters`).
+
+    An agent's cell (`_agent_cell`) publishes neither its execute_input nor its busy status:
+    the only client that sends such cells is the host, which reads a cell's outputs and its
+    idle status and nothing else (`kernelcell._Cell.handle`; `comms` passes neither on to the
+    notebook). Each is a message serialised and signed on the cell's thread, a wake-up of the
+    IOPub thread and a message the host reads and drops. Every other request (the notebook's,
+    a completion, a test's) publishes both, as ipykernel does."""
 
     shell_class = Type(SandboxShell)
 
@@ -126,6 +163,51 @@ class SandboxKernel(IPythonKernel):
         shell = self.shell
         if isinstance(shell, SandboxShell) and not shell._adopted:
             shell.adopt(self)
+
+    def set_parent(self, ident: Any, parent: Any, channel: str = "shell") -> None:
+        # A request begins: its flushes wait again (an agent cell's end made them waitless).
+        kernelio.waitless(sys.stdout, False)
+        super().set_parent(ident, parent, channel)  # type: ignore[no-untyped-call]
+
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: Any = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: Any = None,
+        cell_id: Any = None,
+    ) -> Any:
+        """ipykernel's, after which an agent's cell (`_agent_cell`) flushes without waiting:
+        ipykernel flushes stdout and stderr after the cell and waits until the IOPub thread
+        has sent what they held (one thread hop and back), so that the outputs come before
+        the execute_reply. The host reads an agent cell's outputs until its idle status,
+        which the IOPub thread sends after them in any case, and not its reply."""
+        try:
+            return await super().do_execute(  # type: ignore[no-untyped-call]
+                code,
+                silent,
+                store_history,
+                user_expressions,
+                allow_stdin,
+                cell_meta=cell_meta,
+                cell_id=cell_id,
+            )
+        finally:
+            if _agent_cell(self.get_parent("shell")):  # type: ignore[no-untyped-call]
+                kernelio.waitless(sys.stdout, True)
+
+    def _publish_execute_input(self, code: str, parent: Any, execution_count: int) -> None:
+        if not _agent_cell(parent):
+            super()._publish_execute_input(code, parent, execution_count)  # type: ignore[no-untyped-call]
+
+    def _publish_status(self, status: str, channel: str, parent: Any = None) -> None:
+        agent = status == "busy" and channel == "shell"
+        if agent and _agent_cell(parent or self.get_parent(channel)):  # type: ignore[no-untyped-call]
+            return
+        super()._publish_status(status, channel, parent)  # type: ignore[no-untyped-call]
 
 
 def prebuild(config: Any) -> SandboxShell:

@@ -17,6 +17,13 @@ be missing from the cell's result: 1 cell in 200 ending in `os.write` here). Her
 read under a lock, by that thread and by every flush: a flush first moves whatever the pipe
 holds into the buffer, so everything written before it is sent before the cell ends.
 
+After an agent's cell (branch `cellpath`) no barrier is needed at all: the host waits for the
+cell's idle status, not its execute_reply, and the idle status is queued behind the outputs;
+the kernel marks such a request's end `waitless` (`forkshell.SandboxKernel`). For that order to
+hold, the IOPub thread sends a stream it flushes at once (ipykernel re-queued that send behind
+whatever was queued meanwhile). Wake-ups of the IOPub thread are coalesced: one is on its way at
+a time and the thread runs callbacks until none is queued.
+
 Sandbox kernels get it through `KERNEL_OPTIONS` (`--IPKernelApp.outstream_class`).
 """
 
@@ -34,7 +41,7 @@ from typing import Any
 
 from ipykernel.iostream import PIPE_BUFFER_SIZE, OutStream
 
-__all__ = ["SandboxOutStream"]
+__all__ = ["SandboxOutStream", "waitless"]
 
 
 def _available(fd: int) -> int:
@@ -62,21 +69,61 @@ class _Barrier:
         self._schedule = pub_thread.schedule
         self.scheduled = 0
         self.passed = 0
+        # Set by the kernel once an agent's cell has run (`forkshell.SandboxKernel`), until its
+        # next request begins: the flushes that end such a request hand their output over
+        # without waiting (see `SandboxOutStream.flush`).
+        self.waitless = False
+        # One wake-up at a time (`woken`): the IOPub thread runs queued callbacks until the
+        # queue is empty (`_drain`), so a callback queued while a wake-up is on its way or
+        # being handled needs none of its own. On once `_drain` replaces ipykernel's handler
+        # (which runs only the callbacks queued before its wake-up), on the IOPub thread.
+        self.coalesce = False
+        self.woken = False
         pub_thread.schedule = self.schedule  # every iopub send and stream flush comes through
+        puller = getattr(pub_thread, "_event_puller", None)
+        if puller is not None and pub_thread.thread.is_alive():
+            self._schedule(lambda: self._take_over(puller))
+
+    def _take_over(self, puller: Any) -> None:
+        """On the IOPub thread: wake-ups run `_drain` from now on."""
+        puller.on_recv(self._drain)
+        with self._lock:
+            self.coalesce = True
+
+    def _drain(self, msg: Any) -> None:
+        """On the IOPub thread, for a wake-up: run callbacks until none is queued."""
+        events = self._thread._events
+        while True:
+            with self._lock:
+                if not events:
+                    self.woken = False
+                    return
+                f = events.popleft()
+            f()
 
     def schedule(self, f: Callable[[], Any]) -> int:
         """Hand `f` to the IOPub thread, as `IOPubThread.schedule` does; returns its number (0
         when it ran at once: in a forked child, which has no IOPub thread and may have been
-        forked while the lock was held, or when the thread is not running)."""
+        forked while the lock was held, when the thread is not running, or on the IOPub thread
+        itself)."""
         thread = self._thread
         if os.getpid() != self._pid or not thread.thread.is_alive():
             self._schedule(f)
+            return 0
+        if thread.thread.ident == threading.get_ident():
+            # The IOPub thread itself (a stream's `_flush` sending what it took): it owns the
+            # socket, so the send happens now, in the order the flush ran, not after what was
+            # queued meanwhile (an agent cell's idle status, queued by a flush that did not wait).
+            f()
             return 0
         with self._lock:
             self.scheduled += 1
             n = self.scheduled
             thread._events.append(f)  # numbered in the order the thread runs them
-        thread._event_pipe.send(b"")  # wakes the thread (it runs every queued callback)
+            wake = not (self.coalesce and self.woken)
+            self.woken = True
+        if wake:
+            thread._event_pipe.send(b"")  # wakes the thread (it runs every queued callback)
         return n
 
     def idle(self) -> bool:
@@ -94,6 +141,14 @@ def _barrier(pub_thread: Any) -> _Barrier:
     if barrier is None:
         barrier = pub_thread._rlm_barrier = _Barrier(pub_thread)
     return barrier
+
+
+def waitless(stream: Any, on: bool) -> None:
+    """Whether flushes of `stream` (and of every stream of its IOPub thread) hand their
+    output over without waiting for it to be sent; no-op for another kind of stream."""
+    barrier = getattr(stream, "_iopub", None)
+    if isinstance(barrier, _Barrier):
+        barrier.waitless = on
 
 
 class SandboxOutStream(OutStream):
@@ -163,13 +218,18 @@ class SandboxOutStream(OutStream):
             pending = any(buf.tell() for buf in self._buffers.values())
         iopub = self._iopub
         nothing = not (pending or self._subprocess_flush_pending or self.echo is not None)
-        if nothing and iopub.idle():
+        if nothing and (iopub.waitless or iopub.idle()):
             return
         thread = self.pub_thread.thread if self.pub_thread is not None else None
         if thread is None or not thread.is_alive() or thread.ident == threading.get_ident():
             self._flush()  # type: ignore[no-untyped-call]
             return
         iopub.schedule(self._flush)
+        if iopub.waitless:
+            # An agent's cell has ended: its outputs only need to come before its idle status,
+            # which goes through the same queue of the IOPub thread after them; its
+            # execute_reply, which the barrier orders, is not what the host waits for.
+            return
         done = threading.Event()
         n = iopub.schedule(done.set)
         if done.wait(self.flush_timeout):

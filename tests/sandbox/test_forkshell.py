@@ -202,3 +202,80 @@ def test_execute_requests_ask_for_run_cells_signature_once(start: Starter) -> No
         "kernelbase._accepts_parameters, mine]))"
     )
     assert json.loads(run(h, code)) == [True, True, {"cell_id": True, "cell_meta": True}]
+
+
+def _iopub_of(handle: KernelHandle, code: str, cell_id: str | None) -> list[tuple[str, Any]]:
+    """Send `code` as an execute_request (with `cell_id` as the cellId the host sets for an
+    agent's cell); its iopub messages up to its idle status, as (type, content)."""
+    kc = handle.client
+    meta = {"cellId": cell_id} if cell_id is not None else {}
+    msg = kc.session.msg(
+        "execute_request",
+        {
+            "code": code,
+            "silent": False,
+            "store_history": True,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        },
+        metadata=meta,
+    )
+    kc.shell_channel.send(msg)
+    seen: list[tuple[str, Any]] = []
+    while True:
+        m = kc.get_iopub_msg(timeout=30)
+        if m["parent_header"].get("msg_id") != msg["header"]["msg_id"]:
+            continue
+        seen.append((m["msg_type"], m["content"]))
+        if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+            break
+    reply = kc.get_shell_msg(timeout=30)
+    assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return seen
+
+
+def test_agent_cells_publish_their_outputs_before_idle_and_no_input_or_busy(
+    start: Starter,
+) -> None:
+    """An agent's cell (the host's cellId) publishes neither execute_input nor its busy status
+    and its end-of-cell flushes do not wait for the IOPub thread; all its outputs (printed,
+    written to fd 1, displayed) still come before its idle status, cell after cell. A request
+    of anyone else (the notebook, a console) gets ipykernel's messages."""
+    h = start("agent")
+    code = (
+        "import os, sys\nprint('a' * 5000)\nsys.stderr.write('err\\n')\n"
+        "display({'text/plain': 'shown'}, raw=True)\nos.write(1, b'fd\\n')\nprint('last')"
+    )
+    for i in range(30):
+        seen = _iopub_of(h, code, f"__rlm__:e{i}:1")
+        kinds = [k for k, _ in seen]
+        assert "execute_input" not in kinds and kinds.count("status") == 1, kinds
+        out = "".join(c["text"] for k, c in seen if k == "stream" and c["name"] == "stdout")
+        err = "".join(c["text"] for k, c in seen if k == "stream" and c["name"] == "stderr")
+        # (fd output and Python's are not ordered with each other, as in ipykernel)
+        head, rest = out[:5001], out[5001:]
+        assert head == "a" * 5000 + "\n" and rest.replace("fd\n", "", 1) == "last\n", (i, rest)
+        assert err == "err\n" and "display_data" in kinds, (i, kinds)
+    seen = _iopub_of(h, "print('notebook')", None)
+    assert [k for k, _ in seen] == ["status", "execute_input", "stream", "status"], seen
+    assert seen[0][1]["execution_state"] == "busy"
+    # A cellId that is not the host's prefix is anyone's cell.
+    kinds = [k for k, _ in _iopub_of(h, "1", "some-notebook-cell")]
+    assert kinds[:2] == ["status", "execute_input"], kinds
+
+
+def test_a_cell_is_transformed_once_and_magics_still_run(start: Starter) -> None:
+    h = start("transform")
+    run(
+        h,
+        "ip = get_ipython(); tm = ip.input_transformer_manager; calls = []\n"
+        "orig = tm.transform_cell\n"
+        "tm.transform_cell = lambda cell: (calls.append(cell), orig(cell))[1]",
+    )
+    assert run(h, "y = 2") == ""
+    assert run(h, "y = 2") == ""  # the same text in the next request is transformed again
+    assert run(h, "print(len(calls))") == "3\n"  # one per request (2 before this one's)
+    assert run(h, "!echo shell\n%time z = 1\nprint(y + z)").splitlines()[0] == "shell"
+    assert run(h, "print(z)") == "1\n"

@@ -59,15 +59,26 @@ def test_an_empty_flush_does_not_wait_for_the_iopub_thread(sb: LocalSandbox) -> 
     assert res.output == "x 0 True\n", res
 
 
-def test_the_iopub_thread_schedules_while_a_wake_up_waits_for_room() -> None:
+@pytest.mark.parametrize("coalesce", [False, True])
+def test_the_iopub_thread_schedules_while_a_wake_up_waits_for_room(coalesce: bool) -> None:
     """A burst of flushes fills the IOPub thread's event pipe (zmq's high-water mark): the
     scheduling thread's wake-up send then waits for the IOPub thread to read, and the IOPub
     thread, sending a stream message, schedules too. The barrier's lock was held across that
-    send: both threads waited for ever (a cell printing 20 000 flushed lines hung)."""
+    send: both threads waited for ever (a cell printing 20 000 flushed lines hung).
+
+    With wake-ups coalesced (one on its way at a time, the kernels' default) the pipe never
+    fills: the burst is queued without waiting while the IOPub thread is busy, and all of it
+    runs once it is free."""
     ctx = zmq.Context()
     iopub = IOPubThread(ctx.socket(zmq.PUB))
     iopub.start()
     barrier = _barrier(iopub)
+    for _ in range(3000):  # the IOPub thread takes its wake-ups over
+        if barrier.coalesce:
+            break
+        time.sleep(0.01)
+    assert barrier.coalesce
+    barrier.coalesce = coalesce
     go = threading.Event()
     ran: list[str] = []
 
@@ -76,9 +87,11 @@ def test_the_iopub_thread_schedules_while_a_wake_up_waits_for_room() -> None:
         barrier.schedule(lambda: ran.append("from the iopub thread"))
 
     def burst() -> None:
+        count = []
         for _ in range(5000):
-            barrier.schedule(lambda: None)
+            barrier.schedule(lambda: count.append(1))
         ran.append("burst")
+        barrier.schedule(lambda: ran.append(f"ran {len(count)}"))
 
     sender = threading.Thread(target=burst, daemon=True)
     try:
@@ -88,14 +101,17 @@ def test_the_iopub_thread_schedules_while_a_wake_up_waits_for_room() -> None:
         while barrier.scheduled != seen:  # until the burst's sends wait for room
             seen = barrier.scheduled
             time.sleep(1)
-        assert barrier.scheduled < 5001  # the pipe is full: the burst is waiting
+        if coalesce:
+            assert barrier.scheduled == 5002 and ran == ["burst"]  # queued, none waited
+        else:
+            assert barrier.scheduled < 5001  # the pipe is full: the burst is waiting
         go.set()
         sender.join(60)
         assert not sender.is_alive(), "the burst's sends never got room"
         done = threading.Event()
         barrier.schedule(done.set)
         assert done.wait(60)
-        assert sorted(ran) == ["burst", "from the iopub thread"]
+        assert sorted(ran) == ["burst", "from the iopub thread", "ran 5000"]
     finally:
         go.set()
         _stop(iopub)
